@@ -1,0 +1,75 @@
+//! The binary's subcommands. Each loads the config the same way as the server does.
+
+pub mod changelog;
+pub mod check;
+pub mod demo;
+pub mod replay;
+pub mod serve;
+
+use fanout::config::{AppConfig, CONFIG_FILE, ConfigError, resolve_app_root};
+use fanout::pipeline::{BuildError, Pipeline};
+use std::path::PathBuf;
+
+/// A command's failure, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CommandError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CommandError::Config(_) | CommandError::Build(_) | CommandError::Usage(_) => 2,
+            CommandError::Failed(_) => 1,
+        }
+    }
+}
+
+pub struct Context {
+    pub app_root: PathBuf,
+    pub config_file: PathBuf,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+impl Context {
+    pub fn new(app_root: Option<PathBuf>, config: Option<PathBuf>) -> Self {
+        let app_root = resolve_app_root(app_root.as_deref(), &env);
+        let config_file = config.map(|c| if c.is_absolute() { c } else { app_root.join(c) }).unwrap_or_else(|| app_root.join(CONFIG_FILE));
+        Self { app_root, config_file }
+    }
+
+    pub fn load(&self) -> Result<AppConfig, ConfigError> {
+        AppConfig::load(&self.app_root, &self.config_file, &env)
+    }
+
+    pub fn pipeline(&self) -> Result<(AppConfig, Pipeline), CommandError> {
+        let config = self.load()?;
+        let pipeline = Pipeline::build(&config)?;
+        Ok((config, pipeline))
+    }
+}
+
+/// Structured logs on stderr (the host collects them): `FANOUT_LOG` (or `RUST_LOG`) sets the
+/// filter, `FANOUT_LOG_FORMAT=json` switches to JSON lines. Logs never carry config values.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("FANOUT_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("warn,fanout=info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if std::env::var("FANOUT_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().try_init()
+    } else {
+        builder.with_target(false).try_init()
+    };
+}

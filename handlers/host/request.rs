@@ -1,0 +1,188 @@
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+
+/// How many layers of JSON-string encoding we peel before giving up. The host sends two.
+const MAX_ENCODING_LAYERS: usize = 4;
+
+/// `Metadata.sys` as the host sends it.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct SysMetadata {
+    #[serde(rename = "MethodName", default)]
+    pub method_name: Option<String>,
+    #[serde(rename = "UtcNow", default)]
+    pub utc_now: Option<String>,
+    #[serde(rename = "RandGuid", default)]
+    pub rand_guid: Option<String>,
+}
+
+/// `Metadata.RetryContext`: present only when the host's retry policy re-delivers.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RetryContext {
+    /// 0 on the first execution, 1..=max on the retries.
+    #[serde(rename = "RetryCount", default)]
+    pub retry_count: i64,
+    /// The function's `retry.maxRetryCount`; -1 retries forever.
+    #[serde(rename = "MaxRetryCount", default)]
+    pub max_retry_count: i64,
+    #[serde(rename = "Exception", default)]
+    pub exception: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RawRequest<'a> {
+    #[serde(rename = "Data", borrow)]
+    data: Option<BTreeMap<String, &'a RawValue>>,
+    #[serde(rename = "Metadata", default)]
+    metadata: Option<serde_json::Map<String, Value>>,
+}
+
+/// An invocation request with the trigger's documents decoded into feed items.
+#[derive(Debug)]
+pub struct HostRequest {
+    pub items: Vec<Value>,
+    pub sys: SysMetadata,
+    pub retry: Option<RetryContext>,
+}
+
+/// Why a request body could not be decoded. Each says what was expected.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("the request body is not JSON: {0}")]
+    NotJson(String),
+    #[error("the request body has no `Data` object")]
+    MissingData,
+    #[error("`Data` has no `{binding}` binding (it has: {present}); check the trigger's `name` in function.json")]
+    MissingBinding { binding: String, present: String },
+    #[error("`Data.{binding}` is not a JSON array of documents: {detail}")]
+    NotAnArray { binding: String, detail: String },
+}
+
+impl HostRequest {
+    /// Decodes an invocation body, taking the documents from the trigger binding `binding`.
+    pub fn decode(body: &[u8], binding: &str) -> Result<Self, DecodeError> {
+        let raw: RawRequest<'_> =
+            serde_json::from_slice(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+        // Metadata is best effort, field by field: a malformed `sys` must neither lose the
+        // documents nor the RetryContext that decides when to dead-letter.
+        let mut metadata = raw.metadata.unwrap_or_default();
+        let sys = metadata
+            .remove("sys")
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        let retry = metadata
+            .remove("RetryContext")
+            .and_then(|v| serde_json::from_value(v).ok());
+        let data = raw.data.ok_or(DecodeError::MissingData)?;
+        let value = data.get(binding).ok_or_else(|| DecodeError::MissingBinding {
+            binding: binding.to_string(),
+            present: if data.is_empty() {
+                "nothing".into()
+            } else {
+                data.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+            },
+        })?;
+        let items = decode_documents(value.get()).map_err(|detail| DecodeError::NotAnArray {
+            binding: binding.to_string(),
+            detail,
+        })?;
+        Ok(Self {
+            items,
+            sys,
+            retry,
+        })
+    }
+}
+
+/// Peels JSON-string layers until it holds an array. The host double-encodes Cosmos documents
+/// (`"\"[{...}]\""`); a plain array is accepted too.
+pub fn decode_documents(json: &str) -> Result<Vec<Value>, String> {
+    let mut layer = std::borrow::Cow::Borrowed(json);
+    for _ in 0..=MAX_ENCODING_LAYERS {
+        let current = layer.trim_start();
+        match current.as_bytes().first() {
+            Some(b'[') => {
+                return serde_json::from_str::<Vec<Value>>(current).map_err(|e| e.to_string());
+            }
+            Some(b'"') => {
+                let inner = serde_json::from_str::<String>(current).map_err(|e| e.to_string())?;
+                layer = std::borrow::Cow::Owned(inner);
+            }
+            Some(_) => {
+                let kind = match serde_json::from_str::<Value>(current) {
+                    Ok(Value::Object(_)) => "an object".to_string(),
+                    Ok(Value::Null) => "null".to_string(),
+                    Ok(other) => format!("`{}`", truncate(&other.to_string(), 40)),
+                    Err(e) => format!("invalid JSON ({e})"),
+                };
+                return Err(format!("found {kind}"));
+            }
+            None => return Err("found an empty string".into()),
+        }
+    }
+    Err(format!("more than {MAX_ENCODING_LAYERS} layers of string encoding"))
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn double_encoded_single_encoded_and_plain_arrays() {
+        let docs = json!([{"id": "a"}, {"id": "b"}]);
+        let once = serde_json::to_string(&docs.to_string()).unwrap();
+        let twice = serde_json::to_string(&once).unwrap();
+        for data in [docs.to_string(), once, twice] {
+            assert_eq!(decode_documents(&data).unwrap(), docs.as_array().unwrap().clone());
+        }
+    }
+
+    #[test]
+    fn request_with_metadata_and_retry_context() {
+        let body = json!({
+            "Data": {"documents": serde_json::to_string(&serde_json::to_string(&json!([{"id": "x"}])).unwrap()).unwrap()},
+            "Metadata": {"sys": {"MethodName": "orders", "UtcNow": "2025-01-01T00:00:00Z", "RandGuid": "g"},
+                         "RetryContext": {"RetryCount": 2, "MaxRetryCount": 3, "Exception": {"Message": "boom"}}}
+        });
+        let req = HostRequest::decode(body.to_string().as_bytes(), "documents").unwrap();
+        assert_eq!(req.items.len(), 1);
+        assert_eq!(req.sys.method_name.as_deref(), Some("orders"));
+        let retry = req.retry.unwrap();
+        assert_eq!((retry.retry_count, retry.max_retry_count), (2, 3));
+    }
+
+    #[test]
+    fn errors_say_what_was_expected() {
+        assert!(matches!(HostRequest::decode(b"{nope", "documents"), Err(DecodeError::NotJson(_))));
+        assert_eq!(HostRequest::decode(b"{}", "documents").unwrap_err(), DecodeError::MissingData);
+        let e = HostRequest::decode(br#"{"Data": {"docs": "[]"}}"#, "documents").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`Data` has no `documents` binding (it has: `docs`); check the trigger's `name` in function.json"
+        );
+        let e = HostRequest::decode(br#"{"Data": {"documents": {"id": 1}}}"#, "documents").unwrap_err();
+        assert_eq!(e.to_string(), "`Data.documents` is not a JSON array of documents: found an object");
+        let e = HostRequest::decode(br#"{"Data": {"documents": "\"[{\\\"id\\\": \""}}"#, "documents").unwrap_err();
+        assert!(matches!(e, DecodeError::NotAnArray { .. }), "{e}");
+        let deep = (0..6).fold(json!([]).to_string(), |s, _| serde_json::to_string(&s).unwrap());
+        assert!(decode_documents(&deep).unwrap_err().contains("layers"));
+    }
+
+    #[test]
+    fn malformed_metadata_does_not_lose_documents() {
+        let body = br#"{"Data": {"documents": "[{\"id\":\"a\"}]"}, "Metadata": {"sys": {"MethodName": 5}, "RetryContext": {"RetryCount": 1, "MaxRetryCount": 2}}}"#;
+        let decoded = HostRequest::decode(body, "documents").unwrap();
+        assert_eq!(decoded.items.len(), 1);
+        assert_eq!(decoded.sys, SysMetadata::default());
+        assert_eq!(decoded.retry.unwrap().retry_count, 1);
+    }
+}

@@ -1,0 +1,17 @@
+//! fanout: an Azure Functions custom handler that fans Cosmos DB change feed batches out to
+//! sinks without losing a change.
+//!
+//! Data flows one way, and the modules follow it:
+//! `server` (HTTP) -> `host` (decode the host's wire format) -> `change` (normalize) ->
+//! `pipeline` (route, fan out, retry, dead-letter decision) -> `sinks` (Delta, ...) ->
+//! `deadletter` (what no sink could take). `config` is read once at start-up;
+//! `hostsim` emulates the Functions host for the quickstart and the tests.
+
+pub mod change;
+pub mod config;
+pub mod deadletter;
+pub mod host;
+pub mod hostsim;
+pub mod pipeline;
+pub mod server;
+pub mod sinks;

@@ -1,0 +1,90 @@
+//! `fanout`: started with no arguments (as the Functions host starts it) it serves.
+
+use clap::{Parser, Subcommand};
+mod commands;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "fanout", version, about = "Azure Functions custom handler: Cosmos DB change feed -> Delta Lake, Event Hubs, AI Search, Redis, with nothing lost")]
+struct Cli {
+    /// The Function App root (host.json, function folders, fanout.toml).
+    /// Default: $AzureWebJobsScriptRoot, else the working directory.
+    #[arg(long, global = true, env = "FANOUT_APP_ROOT")]
+    app_root: Option<PathBuf>,
+    /// The routing config. Default: fanout.toml in the app root.
+    #[arg(long, global = true, env = "FANOUT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the host's invocations (the default). Port from --port or FUNCTIONS_CUSTOMHANDLER_PORT.
+    Serve {
+        #[arg(long, env = "FUNCTIONS_CUSTOMHANDLER_PORT")]
+        port: Option<u16>,
+    },
+    /// Validate fanout.toml and the function folders without serving; exit 2 on problems.
+    CheckConfig,
+    /// Re-drive dead-lettered records (and/or files of host-format batches) through the sinks.
+    Replay {
+        /// Only records of this function.
+        #[arg(long)]
+        function: Option<String>,
+        /// Only records of this sink.
+        #[arg(long)]
+        sink: Option<String>,
+        /// Files of host-format request bodies (one JSON body per line, or a JSON array of
+        /// bodies) to deliver as if the host sent them; needs --function. Skips the store.
+        #[arg(long = "batches", value_name = "FILE")]
+        batches: Vec<PathBuf>,
+        /// List what would be replayed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Summarize a changelog table: versions, files, rows per operation, latest state.
+    Changelog {
+        /// Table location (path or URL). Default: every delta sink in the config.
+        table: Option<String>,
+    },
+    /// Quickstart: start the handler as the host would, post sample Cosmos trigger batches in
+    /// the host's exact wire format, and summarize what landed in the local Delta table.
+    Demo {
+        /// Generated batches to send (100 changes each), besides the captured real ones.
+        #[arg(long, default_value_t = 10)]
+        batches: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    commands::init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fanout: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ctx = commands::Context::new(cli.app_root, cli.config);
+    let result = runtime.block_on(async {
+        match cli.command.unwrap_or(Command::Serve { port: None }) {
+            Command::Serve { port } => commands::serve::run(&ctx, port).await,
+            Command::CheckConfig => commands::check::run(&ctx),
+            Command::Replay { function, sink, batches, dry_run } => {
+                commands::replay::run(&ctx, function, sink, batches, dry_run).await
+            }
+            Command::Changelog { table } => commands::changelog::run(&ctx, table).await,
+            Command::Demo { batches } => commands::demo::run(&ctx, batches).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fanout: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! The engine: host request -> decode -> normalize -> route -> fan out -> sinks -> outcome.
+//!
+//! The answer is 2xx only when every sink of the route has the batch or the part it could not
+//! take is in the dead-letter store. Otherwise it is 500, so the host's retry policy re-delivers;
+//! on the policy's last attempt (the trigger checkpoints after it, whatever we answer) failures
+//! are dead-lettered first. A re-delivery re-drives only the sinks that failed before.
+
+mod progress;
+mod retry;
+
+pub use progress::ProgressBook;
+pub use retry::{SinkResult, SinkRun, deliver_with_retry};
+
+use crate::change::{Change, Normalizer, Unreadable};
+use crate::config::{AppConfig, FunctionDefinition, HostRetryPolicy, RetrySettings};
+use crate::deadletter::{DeadLetterError, DeadLetterKind, DeadLetterRecord, DeadLetterStore, INPUT_SINK};
+use crate::host::{DecodeError, HostRequest, InvocationResponse, RetryContext};
+use crate::sinks::{BatchContext, Sink, SinkError};
+use chrono::Utc;
+use futures::future::join_all;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One routed function, ready to run.
+pub struct Route {
+    pub function: FunctionDefinition,
+    pub normalizer: Normalizer,
+    pub retry: RetrySettings,
+    pub sinks: Vec<Arc<dyn Sink>>,
+}
+
+/// Who is delivering: the host (its retry policy decides the last attempt), or a replay
+/// (always the last attempt: failures go back to the dead-letter store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Host,
+    Replay,
+}
+
+/// Which delivery of a batch this is, and whether the trigger checkpoints after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    pub retry_count: i64,
+    pub max_retry_count: i64,
+}
+
+impl Attempt {
+    /// The RetryContext is authoritative when present; otherwise this is the first execution
+    /// under the policy in function.json.
+    pub fn new(context: Option<&RetryContext>, policy: HostRetryPolicy) -> Self {
+        match context {
+            Some(c) => Attempt { retry_count: c.retry_count.max(0), max_retry_count: c.max_retry_count },
+            None => Attempt { retry_count: 0, max_retry_count: policy.max_retry_count },
+        }
+    }
+
+    pub const LAST: Attempt = Attempt { retry_count: 0, max_retry_count: 0 };
+
+    /// After this attempt the trigger checkpoints the lease whatever we answer.
+    /// With `maxRetryCount: -1` there is no last attempt: the route blocks instead.
+    pub fn is_last(&self) -> bool {
+        self.max_retry_count >= 0 && self.retry_count >= self.max_retry_count
+    }
+}
+
+/// What to answer the host.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub response: InvocationResponse,
+    pub dead_lettered: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("sink `{function}.{sink}`: {source}")]
+    Sink { function: String, sink: String, source: SinkError },
+    #[error(transparent)]
+    DeadLetter(#[from] DeadLetterError),
+}
+
+pub struct Pipeline {
+    routes: BTreeMap<String, Route>,
+    dead_letter: DeadLetterStore,
+    progress: ProgressBook,
+}
+
+impl Pipeline {
+    /// Builds every route and sink from a validated config. Opens no network connection.
+    pub fn build(config: &AppConfig) -> Result<Self, BuildError> {
+        let mut routes = BTreeMap::new();
+        for (name, route) in &config.routes {
+            let mut sinks = Vec::new();
+            for (sink_name, sink) in &route.sinks {
+                sinks.push(sink.build(sink_name, &config.app_root).map_err(|source| BuildError::Sink {
+                    function: name.clone(),
+                    sink: sink_name.clone(),
+                    source,
+                })?);
+            }
+            routes.insert(
+                name.clone(),
+                Route {
+                    function: route.function.clone(),
+                    normalizer: Normalizer::new(route.partition_key.clone(), route.soft_delete.clone()),
+                    retry: route.retry,
+                    sinks,
+                },
+            );
+        }
+        let dead_letter = DeadLetterStore::open(&config.dead_letter, &config.app_root)?;
+        Ok(Self { routes, dead_letter, progress: ProgressBook::default() })
+    }
+
+    pub fn routes(&self) -> &BTreeMap<String, Route> {
+        &self.routes
+    }
+
+    pub fn dead_letter(&self) -> &DeadLetterStore {
+        &self.dead_letter
+    }
+
+    /// Handles one invocation body for `function`.
+    pub async fn handle(&self, function: &str, invocation_id: Option<String>, body: &[u8], origin: Origin) -> Answer {
+        let Some(route) = self.routes.get(function) else {
+            let known: Vec<&str> = self.routes.keys().map(String::as_str).collect();
+            let message = format!(
+                "no route for function `{function}`; routed functions: {}. Add `[functions.{function}]` to fanout.toml",
+                known.join(", ")
+            );
+            tracing::error!(function, "{message}");
+            return Answer { status: 404, response: InvocationResponse::with_logs(vec![message]), dead_lettered: 0 };
+        };
+        let started = Instant::now();
+        let request = match HostRequest::decode(body, &route.function.binding) {
+            Ok(request) => request,
+            Err(e) => return self.dead_letter_malformed_batch(function, invocation_id, body, e).await,
+        };
+        let invocation_id = invocation_id
+            .or_else(|| request.sys.rand_guid.clone())
+            .unwrap_or_else(|| format!("local-{}", Utc::now().timestamp_nanos_opt().unwrap_or_default()));
+        let attempt = match origin {
+            Origin::Host => Attempt::new(request.retry.as_ref(), route.function.retry),
+            Origin::Replay => Attempt::LAST,
+        };
+        let mut changes = Vec::with_capacity(request.items.len());
+        let mut unreadable = Vec::new();
+        for (index, item) in request.items.into_iter().enumerate() {
+            match route.normalizer.normalize(index, item) {
+                Ok(change) => changes.push(change),
+                Err(u) => unreadable.push(u),
+            }
+        }
+        let ctx = BatchContext {
+            function: function.to_string(),
+            invocation_id,
+            fingerprint: fingerprint(function, &changes, &unreadable),
+            received_at: Utc::now(),
+        };
+        self.fan_out(route, &ctx, changes, unreadable, attempt, started).await
+    }
+
+    async fn fan_out(
+        &self,
+        route: &Route,
+        ctx: &BatchContext,
+        changes: Vec<Change>,
+        unreadable: Vec<Unreadable>,
+        attempt: Attempt,
+        started: Instant,
+    ) -> Answer {
+        let function = ctx.function.as_str();
+        let already = self.progress.done(function, &ctx.fingerprint);
+        let runs: Vec<SinkRun> = if changes.is_empty() {
+            Vec::new()
+        } else {
+            join_all(
+                route
+                    .sinks
+                    .iter()
+                    .filter(|s| !already.contains(s.name()))
+                    .map(|s| deliver_with_retry(s.as_ref(), ctx, &changes, &route.retry)),
+            )
+            .await
+        };
+
+        // Decide, per sink, what happens to what it could not take.
+        let mut handled: HashSet<String> = already.clone();
+        let mut records: Vec<DeadLetterRecord> = Vec::new();
+        let mut retry_sinks: Vec<&SinkRun> = Vec::new();
+        let record = |kind, sink: &str, error: String, attempts: u32| DeadLetterRecord {
+            kind,
+            function: function.to_string(),
+            sink: sink.to_string(),
+            invocation_id: ctx.invocation_id.clone(),
+            batch_fingerprint: ctx.fingerprint.clone(),
+            error,
+            attempts,
+            host_retry_count: attempt.retry_count,
+            dead_lettered_at: Utc::now(),
+            changes: Vec::new(),
+            reasons: Vec::new(),
+            items: Vec::new(),
+            raw_body: None,
+        };
+        if !unreadable.is_empty() && !already.contains(INPUT_SINK) {
+            let mut r = record(DeadLetterKind::MalformedItems, INPUT_SINK, format!("{} feed items could not be read", unreadable.len()), 1);
+            r.reasons = unreadable.iter().map(|u| u.error.to_string()).collect();
+            r.items = unreadable.iter().map(|u| u.item.clone()).collect();
+            records.push(r);
+        }
+        for run in &runs {
+            if !run.rejected.is_empty() {
+                let mut r = record(DeadLetterKind::RejectedChanges, &run.sink, format!("{} changes refused by the sink", run.rejected.len()), run.attempts);
+                r.changes = run.rejected.iter().map(|(i, _)| changes[*i].clone()).collect();
+                r.reasons = run.rejected.iter().map(|(_, reason)| reason.clone()).collect();
+                records.push(r);
+            }
+            match &run.result {
+                SinkResult::Delivered { .. } => {}
+                SinkResult::Failed { error, permanent, undelivered } if *permanent || attempt.is_last() => {
+                    let mut r = record(DeadLetterKind::SinkFailure, &run.sink, error.clone(), run.attempts);
+                    r.changes = undelivered.iter().map(|&i| changes[i].clone()).collect();
+                    records.push(r);
+                }
+                SinkResult::Failed { .. } => retry_sinks.push(run),
+            }
+        }
+        let writes = join_all(records.iter().map(|r| self.dead_letter.put(r))).await;
+        let mut dead_lettered = 0;
+        let mut lost: Vec<String> = Vec::new();
+        let mut dl_lines: Vec<String> = Vec::new();
+        let mut failed_sinks: HashSet<&str> = HashSet::new();
+        for (r, written) in records.iter().zip(writes) {
+            match written {
+                Ok(key) => {
+                    dead_lettered += r.size();
+                    dl_lines.push(format!("dead-lettered {} from `{}` to {}/pending/{key}: {}", plural(r.size(), "change"), r.sink, self.dead_letter.location(), r.error));
+                }
+                Err(e) => {
+                    failed_sinks.insert(&r.sink);
+                    lost.push(format!("could not dead-letter {} from `{}`: {e}", plural(r.size(), "change"), r.sink));
+                }
+            }
+        }
+        if !failed_sinks.contains(INPUT_SINK) {
+            handled.insert(INPUT_SINK.to_string());
+        }
+        for run in &runs {
+            let retrying = retry_sinks.iter().any(|r| r.sink == run.sink);
+            if !retrying && !failed_sinks.contains(run.sink.as_str()) {
+                handled.insert(run.sink.clone());
+            }
+        }
+        let ok = retry_sinks.is_empty() && lost.is_empty();
+        if ok {
+            self.progress.forget(function, &ctx.fingerprint);
+        } else {
+            self.progress.remember(function, &ctx.fingerprint, handled);
+        }
+
+        // Tell the host (Logs) and the operator (tracing) what happened, per sink.
+        let deletes = changes.iter().filter(|c| c.operation.is_delete()).count();
+        let newest_ts = changes.iter().filter_map(|c| c.ts).max();
+        let lag_s = newest_ts.map(|ts| Utc::now().timestamp() - ts);
+        let verdict = if ok {
+            "ok"
+        } else if attempt.is_last() {
+            "FAILED on the last attempt (changes that could not be dead-lettered are listed below)"
+        } else {
+            "failed, asking the host to retry"
+        };
+        let mut logs = vec![format!(
+            "fanout {function}: {} ({} deletes, {} unreadable) attempt {}{} -> {verdict}",
+            plural(changes.len(), "change"),
+            deletes,
+            unreadable.len(),
+            attempt.retry_count + 1,
+            if attempt.max_retry_count < 0 { " of unlimited".to_string() } else { format!(" of {}", attempt.max_retry_count + 1) },
+        )];
+        for sink in &route.sinks {
+            if already.contains(sink.name()) {
+                logs.push(format!("sink {} ({}): already delivered by an earlier attempt", sink.name(), sink.kind()));
+            }
+        }
+        for run in &runs {
+            let line = match &run.result {
+                SinkResult::Delivered { detail } => format!(
+                    "sink {} ({}): delivered in {} ms, {}: {detail}",
+                    run.sink, run.kind, run.elapsed.as_millis(), plural(run.attempts as usize, "attempt")
+                ),
+                SinkResult::Failed { error, permanent, .. } => format!(
+                    "sink {} ({}): {} failure after {} in {} ms: {error}",
+                    run.sink, run.kind, if *permanent { "permanent" } else { "transient" },
+                    plural(run.attempts as usize, "attempt"), run.elapsed.as_millis()
+                ),
+            };
+            logs.push(line);
+        }
+        logs.extend(dl_lines);
+        logs.extend(lost.iter().cloned());
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        if ok {
+            tracing::info!(function, invocation_id = %ctx.invocation_id, changes = changes.len(), deletes, dead_lettered, retry = attempt.retry_count, lag_s, elapsed_ms, "batch delivered");
+        } else if attempt.is_last() && !lost.is_empty() {
+            // The trigger checkpoints after this answer: these changes are gone from the feed.
+            let first = changes.first().map(|c| (c.id.as_str(), c.lsn));
+            let last = changes.last().map(|c| (c.id.as_str(), c.lsn));
+            tracing::error!(function, invocation_id = %ctx.invocation_id, ?first, ?last, problems = ?lost, "CHANGES LOST: last attempt failed and the dead-letter store is unavailable");
+        } else {
+            let failing: Vec<&str> = retry_sinks.iter().map(|r| r.sink.as_str()).collect();
+            tracing::warn!(function, invocation_id = %ctx.invocation_id, changes = changes.len(), ?failing, retry = attempt.retry_count, elapsed_ms, "batch failed; the host will re-deliver");
+        }
+        for line in &logs[1..] {
+            tracing::debug!(function, "{line}");
+        }
+        Answer { status: if ok { 200 } else { 500 }, response: InvocationResponse::with_logs(logs), dead_lettered }
+    }
+
+    async fn dead_letter_malformed_batch(&self, function: &str, invocation_id: Option<String>, body: &[u8], error: DecodeError) -> Answer {
+        let mut h = Sha256::new();
+        h.update(body);
+        let fingerprint = hex::encode(&h.finalize()[..16]);
+        let record = DeadLetterRecord {
+            kind: DeadLetterKind::MalformedBatch,
+            function: function.to_string(),
+            sink: INPUT_SINK.to_string(),
+            invocation_id: invocation_id.unwrap_or_default(),
+            batch_fingerprint: fingerprint,
+            error: error.to_string(),
+            attempts: 1,
+            host_retry_count: 0,
+            dead_lettered_at: Utc::now(),
+            changes: Vec::new(),
+            reasons: Vec::new(),
+            items: Vec::new(),
+            raw_body: Some(String::from_utf8_lossy(body).into_owned()),
+        };
+        match self.dead_letter.put(&record).await {
+            Ok(key) => {
+                let line = format!("fanout {function}: malformed batch dead-lettered to {}/pending/{key}: {error}", self.dead_letter.location());
+                tracing::warn!(function, %error, key, "malformed batch dead-lettered");
+                Answer { status: 200, response: InvocationResponse::with_logs(vec![line]), dead_lettered: 1 }
+            }
+            Err(e) => {
+                let line = format!("fanout {function}: malformed batch ({error}) and the dead-letter store failed: {e}");
+                tracing::error!(function, %error, dead_letter_error = %e, "malformed batch could not be dead-lettered");
+                Answer { status: 500, response: InvocationResponse::with_logs(vec![line]), dead_lettered: 0 }
+            }
+        }
+    }
+
+    /// Re-drives one dead-letter record through the sinks it names (or the whole route, for
+    /// input that could not be read before). Ok when every change is delivered.
+    pub async fn replay_record(&self, record: &DeadLetterRecord) -> Result<String, String> {
+        let route = self
+            .routes
+            .get(&record.function)
+            .ok_or_else(|| format!("function `{}` has no route in this config", record.function))?;
+        let ctx = BatchContext {
+            function: record.function.clone(),
+            invocation_id: format!("replay:{}", record.invocation_id),
+            fingerprint: record.batch_fingerprint.clone(),
+            received_at: Utc::now(),
+        };
+        let (changes, sinks): (Vec<Change>, Vec<&Arc<dyn Sink>>) = match record.kind {
+            DeadLetterKind::SinkFailure | DeadLetterKind::RejectedChanges => {
+                let sink = route
+                    .sinks
+                    .iter()
+                    .find(|s| s.name() == record.sink)
+                    .ok_or_else(|| format!("sink `{}` is no longer in route `{}`", record.sink, record.function))?;
+                (record.changes.clone(), vec![sink])
+            }
+            DeadLetterKind::MalformedItems | DeadLetterKind::MalformedBatch => {
+                let items = match &record.raw_body {
+                    Some(body) if record.kind == DeadLetterKind::MalformedBatch => {
+                        HostRequest::decode(body.as_bytes(), &route.function.binding).map_err(|e| format!("still malformed: {e}"))?.items
+                    }
+                    _ => record.items.clone(),
+                };
+                let mut changes = Vec::with_capacity(items.len());
+                for (i, item) in items.into_iter().enumerate() {
+                    changes.push(route.normalizer.normalize(i, item).map_err(|u| format!("still unreadable: {}", u.error))?);
+                }
+                (changes, route.sinks.iter().collect())
+            }
+        };
+        let runs = join_all(sinks.iter().map(|s| deliver_with_retry(s.as_ref(), &ctx, &changes, &route.retry))).await;
+        let mut problems = Vec::new();
+        let mut details = Vec::new();
+        for run in runs {
+            match run.result {
+                SinkResult::Delivered { detail } if run.rejected.is_empty() => details.push(format!("{}: {detail}", run.sink)),
+                SinkResult::Delivered { .. } => problems.push(format!("{}: refused {}: {}", run.sink, plural(run.rejected.len(), "change"), run.rejected[0].1)),
+                SinkResult::Failed { error, .. } => problems.push(format!("{}: {error}", run.sink)),
+            }
+        }
+        if problems.is_empty() { Ok(details.join("; ")) } else { Err(problems.join("; ")) }
+    }
+}
+
+/// A stable digest of the batch: the same changes re-delivered give the same fingerprint.
+pub fn fingerprint(function: &str, changes: &[Change], unreadable: &[Unreadable]) -> String {
+    let mut h = Sha256::new();
+    h.update(function.as_bytes());
+    for c in changes {
+        h.update([0xff]);
+        h.update(c.operation.as_str().as_bytes());
+        h.update([0]);
+        h.update(c.id.as_bytes());
+        h.update([0]);
+        h.update(c.partition_key.to_wire().as_bytes());
+        h.update([0]);
+        h.update(c.lsn.unwrap_or(-1).to_le_bytes());
+        h.update(c.ts.unwrap_or(-1).to_le_bytes());
+        h.update(c.etag.as_deref().unwrap_or("").as_bytes());
+    }
+    for u in unreadable {
+        h.update([0xfe]);
+        h.update(u.item.to_string().as_bytes());
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_attempt_rules() {
+        let policy = HostRetryPolicy { max_retry_count: 3 };
+        assert!(!Attempt::new(None, policy).is_last());
+        let ctx = |n, max| RetryContext { retry_count: n, max_retry_count: max, exception: None };
+        assert!(!Attempt::new(Some(&ctx(2, 3)), policy).is_last());
+        assert!(Attempt::new(Some(&ctx(3, 3)), policy).is_last());
+        // No policy: the first failure is the last.
+        assert!(Attempt::new(None, HostRetryPolicy::NONE).is_last());
+        // -1 retries forever: never the last, so the route blocks instead of dead-lettering.
+        assert!(!Attempt::new(Some(&ctx(1000, -1)), HostRetryPolicy { max_retry_count: -1 }).is_last());
+        assert!(Attempt::LAST.is_last());
+    }
+}

@@ -1,0 +1,112 @@
+//! Sinks: where changes go. Every sink has the same parts, in its own folder: `config` (what
+//! the routing file says), request building (changes -> the sink's wire format), the I/O
+//! service, and error classification for the shared retry loop in `pipeline::retry`.
+//!
+//! A sink is idempotent: the same change delivered twice leaves the sink as if delivered once.
+
+pub mod delta;
+
+use crate::change::Change;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Per-sink settings as written in the routing file; `type` picks the sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SinkConfig {
+    Delta(delta::DeltaConfig),
+}
+
+impl SinkConfig {
+    /// Problems with the settings that can be found without I/O, each saying how to fix it.
+    pub fn validate(&self) -> Vec<String> {
+        match self {
+            SinkConfig::Delta(c) => c.validate(),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Delta(_) => delta::KIND,
+        }
+    }
+
+    /// Builds the sink. Connections are opened lazily, on the first batch, so start-up stays fast.
+    pub fn build(&self, name: &str, app_root: &Path) -> Result<Arc<dyn Sink>, SinkError> {
+        match self {
+            SinkConfig::Delta(c) => Ok(Arc::new(delta::DeltaSink::new(name, c, app_root)?)),
+        }
+    }
+}
+
+/// What every sink knows about the batch it is handed.
+#[derive(Debug, Clone)]
+pub struct BatchContext {
+    pub function: String,
+    pub invocation_id: String,
+    /// Stable digest of the batch's changes: the same batch re-delivered has the same one.
+    pub fingerprint: String,
+    pub received_at: DateTime<Utc>,
+}
+
+/// A change the sink refused for good (bad data for this sink); it goes to the dead-letter store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// Index into the `changes` slice given to [`Sink::deliver`].
+    pub index: usize,
+    pub reason: String,
+}
+
+/// The result of one delivery attempt that reached the sink.
+#[derive(Debug, Clone, Default)]
+pub struct Delivery {
+    /// Human-readable detail for the host log, e.g. "100 rows, table version 12".
+    pub detail: String,
+    /// Changes refused for good: dead-lettered at once, never retried.
+    pub rejected: Vec<Rejected>,
+    /// Changes that failed transiently (partial failure): only these are retried.
+    pub pending: Vec<usize>,
+    /// The service asked us to wait this long before retrying `pending`.
+    pub retry_after: Option<Duration>,
+}
+
+impl Delivery {
+    pub fn done(detail: impl Into<String>) -> Self {
+        Self { detail: detail.into(), ..Self::default() }
+    }
+}
+
+/// Why a delivery attempt failed as a whole.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum SinkError {
+    /// May succeed later (network, throttling, conflicts, a service restarting).
+    #[error("{message}")]
+    Transient { message: String, retry_after: Option<Duration> },
+    /// Will not succeed by retrying (bad settings, data the sink cannot take).
+    #[error("{message}")]
+    Permanent { message: String },
+}
+
+impl SinkError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        SinkError::Transient { message: message.into(), retry_after: None }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        SinkError::Permanent { message: message.into() }
+    }
+}
+
+#[async_trait]
+pub trait Sink: Send + Sync {
+    /// The sink's name in the route (unique per function).
+    fn name(&self) -> &str;
+    /// The sink type, as in config (`delta`, ...).
+    fn kind(&self) -> &'static str;
+    /// Delivers changes, in order. Must be idempotent across re-deliveries of the same changes.
+    async fn deliver(&self, ctx: &BatchContext, changes: &[&Change]) -> Result<Delivery, SinkError>;
+}
