@@ -136,13 +136,18 @@ impl EmulatedHost {
 
     /// One POST /{function}, as the host sends it.
     pub async fn invoke(&self, function: &str, body: &str) -> Result<HostCall, HostError> {
+        self.invoke_raw(function, body.as_bytes().to_vec()).await
+    }
+
+    /// One POST /{function} with an arbitrary body (not necessarily UTF-8 or JSON).
+    pub async fn invoke_raw(&self, function: &str, body: Vec<u8>) -> Result<HostCall, HostError> {
         let started = Instant::now();
         let response = self
             .client
             .post(format!("http://127.0.0.1:{}/{function}", self.port))
             .header("content-type", "application/json")
             .header(INVOCATION_ID_HEADER, uuid::Uuid::new_v4().to_string())
-            .body(body.to_string())
+            .body(body)
             .send()
             .await?;
         let status = response.status().as_u16();

@@ -41,21 +41,14 @@ pub struct ChangelogTable {
     table: Mutex<Option<DeltaTable>>,
 }
 
-/// Turns the configured location into a table URL. Local paths are resolved against the app
-/// root and created, so the quickstart needs no setup.
+/// Turns the configured location into a table URL; local paths are resolved against the app
+/// root. No I/O: the folder is created on the first append, so start-up stays fast and a
+/// storage problem is a (retried) delivery failure, not a start-up crash.
 pub fn table_url(location: &str, app_root: &Path) -> Result<Url, String> {
     if location.contains("://") {
-        let url = Url::parse(location).map_err(|e| format!("`{location}` is not a valid URL: {e}"))?;
-        if url.scheme() == "file" {
-            if let Ok(path) = url.to_file_path() {
-                std::fs::create_dir_all(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-            }
-        }
-        return Ok(url);
+        return Url::parse(location).map_err(|e| format!("`{location}` is not a valid URL: {e}"));
     }
-    let path = app_root.join(location);
-    std::fs::create_dir_all(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    let path = path.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
+    let path = std::path::absolute(app_root.join(location)).map_err(|e| format!("cannot resolve {location}: {e}"))?;
     Url::from_directory_path(&path).map_err(|()| format!("{} is not an absolute path", path.display()))
 }
 
@@ -85,10 +78,15 @@ impl ChangelogTable {
     }
 
     async fn open_or_create(&self) -> Result<DeltaTable, DeltaTableError> {
-        match self.builder()?.load().await {
-            Ok(table) => return Ok(table),
-            Err(DeltaTableError::NotATable(_)) => {}
-            Err(e) => return Err(e),
+        if self.url.scheme() == "file" {
+            if let Ok(path) = self.url.to_file_path() {
+                std::fs::create_dir_all(&path).map_err(|source| DeltaTableError::Io { source })?;
+            }
+        }
+        let mut table = self.builder()?.build()?;
+        if table.verify_deltatable_existence().await? {
+            table.load().await?;
+            return Ok(table);
         }
         let created = CreateBuilder::new()
             .with_location(self.url.as_str())

@@ -1,0 +1,216 @@
+//! Shared test harness: a throwaway Function App folder, the real `fanout` binary started by the
+//! emulated host (`fanout::hostsim`), read-back helpers, and real local services (Azurite).
+#![allow(dead_code)]
+
+use fanout::hostsim::EmulatedHost;
+use fanout::sinks::delta::{ChangelogSnapshot, read_changelog};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fanout"))
+}
+
+pub fn fixture(rel: &str) -> String {
+    std::fs::read_to_string(repo_root().join("tests/fixtures").join(rel)).unwrap_or_else(|e| panic!("fixture {rel}: {e}"))
+}
+
+/// A Function App folder in a temp dir: the repo's host.json, function folders, fanout.toml.
+pub struct TestApp {
+    pub dir: TempDir,
+}
+
+impl TestApp {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(repo_root().join("host.json"), dir.path().join("host.json")).expect("copy host.json");
+        Self { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A function folder with a cosmosDBTrigger named `binding`, and a retry policy when
+    /// `max_retry_count` is given.
+    pub fn function(&self, name: &str, binding: &str, max_retry_count: Option<i64>) -> &Self {
+        let mut f = serde_json::json!({
+            "bindings": [{"type": "cosmosDBTrigger", "name": binding, "direction": "in", "connection": "CosmosDBConnection",
+                          "databaseName": "shop", "containerName": name, "leaseContainerName": "leases", "leaseContainerPrefix": format!("{name}-")}]
+        });
+        if let Some(n) = max_retry_count {
+            f["retry"] = serde_json::json!({"strategy": "fixedDelay", "maxRetryCount": n, "delayInterval": "00:00:01"});
+        }
+        std::fs::create_dir_all(self.path().join(name)).unwrap();
+        std::fs::write(self.path().join(name).join("function.json"), f.to_string()).unwrap();
+        self
+    }
+
+    pub fn config(&self, toml: &str) -> &Self {
+        std::fs::write(self.path().join("fanout.toml"), toml).unwrap();
+        self
+    }
+
+    pub fn table(&self, rel: &str) -> PathBuf {
+        self.path().join(rel)
+    }
+
+    pub async fn start(&self) -> EmulatedHost {
+        self.start_with(&[]).await
+    }
+
+    pub async fn start_with(&self, env: &[(&str, &str)]) -> EmulatedHost {
+        EmulatedHost::start(&binary(), self.path(), env).await.expect("handler starts and answers on /")
+    }
+
+    /// Runs a `fanout` subcommand in the app root.
+    pub fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(binary());
+        cmd.current_dir(self.path()).args(args).env_remove("FUNCTIONS_CUSTOMHANDLER_PORT");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run fanout")
+    }
+
+    /// Pending dead-letter records (relative keys).
+    pub fn dead_letters(&self) -> Vec<String> {
+        let root = self.path().join(".fanout/dead-letter/pending");
+        let mut out = Vec::new();
+        walk(&root, &root, &mut out);
+        out.sort();
+        out
+    }
+
+    pub fn dead_letter(&self, key: &str) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.path().join(".fanout/dead-letter/pending").join(key)).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(root, &p, out);
+        } else {
+            out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+        }
+    }
+}
+
+pub async fn read_table(path: &Path) -> ChangelogSnapshot {
+    let url = url::Url::from_directory_path(path).unwrap();
+    read_changelog(url, Default::default()).await.expect("read changelog")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs a Python snippet; the test suite's setup installs `deltalake` and `pyarrow`.
+pub fn python(script: &str, env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "python failed (run tests/setup.sh to install deltalake + pyarrow):\n{}",
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// A real Azure Blob endpoint: Azurite (installed by tests/setup.sh), on a free loopback port,
+/// stopped by PID on drop.
+pub struct Azurite {
+    child: Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+pub const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+impl Azurite {
+    pub fn start() -> Self {
+        let bin = repo_root().join("tests/.tools/node_modules/.bin/azurite-blob");
+        assert!(bin.exists(), "Azurite is not installed: run tests/setup.sh (or tests/run.sh)");
+        let dir = tempfile::tempdir().unwrap();
+        let port = fanout::hostsim::free_port().unwrap();
+        let child = Command::new(bin)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--location"])
+            .arg(dir.path())
+            .args(["--silent", "--skipApiVersionCheck", "--loose"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start azurite");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30), "Azurite did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port, _dir: dir }
+    }
+
+    pub fn blob_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The environment object_store (in fanout and in Python deltalake) uses to reach Azurite.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AZURE_STORAGE_USE_EMULATOR", "true".into()),
+            ("AZURITE_BLOB_STORAGE_URL", self.blob_url()),
+            ("AZURE_STORAGE_ACCOUNT_NAME", AZURITE_ACCOUNT.into()),
+            ("AZURE_STORAGE_ACCOUNT_KEY", AZURITE_KEY.into()),
+        ]
+    }
+
+    /// Creates a blob container (Shared Key auth, as any Azure client would).
+    pub async fn create_container(&self, name: &str) {
+        use base64::Engine;
+        use hmac::{Hmac, Mac};
+        let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        let version = "2021-08-06";
+        let string_to_sign = format!(
+            "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{name}\nrestype:container"
+        );
+        let key = base64::engine::general_purpose::STANDARD.decode(AZURITE_KEY).unwrap();
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(string_to_sign.as_bytes());
+        let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let response = reqwest::Client::new()
+            .put(format!("{}/{AZURITE_ACCOUNT}/{name}?restype=container", self.blob_url()))
+            .header("x-ms-date", date)
+            .header("x-ms-version", version)
+            .header("Authorization", format!("SharedKey {AZURITE_ACCOUNT}:{signature}"))
+            .header("Content-Length", "0")
+            .send()
+            .await
+            .expect("azurite answers");
+        assert!(response.status().is_success(), "create container: {} {}", response.status(), response.text().await.unwrap_or_default());
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
