@@ -280,20 +280,16 @@ fn validate(app_root: &Path, file: &Path, parsed: FileConfig, problems: &mut Vec
         let partition_key = match f.partition_key {
             None => {
                 problem(&format!("{at}.partition_key"), "missing; set it to the container's partition key path, e.g. `partition_key = \"/customerId\"` (or a list for hierarchical keys)".into());
-                continue;
+                None
             }
             Some(pk) => {
                 let paths = match pk {
                     OneOrMany::One(p) => vec![p],
                     OneOrMany::Many(ps) => ps,
                 };
-                match PartitionKeyPaths::parse(&paths) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        problem(&format!("{at}.partition_key"), e.to_string());
-                        continue;
-                    }
-                }
+                PartitionKeyPaths::parse(&paths)
+                    .map_err(|e| problem(&format!("{at}.partition_key"), e.to_string()))
+                    .ok()
             }
         };
         let soft_delete = match f.soft_delete {
@@ -322,10 +318,11 @@ fn validate(app_root: &Path, file: &Path, parsed: FileConfig, problems: &mut Vec
                 problem(&sink_at, message);
             }
         }
-        routes.insert(
-            name,
-            RouteConfig { function, partition_key, soft_delete, retry, sinks: f.sinks },
-        );
+        // Everything above is checked even when the partition key is wrong, so one run of
+        // check-config lists every problem.
+        if let Some(partition_key) = partition_key {
+            routes.insert(name, RouteConfig { function, partition_key, soft_delete, retry, sinks: f.sinks });
+        }
     }
     // Every Cosmos-triggered function folder must be routed: otherwise the host would call a
     // function whose batches have nowhere to go.

@@ -166,7 +166,7 @@ impl DeadLetterStore {
 
     fn path(&self, area: &str, key: &str) -> StorePath {
         let mut p = self.root.clone();
-        for part in area.split('/').chain(key.split('/')) {
+        for part in area.split('/').chain(key.split('/')).filter(|p| !p.is_empty()) {
             p = p.clone().join(part);
         }
         p
