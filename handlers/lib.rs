@@ -15,3 +15,9 @@ pub mod hostsim;
 pub mod pipeline;
 pub mod server;
 pub mod sinks;
+
+/// Several TLS stacks share rustls; with both of its crypto backends compiled in, rustls
+/// cannot choose one by itself. Call once at start-up (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

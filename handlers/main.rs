@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "fanout", version, about = "Azure Functions custom handler: Cosmos DB change feed -> Delta Lake, Event Hubs, AI Search, Redis, with nothing lost")]
+#[command(
+    name = "fanout",
+    version,
+    about = "Azure Functions custom handler: Cosmos DB change feed -> Delta Lake, Event Hubs, AI Search, Redis, with nothing lost"
+)]
 struct Cli {
     /// The Function App root (host.json, function folders, fanout.toml).
     /// Default: $AzureWebJobsScriptRoot, else the working directory.
@@ -61,7 +65,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     commands::init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    fanout::install_crypto_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("fanout: cannot start the async runtime: {e}");
@@ -73,9 +81,12 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Serve { port: None }) {
             Command::Serve { port } => commands::serve::run(&ctx, port).await,
             Command::CheckConfig => commands::check::run(&ctx),
-            Command::Replay { function, sink, batches, dry_run } => {
-                commands::replay::run(&ctx, function, sink, batches, dry_run).await
-            }
+            Command::Replay {
+                function,
+                sink,
+                batches,
+                dry_run,
+            } => commands::replay::run(&ctx, function, sink, batches, dry_run).await,
             Command::Changelog { table } => commands::changelog::run(&ctx, table).await,
             Command::Demo { batches } => commands::demo::run(&ctx, batches).await,
         }

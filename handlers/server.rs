@@ -48,22 +48,32 @@ async fn invoke(
     };
     // Run the batch on its own task: if the host drops the connection (timeout), the batch
     // still finishes and its outcome (delivery or dead-letter) is not cut off half-way.
-    let task = tokio::spawn(async move { pipeline.handle(&function, invocation_id, &body, Origin::Host).await });
+    let task = tokio::spawn(async move {
+        pipeline
+            .handle(&function, invocation_id, &body, Origin::Host)
+            .await
+    });
     match task.await {
         Ok(answer) => {
-            let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let status =
+                StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             (status, Json(answer.response)).into_response()
         }
         Err(e) => {
             tracing::error!(error = %e, "invocation task failed");
-            let response = InvocationResponse::with_logs(vec![format!("fanout: internal error: {e}")]);
+            let response =
+                InvocationResponse::with_logs(vec![format!("fanout: internal error: {e}")]);
             (StatusCode::INTERNAL_SERVER_ERROR, Json(response)).into_response()
         }
     }
 }
 
 /// Serves until SIGTERM or Ctrl-C, then lets in-flight invocations finish.
-pub async fn serve(pipeline: Arc<Pipeline>, addr: SocketAddr, max_body_bytes: usize) -> std::io::Result<()> {
+pub async fn serve(
+    pipeline: Arc<Pipeline>,
+    addr: SocketAddr,
+    max_body_bytes: usize,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, routes = ?pipeline.routes().keys().collect::<Vec<_>>(), "listening");
     axum::serve(listener, router(pipeline, max_body_bytes))

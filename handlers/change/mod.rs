@@ -7,7 +7,7 @@ mod normalize;
 mod partition_key;
 
 pub use normalize::{ChangeShape, NormalizeError, Normalizer, SoftDelete, Unreadable, shape};
-pub use partition_key::{PartitionKey, PartitionKeyPaths, PartitionKeyPathError};
+pub use partition_key::{PartitionKey, PartitionKeyPathError, PartitionKeyPaths};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -51,7 +51,10 @@ impl Normalizer {
     pub fn normalize(&self, index: usize, item: Value) -> Result<Change, Unreadable> {
         let fail = |id: Option<String>, reason: String| NormalizeError { index, id, reason };
         let Value::Object(item) = item else {
-            let error = fail(None, format!("expected a JSON object, found {}", kind(&item)));
+            let error = fail(
+                None,
+                format!("expected a JSON object, found {}", kind(&item)),
+            );
             return Err(Unreadable { error, item });
         };
         let checked = match shape(&item) {
@@ -60,12 +63,18 @@ impl Normalizer {
         };
         match checked {
             Ok(header) => Ok(header.into_change(item)),
-            Err((id, reason)) => Err(Unreadable { error: fail(id, reason), item: Value::Object(item) }),
+            Err((id, reason)) => Err(Unreadable {
+                error: fail(id, reason),
+                item: Value::Object(item),
+            }),
         }
     }
 
     /// Reads everything but the body from a latest-version document, by reference.
-    fn check_latest_version(&self, doc: &Map<String, Value>) -> Result<Header, (Option<String>, String)> {
+    fn check_latest_version(
+        &self,
+        doc: &Map<String, Value>,
+    ) -> Result<Header, (Option<String>, String)> {
         let id = document_id(doc)?;
         let soft_deleted = self
             .soft_delete
@@ -74,7 +83,11 @@ impl Normalizer {
         let lsn = integer_field(doc, "_lsn").map_err(|r| (Some(id.clone()), r))?;
         let ts = integer_field(doc, "_ts").map_err(|r| (Some(id.clone()), r))?;
         Ok(Header {
-            operation: if soft_deleted { Operation::Delete } else { Operation::Upsert },
+            operation: if soft_deleted {
+                Operation::Delete
+            } else {
+                Operation::Upsert
+            },
             delete_kind: soft_deleted.then_some(DeleteKind::Soft),
             partition_key: self.partition_key.extract(doc),
             lsn,
@@ -86,27 +99,47 @@ impl Normalizer {
     }
 
     /// Reads an all-versions-and-deletes item (`{"current", "metadata"}`), by reference.
-    fn check_all_versions(&self, item: &Map<String, Value>) -> Result<Header, (Option<String>, String)> {
+    fn check_all_versions(
+        &self,
+        item: &Map<String, Value>,
+    ) -> Result<Header, (Option<String>, String)> {
         let empty = Map::new();
-        let metadata = item.get("metadata").and_then(Value::as_object).unwrap_or(&empty);
-        let op = metadata.get("operationType").and_then(Value::as_str).unwrap_or_default();
+        let metadata = item
+            .get("metadata")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        let op = metadata
+            .get("operationType")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let lsn = integer_field(metadata, "lsn").map_err(|r| (None, format!("metadata: {r}")))?;
         let crts = integer_field(metadata, "crts").map_err(|r| (None, format!("metadata: {r}")))?;
         match op {
             "create" | "replace" => {
                 let doc = match item.get("current") {
                     Some(Value::Object(doc)) => doc,
-                    Some(other) => return Err((None, format!("`current` must be an object, found {}", kind(other)))),
+                    Some(other) => {
+                        return Err((
+                            None,
+                            format!("`current` must be an object, found {}", kind(other)),
+                        ));
+                    }
                     None => return Err((None, format!("a `{op}` item has no `current` document"))),
                 };
                 let id = document_id(doc)?;
-                let ts = integer_field(doc, "_ts").map_err(|r| (Some(id.clone()), r))?.or(crts);
+                let ts = integer_field(doc, "_ts")
+                    .map_err(|r| (Some(id.clone()), r))?
+                    .or(crts);
                 let lsn = match lsn {
                     Some(l) => Some(l),
                     None => integer_field(doc, "_lsn").map_err(|r| (Some(id.clone()), r))?,
                 };
                 Ok(Header {
-                    operation: if op == "create" { Operation::Create } else { Operation::Replace },
+                    operation: if op == "create" {
+                        Operation::Create
+                    } else {
+                        Operation::Replace
+                    },
                     delete_kind: None,
                     partition_key: self.partition_key.extract(doc),
                     lsn,
@@ -125,10 +158,15 @@ impl Normalizer {
                     Some(Value::Object(pk)) => self.partition_key.extract_from_metadata(pk),
                     _ => self.partition_key.extract(&Map::new()),
                 };
-                let ttl_expired = metadata.get("timeToLiveExpired").and_then(Value::as_bool) == Some(true);
+                let ttl_expired =
+                    metadata.get("timeToLiveExpired").and_then(Value::as_bool) == Some(true);
                 Ok(Header {
                     operation: Operation::Delete,
-                    delete_kind: Some(if ttl_expired { DeleteKind::TtlExpired } else { DeleteKind::Hard }),
+                    delete_kind: Some(if ttl_expired {
+                        DeleteKind::TtlExpired
+                    } else {
+                        DeleteKind::Hard
+                    }),
                     id,
                     partition_key,
                     lsn,
@@ -138,7 +176,12 @@ impl Normalizer {
                 })
             }
             "" => Err((None, "`metadata.operationType` is missing".into())),
-            other => Err((None, format!("unknown `metadata.operationType` `{other}` (expected create, replace or delete)"))),
+            other => Err((
+                None,
+                format!(
+                    "unknown `metadata.operationType` `{other}` (expected create, replace or delete)"
+                ),
+            )),
         }
     }
 }
@@ -193,7 +236,9 @@ impl Header {
 /// anything else is a latest-version document.
 pub fn shape(item: &Map<String, Value>) -> ChangeShape {
     match item.get("metadata") {
-        Some(Value::Object(m)) if m.contains_key("operationType") => ChangeShape::AllVersionsAndDeletes,
+        Some(Value::Object(m)) if m.contains_key("operationType") => {
+            ChangeShape::AllVersionsAndDeletes
+        }
         _ => ChangeShape::LatestVersion,
     }
 }
@@ -202,7 +247,10 @@ fn document_id(doc: &Map<String, Value>) -> Result<String, (Option<String>, Stri
     match doc.get("id") {
         Some(Value::String(id)) if !id.is_empty() => Ok(id.clone()),
         Some(Value::String(_)) => Err((None, "`id` is empty".into())),
-        Some(other) => Err((None, format!("`id` must be a string, found {}", kind(other)))),
+        Some(other) => Err((
+            None,
+            format!("`id` must be a string, found {}", kind(other)),
+        )),
         None => Err((None, "the document has no `id`".into())),
     }
 }
@@ -214,13 +262,17 @@ fn integer_field(map: &Map<String, Value>, name: &str) -> Result<Option<i64>, St
             .as_i64()
             .map(Some)
             .ok_or_else(|| format!("`{name}` must be an integer, found {n}")),
-        Some(other) => Err(format!("`{name}` must be an integer, found {}", kind(other))),
+        Some(other) => Err(format!(
+            "`{name}` must be an integer, found {}",
+            kind(other)
+        )),
     }
 }
 
 fn lookup<'a>(doc: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
     let (first, rest) = path.split_first()?;
-    rest.iter().try_fold(doc.get(first)?, |v, seg| v.as_object()?.get(seg))
+    rest.iter()
+        .try_fold(doc.get(first)?, |v, seg| v.as_object()?.get(seg))
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -243,17 +295,26 @@ mod tests {
     fn normalizer() -> Normalizer {
         Normalizer::new(
             PartitionKeyPaths::parse(&["/customerId"]).unwrap(),
-            Some(SoftDelete { path: vec!["deleted".into()], equals: json!(true) }),
+            Some(SoftDelete {
+                path: vec!["deleted".into()],
+                equals: json!(true),
+            }),
         )
     }
 
     #[test]
     fn latest_version_upsert() {
         let c = normalizer()
-            .normalize(0, json!({"id": "o1", "customerId": "c1", "_lsn": 5, "_ts": 100, "_etag": "\"e\""}))
+            .normalize(
+                0,
+                json!({"id": "o1", "customerId": "c1", "_lsn": 5, "_ts": 100, "_etag": "\"e\""}),
+            )
             .unwrap();
         assert_eq!(c.operation, Operation::Upsert);
-        assert_eq!((c.id.as_str(), c.lsn, c.ts, c.etag.as_deref()), ("o1", Some(5), Some(100), Some("\"e\"")));
+        assert_eq!(
+            (c.id.as_str(), c.lsn, c.ts, c.etag.as_deref()),
+            ("o1", Some(5), Some(100), Some("\"e\""))
+        );
         assert_eq!(c.partition_key, PartitionKey(vec![Some(json!("c1"))]));
         assert!(c.document.is_some());
     }
@@ -261,11 +322,19 @@ mod tests {
     #[test]
     fn soft_delete_marker_is_a_delete_with_the_body() {
         let c = normalizer()
-            .normalize(0, json!({"id": "o1", "customerId": "c1", "deleted": true, "ttl": 60, "_lsn": 6}))
+            .normalize(
+                0,
+                json!({"id": "o1", "customerId": "c1", "deleted": true, "ttl": 60, "_lsn": 6}),
+            )
             .unwrap();
-        assert_eq!((c.operation, c.delete_kind), (Operation::Delete, Some(DeleteKind::Soft)));
+        assert_eq!(
+            (c.operation, c.delete_kind),
+            (Operation::Delete, Some(DeleteKind::Soft))
+        );
         assert!(c.document.is_some());
-        let not = normalizer().normalize(0, json!({"id": "o1", "deleted": false})).unwrap();
+        let not = normalizer()
+            .normalize(0, json!({"id": "o1", "deleted": false}))
+            .unwrap();
         assert_eq!(not.operation, Operation::Upsert);
     }
 
@@ -275,16 +344,28 @@ mod tests {
         let create = n
             .normalize(0, json!({"current": {"id": "o1", "customerId": "c1", "_ts": 10}, "metadata": {"operationType": "create", "lsn": 7, "crts": 10}}))
             .unwrap();
-        assert_eq!((create.operation, create.lsn, create.ts), (Operation::Create, Some(7), Some(10)));
+        assert_eq!(
+            (create.operation, create.lsn, create.ts),
+            (Operation::Create, Some(7), Some(10))
+        );
         let replace = n
             .normalize(1, json!({"current": {"id": "o1", "customerId": "c1"}, "metadata": {"operationType": "replace", "lsn": 8, "crts": 11, "previousImageLSN": 7}}))
             .unwrap();
-        assert_eq!((replace.operation, replace.ts), (Operation::Replace, Some(11)));
+        assert_eq!(
+            (replace.operation, replace.ts),
+            (Operation::Replace, Some(11))
+        );
         let delete = n
             .normalize(2, json!({"metadata": {"operationType": "delete", "lsn": 9, "crts": 12, "previousImageLSN": 8, "id": "o1", "partitionKey": {"customerId": "c1"}}}))
             .unwrap();
-        assert_eq!((delete.operation, delete.delete_kind), (Operation::Delete, Some(DeleteKind::Hard)));
-        assert_eq!((delete.id.as_str(), delete.lsn, delete.ts), ("o1", Some(9), Some(12)));
+        assert_eq!(
+            (delete.operation, delete.delete_kind),
+            (Operation::Delete, Some(DeleteKind::Hard))
+        );
+        assert_eq!(
+            (delete.id.as_str(), delete.lsn, delete.ts),
+            ("o1", Some(9), Some(12))
+        );
         assert_eq!(delete.partition_key.as_key_string(), "c1");
         assert!(delete.document.is_none());
         let ttl = n
@@ -298,18 +379,37 @@ mod tests {
     fn malformed_items_are_explained() {
         let n = normalizer();
         let e = n.normalize(3, json!("x")).unwrap_err();
-        assert_eq!(e.error.to_string(), "item 3: expected a JSON object, found a string");
+        assert_eq!(
+            e.error.to_string(),
+            "item 3: expected a JSON object, found a string"
+        );
         assert_eq!(e.item, json!("x"));
         let reason = |v: Value| n.normalize(0, v).unwrap_err().error.reason;
         assert_eq!(reason(json!({"name": "no id"})), "the document has no `id`");
-        assert_eq!(reason(json!({"id": 5})), "`id` must be a string, found a number");
+        assert_eq!(
+            reason(json!({"id": 5})),
+            "`id` must be a string, found a number"
+        );
         let bad_lsn = json!({"id": "a", "_lsn": "x"});
         let e = n.normalize(1, bad_lsn.clone()).unwrap_err();
-        assert_eq!(e.error.to_string(), "item 1 (id `a`): `_lsn` must be an integer, found a string");
-        assert_eq!(e.item, bad_lsn, "the raw item comes back untouched for the dead-letter store");
+        assert_eq!(
+            e.error.to_string(),
+            "item 1 (id `a`): `_lsn` must be an integer, found a string"
+        );
+        assert_eq!(
+            e.item, bad_lsn,
+            "the raw item comes back untouched for the dead-letter store"
+        );
         assert!(reason(json!({"metadata": {"operationType": "upsert"}})).contains("unknown"));
-        assert!(reason(json!({"metadata": {"operationType": "delete", "lsn": 1}})).contains("metadata.id"));
-        let bad_current = json!({"current": [1], "metadata": {"operationType": "create", "lsn": 1}});
-        assert_eq!(n.normalize(0, bad_current.clone()).unwrap_err().item, bad_current);
+        assert!(
+            reason(json!({"metadata": {"operationType": "delete", "lsn": 1}}))
+                .contains("metadata.id")
+        );
+        let bad_current =
+            json!({"current": [1], "metadata": {"operationType": "create", "lsn": 1}});
+        assert_eq!(
+            n.normalize(0, bad_current.clone()).unwrap_err().item,
+            bad_current
+        );
     }
 }

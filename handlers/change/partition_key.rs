@@ -47,6 +47,11 @@ impl PartitionKeyPaths {
         &self.raw
     }
 
+    /// Each path split into its segments (`/address/city` -> `["address", "city"]`).
+    pub fn segments(&self) -> &[Vec<String>] {
+        &self.paths
+    }
+
     /// Reads the key from a document body. A missing field is Cosmos' "undefined" component:
     /// a document without any key field lives in the "none" partition, which is not an error.
     pub fn extract(&self, doc: &Map<String, Value>) -> PartitionKey {
@@ -162,14 +167,24 @@ mod tests {
     #[test]
     fn delete_metadata_keys_flat_or_nested() {
         let pk = PartitionKeyPaths::parse(&["/address/city"]).unwrap();
-        assert_eq!(pk.extract_from_metadata(&obj(json!({"address/city": "Linz"}))).as_key_string(), "Linz");
-        assert_eq!(pk.extract_from_metadata(&obj(json!({"address": {"city": "Wels"}}))).as_key_string(), "Wels");
+        assert_eq!(
+            pk.extract_from_metadata(&obj(json!({"address/city": "Linz"})))
+                .as_key_string(),
+            "Linz"
+        );
+        assert_eq!(
+            pk.extract_from_metadata(&obj(json!({"address": {"city": "Wels"}})))
+                .as_key_string(),
+            "Wels"
+        );
     }
 
     #[test]
     fn bad_paths_are_explained() {
         assert_eq!(
-            PartitionKeyPaths::parse(&["customerId"]).unwrap_err().to_string(),
+            PartitionKeyPaths::parse(&["customerId"])
+                .unwrap_err()
+                .to_string(),
             "partition key path `customerId` must start with `/` (for example `/customerId`)"
         );
         assert!(PartitionKeyPaths::parse(&["/a//b"]).is_err());

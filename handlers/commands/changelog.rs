@@ -12,8 +12,11 @@ pub async fn run(ctx: &Context, table: Option<String>) -> Result<(), CommandErro
             let config = ctx.load()?;
             for route in config.routes.values() {
                 for sink in route.sinks.values() {
-                    let SinkConfig::Delta(d) = sink;
-                    tables.push((d.table.clone(), d.storage_options.clone().into_iter().collect()));
+                    let SinkConfig::Delta(d) = sink else { continue };
+                    tables.push((
+                        d.table.clone(),
+                        d.storage_options.clone().into_iter().collect(),
+                    ));
                 }
             }
         }
@@ -31,9 +34,19 @@ pub async fn run(ctx: &Context, table: Option<String>) -> Result<(), CommandErro
 pub fn print_summary(url: &str, snapshot: &fanout::sinks::delta::ChangelogSnapshot) {
     let s = snapshot.summary();
     println!("changelog {url}");
-    println!("  table version {}, {} data files", snapshot.version, snapshot.files);
-    let ops: Vec<String> = s.by_operation.iter().map(|(op, n)| format!("{op} {n}")).collect();
+    println!(
+        "  table version {}, {} data files",
+        snapshot.version, snapshot.files
+    );
+    let ops: Vec<String> = s
+        .by_operation
+        .iter()
+        .map(|(op, n)| format!("{op} {n}"))
+        .collect();
     println!("  {} rows: {}", s.rows, ops.join(", "));
-    println!("  {} documents, {} live (newest change is not a delete)", s.distinct_ids, s.live_documents);
+    println!(
+        "  {} documents, {} live (newest change is not a delete)",
+        s.distinct_ids, s.live_documents
+    );
     println!("  duplicate (id, lsn) rows: {}", s.duplicate_rows);
 }

@@ -5,11 +5,15 @@ pub fn run(ctx: &Context) -> Result<(), CommandError> {
     let (config, pipeline) = ctx.pipeline()?;
     println!("{}: ok", config.file.display());
     println!("  app root: {}", config.app_root.display());
-    println!("  function timeout: {} s", config.function_timeout.as_secs());
+    println!(
+        "  function timeout: {} s",
+        config.function_timeout.as_secs()
+    );
     println!("  dead-letter store: {}", pipeline.dead_letter().location());
     for (name, route) in pipeline.routes() {
         let policy = match route.function.retry.max_retry_count {
-            -1 => "retry forever (the route blocks; never dead-letters transient failures)".to_string(),
+            -1 => "retry forever (the route blocks; never dead-letters transient failures)"
+                .to_string(),
             0 => "no retry policy (dead-letter on the first failure)".to_string(),
             n => format!("{n} retries, then dead-letter"),
         };

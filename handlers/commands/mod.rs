@@ -44,8 +44,13 @@ fn env(name: &str) -> Option<String> {
 impl Context {
     pub fn new(app_root: Option<PathBuf>, config: Option<PathBuf>) -> Self {
         let app_root = resolve_app_root(app_root.as_deref(), &env);
-        let config_file = config.map(|c| if c.is_absolute() { c } else { app_root.join(c) }).unwrap_or_else(|| app_root.join(CONFIG_FILE));
-        Self { app_root, config_file }
+        let config_file = config
+            .map(|c| if c.is_absolute() { c } else { app_root.join(c) })
+            .unwrap_or_else(|| app_root.join(CONFIG_FILE));
+        Self {
+            app_root,
+            config_file,
+        }
     }
 
     pub fn load(&self) -> Result<AppConfig, ConfigError> {
@@ -66,7 +71,9 @@ pub fn init_tracing() {
     let filter = EnvFilter::try_from_env("FANOUT_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("warn,fanout=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = if std::env::var("FANOUT_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().try_init()
     } else {

@@ -6,9 +6,11 @@ use std::path::PathBuf;
 fn bar(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
-        ProgressStyle::with_template(&format!("{{spinner}} {what} [{{bar:30}}] {{pos}}/{{len}} {{msg}}"))
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{bar:30}}] {{pos}}/{{len}} {{msg}}"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar
 }
@@ -23,11 +25,19 @@ pub async fn run(
 ) -> Result<(), CommandError> {
     let (_, pipeline) = ctx.pipeline()?;
     if !batches.is_empty() {
-        let function = function.ok_or_else(|| CommandError::Usage("--batches needs --function (the function the batches were meant for)".into()))?;
+        let function = function.ok_or_else(|| {
+            CommandError::Usage(
+                "--batches needs --function (the function the batches were meant for)".into(),
+            )
+        })?;
         let mut bodies = Vec::new();
         for file in &batches {
-            let text = std::fs::read_to_string(file).map_err(|e| CommandError::Usage(format!("cannot read {}: {e}", file.display())))?;
-            bodies.extend(split_bodies(&text).map_err(|e| CommandError::Usage(format!("{}: {e}", file.display())))?);
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| CommandError::Usage(format!("cannot read {}: {e}", file.display())))?;
+            bodies.extend(
+                split_bodies(&text)
+                    .map_err(|e| CommandError::Usage(format!("{}: {e}", file.display())))?,
+            );
         }
         if dry_run {
             println!("would deliver {} batches to `{function}`", bodies.len());
@@ -36,7 +46,9 @@ pub async fn run(
         let progress = bar(bodies.len(), "batches");
         let (mut failed, mut dead_lettered) = (0, 0);
         for body in &bodies {
-            let answer = pipeline.handle(&function, None, body.as_bytes(), Origin::Replay).await;
+            let answer = pipeline
+                .handle(&function, None, body.as_bytes(), Origin::Replay)
+                .await;
             dead_lettered += answer.dead_lettered;
             if answer.status >= 300 {
                 failed += 1;
@@ -45,8 +57,16 @@ pub async fn run(
             progress.inc(1);
         }
         progress.finish_with_message("done");
-        println!("{} batches: {} delivered, {failed} failed, {dead_lettered} changes dead-lettered", bodies.len(), bodies.len() - failed);
-        return if failed == 0 { Ok(()) } else { Err(CommandError::Failed(format!("{failed} batches failed"))) };
+        println!(
+            "{} batches: {} delivered, {failed} failed, {dead_lettered} changes dead-lettered",
+            bodies.len(),
+            bodies.len() - failed
+        );
+        return if failed == 0 {
+            Ok(())
+        } else {
+            Err(CommandError::Failed(format!("{failed} batches failed")))
+        };
     }
 
     let store = pipeline.dead_letter();
@@ -81,7 +101,12 @@ pub async fn run(
             }
         };
         if dry_run {
-            progress.println(format!("{key}: {} x {:?}: {}", record.size(), record.kind, record.error));
+            progress.println(format!(
+                "{key}: {} x {:?}: {}",
+                record.size(),
+                record.kind,
+                record.error
+            ));
         } else {
             match pipeline.replay_record(&record).await {
                 Ok(detail) => match store.mark_replayed(key).await {
@@ -92,7 +117,9 @@ pub async fn run(
                     }
                     Err(e) => {
                         failed += 1;
-                        progress.println(format!("{key}: delivered, but could not be moved to replayed/: {e}"));
+                        progress.println(format!(
+                            "{key}: delivered, but could not be moved to replayed/: {e}"
+                        ));
                     }
                 },
                 Err(e) => {
@@ -108,16 +135,30 @@ pub async fn run(
         println!("{} records pending in {}", keys.len(), store.location());
         return Ok(());
     }
-    println!("replayed {replayed} records ({changes} changes); {failed} still pending in {}", store.location());
-    if failed == 0 { Ok(()) } else { Err(CommandError::Failed(format!("{failed} records could not be replayed"))) }
+    println!(
+        "replayed {replayed} records ({changes} changes); {failed} still pending in {}",
+        store.location()
+    );
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(CommandError::Failed(format!(
+            "{failed} records could not be replayed"
+        )))
+    }
 }
 
 /// A file of host request bodies: a JSON array of bodies, or one body per line.
 fn split_bodies(text: &str) -> Result<Vec<String>, String> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
-        let values: Vec<serde_json::Value> = serde_json::from_str(trimmed).map_err(|e| format!("not a JSON array of bodies: {e}"))?;
+        let values: Vec<serde_json::Value> = serde_json::from_str(trimmed)
+            .map_err(|e| format!("not a JSON array of bodies: {e}"))?;
         return Ok(values.iter().map(|v| v.to_string()).collect());
     }
-    Ok(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect())
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect())
 }

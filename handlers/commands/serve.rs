@@ -5,10 +5,13 @@ use std::sync::Arc;
 
 pub async fn run(ctx: &Context, port: Option<u16>) -> Result<(), CommandError> {
     // Started with no arguments (as the host does), clap has not read the environment.
-    let from_env = match std::env::var(PORT_ENV) {
-        Ok(v) => Some(v.trim().parse::<u16>().map_err(|_| CommandError::Usage(format!("{PORT_ENV}=`{v}` is not a port number")))?),
-        Err(_) => None,
-    };
+    let from_env =
+        match std::env::var(PORT_ENV) {
+            Ok(v) => Some(v.trim().parse::<u16>().map_err(|_| {
+                CommandError::Usage(format!("{PORT_ENV}=`{v}` is not a port number"))
+            })?),
+            Err(_) => None,
+        };
     let port = port.or(from_env).ok_or_else(|| {
         CommandError::Usage(format!(
             "{PORT_ENV} is not set. The Functions host sets it when it starts the handler; to run it by hand use `fanout serve --port 7071`, or `fanout demo` for the quickstart"

@@ -15,9 +15,15 @@ pub const DEFAULT_FUNCTION_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 #[derive(Debug, thiserror::Error)]
 pub enum FunctionFileError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not valid JSON: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -105,7 +111,9 @@ pub fn parse_timespan(s: &str) -> Option<Duration> {
         _ => (0, s),
     };
     let parts: Vec<&str> = clock.split(':').collect();
-    let [h, m, sec] = parts.as_slice() else { return None };
+    let [h, m, sec] = parts.as_slice() else {
+        return None;
+    };
     let secs: f64 = sec.parse().ok()?;
     let (h, m): (u64, u64) = (h.parse().ok()?, m.parse().ok()?);
     if m >= 60 || !(0.0..60.0).contains(&secs) {
@@ -138,7 +146,9 @@ pub fn read_function(app_root: &Path, name: &str) -> Result<FunctionDefinition, 
         container: text("containerName"),
         retry: file
             .retry
-            .map(|r| HostRetryPolicy { max_retry_count: r.max_retry_count.unwrap_or(0) })
+            .map(|r| HostRetryPolicy {
+                max_retry_count: r.max_retry_count.unwrap_or(0),
+            })
             .unwrap_or(HostRetryPolicy::NONE),
     })
 }
@@ -146,14 +156,18 @@ pub fn read_function(app_root: &Path, name: &str) -> Result<FunctionDefinition, 
 /// Every folder under the app root whose function.json has a Cosmos DB trigger.
 pub fn discover_cosmos_functions(app_root: &Path) -> BTreeMap<String, PathBuf> {
     let mut found = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(app_root) else { return found };
+    let Ok(entries) = std::fs::read_dir(app_root) else {
+        return found;
+    };
     for entry in entries.flatten() {
         let path = entry.path().join("function.json");
-        let Ok(text) = std::fs::read_to_string(&path) else { continue };
-        if text.contains("cosmosDBTrigger") {
-            if let Some(name) = entry.file_name().to_str() {
-                found.insert(name.to_string(), path);
-            }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        if text.contains("cosmosDBTrigger")
+            && let Some(name) = entry.file_name().to_str()
+        {
+            found.insert(name.to_string(), path);
         }
     }
     found
@@ -166,8 +180,14 @@ mod tests {
     #[test]
     fn timespans() {
         assert_eq!(parse_timespan("00:05:00"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_timespan("01:00:30.5"), Some(Duration::from_secs_f64(3630.5)));
-        assert_eq!(parse_timespan("1.00:00:00"), Some(Duration::from_secs(86_400)));
+        assert_eq!(
+            parse_timespan("01:00:30.5"),
+            Some(Duration::from_secs_f64(3630.5))
+        );
+        assert_eq!(
+            parse_timespan("1.00:00:00"),
+            Some(Duration::from_secs(86_400))
+        );
         assert_eq!(parse_timespan("5 minutes"), None);
         assert_eq!(parse_timespan("00:61:00"), None);
     }
@@ -188,6 +208,9 @@ mod tests {
         assert_eq!(f.container.as_deref(), Some("orders"));
         assert_eq!(discover_cosmos_functions(dir.path()).len(), 1);
         let missing = read_function(dir.path(), "nope").unwrap_err();
-        assert!(missing.to_string().contains("nope/function.json"), "{missing}");
+        assert!(
+            missing.to_string().contains("nope/function.json"),
+            "{missing}"
+        );
     }
 }

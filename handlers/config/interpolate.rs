@@ -4,7 +4,9 @@
 /// One unresolved reference, reported with where it was found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InterpolationError {
-    #[error("refers to app setting `{name}`, which is not set; add it to local.settings.json `Values` (local) or to the Function App's app settings (Azure), or write `${{{name}:-default}}`")]
+    #[error(
+        "refers to app setting `{name}`, which is not set; add it to local.settings.json `Values` (local) or to the Function App's app settings (Azure), or write `${{{name}:-default}}`"
+    )]
     Unset { name: String },
     #[error("has an unterminated `${{` (write `$$` for a literal `$`)")]
     Unterminated,
@@ -33,11 +35,20 @@ pub fn interpolate(
                 None => (expr, None),
             };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(InterpolationError::BadName { name: name.to_string() });
+                return Err(InterpolationError::BadName {
+                    name: name.to_string(),
+                });
             }
-            match lookup(name).filter(|v| !v.is_empty()).or(default.map(str::to_string)) {
+            match lookup(name)
+                .filter(|v| !v.is_empty())
+                .or(default.map(str::to_string))
+            {
                 Some(value) => out.push_str(&value),
-                None => return Err(InterpolationError::Unset { name: name.to_string() }),
+                None => {
+                    return Err(InterpolationError::Unset {
+                        name: name.to_string(),
+                    });
+                }
             }
             rest = &body[end + 1..];
         } else {
@@ -63,18 +74,34 @@ mod tests {
 
     #[test]
     fn expands_defaults_and_escapes() {
-        assert_eq!(interpolate("https://${HOST}/x", &env).unwrap(), "https://example.net/x");
+        assert_eq!(
+            interpolate("https://${HOST}/x", &env).unwrap(),
+            "https://example.net/x"
+        );
         assert_eq!(interpolate("${MISSING:-./local}", &env).unwrap(), "./local");
         assert_eq!(interpolate("${EMPTY:-fallback}", &env).unwrap(), "fallback");
-        assert_eq!(interpolate("cost $$5 and $x", &env).unwrap(), "cost $5 and $x");
+        assert_eq!(
+            interpolate("cost $$5 and $x", &env).unwrap(),
+            "cost $5 and $x"
+        );
         assert_eq!(interpolate("${MISSING:-}", &env).unwrap(), "");
     }
 
     #[test]
     fn errors_say_how_to_fix() {
         let e = interpolate("${NOPE}", &env).unwrap_err();
-        assert!(e.to_string().contains("`NOPE`, which is not set; add it to local.settings.json"), "{e}");
-        assert_eq!(interpolate("${HOST", &env).unwrap_err(), InterpolationError::Unterminated);
-        assert!(matches!(interpolate("${a-b}", &env), Err(InterpolationError::BadName { .. })));
+        assert!(
+            e.to_string()
+                .contains("`NOPE`, which is not set; add it to local.settings.json"),
+            "{e}"
+        );
+        assert_eq!(
+            interpolate("${HOST", &env).unwrap_err(),
+            InterpolationError::Unterminated
+        );
+        assert!(matches!(
+            interpolate("${a-b}", &env),
+            Err(InterpolationError::BadName { .. })
+        ));
     }
 }

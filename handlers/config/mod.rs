@@ -43,7 +43,12 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.problems.len();
-        write!(f, "{} has {n} problem{}:", self.file.display(), if n == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "{} has {n} problem{}:",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
         for p in &self.problems {
             if p.at.is_empty() {
                 write!(f, "\n  - {}", p.message)?;
@@ -166,7 +171,11 @@ struct FunctionFile {
 pub fn resolve_app_root(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
     explicit
         .map(Path::to_path_buf)
-        .or_else(|| env("AzureWebJobsScriptRoot").filter(|s| !s.is_empty()).map(PathBuf::from))
+        .or_else(|| {
+            env("AzureWebJobsScriptRoot")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        })
         .unwrap_or_else(|| std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")))
 }
 
@@ -177,11 +186,16 @@ impl AppConfig {
         file: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<AppConfig, ConfigError> {
-        let fail = |problems| ConfigError { file: file.to_path_buf(), problems };
+        let fail = |problems| ConfigError {
+            file: file.to_path_buf(),
+            problems,
+        };
         let text = std::fs::read_to_string(file).map_err(|e| {
             fail(vec![Problem {
                 at: String::new(),
-                message: format!("cannot read it ({e}); create it at the app root or point FANOUT_CONFIG at it"),
+                message: format!(
+                    "cannot read it ({e}); create it at the app root or point FANOUT_CONFIG at it"
+                ),
             }])
         })?;
         Self::from_toml(app_root, file, &text, env)
@@ -193,9 +207,15 @@ impl AppConfig {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<AppConfig, ConfigError> {
-        let fail = |problems| ConfigError { file: file.to_path_buf(), problems };
+        let fail = |problems| ConfigError {
+            file: file.to_path_buf(),
+            problems,
+        };
         let mut tree: toml::Table = toml::from_str(text).map_err(|e| {
-            fail(vec![Problem { at: String::new(), message: format!("not valid TOML: {}", e.message()) }])
+            fail(vec![Problem {
+                at: String::new(),
+                message: format!("not valid TOML: {}", e.message()),
+            }])
         })?;
         let mut problems = Vec::new();
         interpolate_tree(&mut tree, String::new(), env, &mut problems);
@@ -203,10 +223,17 @@ impl AppConfig {
             return Err(fail(problems));
         }
         let parsed: FileConfig = FileConfig::deserialize(tree).map_err(|e| {
-            fail(vec![Problem { at: String::new(), message: e.message().to_string() }])
+            fail(vec![Problem {
+                at: String::new(),
+                message: e.message().to_string(),
+            }])
         })?;
         let config = validate(app_root, file, parsed, &mut problems);
-        if problems.is_empty() { Ok(config) } else { Err(fail(problems)) }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(problems))
+        }
     }
 }
 
@@ -217,7 +244,11 @@ fn interpolate_tree(
     problems: &mut Vec<Problem>,
 ) {
     for (key, value) in table.iter_mut() {
-        let at = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        let at = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
         interpolate_value(value, at, env, problems);
     }
 }
@@ -231,7 +262,10 @@ fn interpolate_value(
     match value {
         toml::Value::String(s) => match interpolate(s, env) {
             Ok(expanded) => *s = expanded,
-            Err(e) => problems.push(Problem { at, message: e.to_string() }),
+            Err(e) => problems.push(Problem {
+                at,
+                message: e.to_string(),
+            }),
         },
         toml::Value::Table(t) => interpolate_tree(t, at, env, problems),
         toml::Value::Array(items) => {
@@ -246,11 +280,23 @@ fn interpolate_value(
 fn is_simple_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-fn validate(app_root: &Path, file: &Path, parsed: FileConfig, problems: &mut Vec<Problem>) -> AppConfig {
-    let mut problem = |at: &str, message: String| problems.push(Problem { at: at.to_string(), message });
+fn validate(
+    app_root: &Path,
+    file: &Path,
+    parsed: FileConfig,
+    problems: &mut Vec<Problem>,
+) -> AppConfig {
+    let mut problem = |at: &str, message: String| {
+        problems.push(Problem {
+            at: at.to_string(),
+            message,
+        })
+    };
     let function_timeout = match read_function_timeout(app_root) {
         Ok(t) => t,
         Err(e) => {
@@ -265,7 +311,8 @@ fn validate(app_root: &Path, file: &Path, parsed: FileConfig, problems: &mut Vec
     if parsed.functions.is_empty() {
         problem(
             "functions",
-            "no function is routed; add a `[functions.<folder name>]` table with at least one sink".into(),
+            "no function is routed; add a `[functions.<folder name>]` table with at least one sink"
+                .into(),
         );
     }
     for (name, f) in parsed.functions {
@@ -273,7 +320,13 @@ fn validate(app_root: &Path, file: &Path, parsed: FileConfig, problems: &mut Vec
         let function = match read_function(app_root, &name) {
             Ok(def) => def,
             Err(e) => {
-                problem(&at, format!("{e}; the table name must be a function folder (with a cosmosDBTrigger function.json) under the app root {}", app_root.display()));
+                problem(
+                    &at,
+                    format!(
+                        "{e}; the table name must be a function folder (with a cosmosDBTrigger function.json) under the app root {}",
+                        app_root.display()
+                    ),
+                );
                 continue;
             }
         };
@@ -296,16 +349,30 @@ fn validate(app_root: &Path, file: &Path, parsed: FileConfig, problems: &mut Vec
             None => None,
             Some(sd) => match PartitionKeyPaths::parse(&[sd.field.as_str()]) {
                 Ok(_) => Some(SoftDelete {
-                    path: sd.field.trim_start_matches('/').split('/').map(str::to_string).collect(),
+                    path: sd
+                        .field
+                        .trim_start_matches('/')
+                        .split('/')
+                        .map(str::to_string)
+                        .collect(),
                     equals: sd.equals,
                 }),
                 Err(_) => {
-                    problem(&format!("{at}.soft_delete.field"), format!("`{}` must be a `/`-path such as `/deleted`", sd.field));
+                    problem(
+                        &format!("{at}.soft_delete.field"),
+                        format!("`{}` must be a `/`-path such as `/deleted`", sd.field),
+                    );
                     None
                 }
             },
         };
-        let retry = retry_settings(defaults, f.retry, function_timeout, &format!("{at}.retry"), &mut problem);
+        let retry = retry_settings(
+            defaults,
+            f.retry,
+            function_timeout,
+            &format!("{at}.retry"),
+            &mut problem,
+        );
         if f.sinks.is_empty() {
             problem(&format!("{at}.sinks"), "no sinks; add one, e.g. `[functions.NAME.sinks.changelog]` with `type = \"delta\"`".into());
         }
@@ -321,7 +388,16 @@ fn validate(app_root: &Path, file: &Path, parsed: FileConfig, problems: &mut Vec
         // Everything above is checked even when the partition key is wrong, so one run of
         // check-config lists every problem.
         if let Some(partition_key) = partition_key {
-            routes.insert(name, RouteConfig { function, partition_key, soft_delete, retry, sinks: f.sinks });
+            routes.insert(
+                name,
+                RouteConfig {
+                    function,
+                    partition_key,
+                    soft_delete,
+                    retry,
+                    sinks: f.sinks,
+                },
+            );
         }
     }
     // Every Cosmos-triggered function folder must be routed: otherwise the host would call a
@@ -330,13 +406,22 @@ fn validate(app_root: &Path, file: &Path, parsed: FileConfig, problems: &mut Vec
         if !configured.contains(&name) {
             problem(
                 &format!("functions.{name}"),
-                format!("{} has a cosmosDBTrigger but no route; add `[functions.{name}]` with its sinks, or delete the folder", path.display()),
+                format!(
+                    "{} has a cosmosDBTrigger but no route; add `[functions.{name}]` with its sinks, or delete the folder",
+                    path.display()
+                ),
             );
         }
     }
     let dead_letter = match parsed.dead_letter {
-        Some(d) => DeadLetterConfig { url: d.url, storage_options: d.storage_options },
-        None => DeadLetterConfig { url: DEFAULT_DEAD_LETTER_URL.into(), storage_options: BTreeMap::new() },
+        Some(d) => DeadLetterConfig {
+            url: d.url,
+            storage_options: d.storage_options,
+        },
+        None => DeadLetterConfig {
+            url: DEFAULT_DEAD_LETTER_URL.into(),
+            storage_options: BTreeMap::new(),
+        },
     };
     if dead_letter.url.trim().is_empty() {
         problem("dead_letter.url", "is empty; use a folder such as `.fanout/dead-letter` or an `az://container/prefix` URL".into());
@@ -345,7 +430,10 @@ fn validate(app_root: &Path, file: &Path, parsed: FileConfig, problems: &mut Vec
         app_root: app_root.to_path_buf(),
         file: file.to_path_buf(),
         dead_letter,
-        max_body_bytes: parsed.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        max_body_bytes: parsed
+            .server
+            .max_body_bytes
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES),
         function_timeout,
         routes,
     }
@@ -360,19 +448,46 @@ fn retry_settings(
 ) -> RetrySettings {
     let route = route.unwrap_or_default();
     let ms = Duration::from_millis;
-    let initial = route.initial_backoff_ms.or(defaults.initial_backoff_ms).map(ms).unwrap_or(ms(100));
-    let max = route.max_backoff_ms.or(defaults.max_backoff_ms).map(ms).unwrap_or(ms(5_000));
+    let initial = route
+        .initial_backoff_ms
+        .or(defaults.initial_backoff_ms)
+        .map(ms)
+        .unwrap_or(ms(100));
+    let max = route
+        .max_backoff_ms
+        .or(defaults.max_backoff_ms)
+        .map(ms)
+        .unwrap_or(ms(5_000));
     // Leave the host room to receive the answer: half the timeout, at most a minute.
     let default_budget = (function_timeout / 2).min(Duration::from_secs(60));
-    let budget = route.budget_ms.or(defaults.budget_ms).map(ms).unwrap_or(default_budget);
+    let budget = route
+        .budget_ms
+        .or(defaults.budget_ms)
+        .map(ms)
+        .unwrap_or(default_budget);
     if initial.is_zero() || initial > max {
-        problem(at, format!("initial_backoff_ms ({}) must be above 0 and at most max_backoff_ms ({})", initial.as_millis(), max.as_millis()));
+        problem(
+            at,
+            format!(
+                "initial_backoff_ms ({}) must be above 0 and at most max_backoff_ms ({})",
+                initial.as_millis(),
+                max.as_millis()
+            ),
+        );
     }
     if budget + Duration::from_secs(10) > function_timeout {
-        problem(at, format!(
-            "budget_ms ({}) must end at least 10 s before host.json's functionTimeout ({} s), or the host cancels the invocation mid-retry",
-            budget.as_millis(), function_timeout.as_secs()
-        ));
+        problem(
+            at,
+            format!(
+                "budget_ms ({}) must end at least 10 s before host.json's functionTimeout ({} s), or the host cancels the invocation mid-retry",
+                budget.as_millis(),
+                function_timeout.as_secs()
+            ),
+        );
     }
-    RetrySettings { initial_backoff: initial, max_backoff: max, budget }
+    RetrySettings {
+        initial_backoff: initial,
+        max_backoff: max,
+        budget,
+    }
 }

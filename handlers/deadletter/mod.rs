@@ -32,7 +32,10 @@ pub enum DeadLetterError {
     #[error("dead-letter store: {0}")]
     Store(#[from] object_store::Error),
     #[error("dead-letter record {key} is not valid: {source}")]
-    Record { key: String, source: serde_json::Error },
+    Record {
+        key: String,
+        source: serde_json::Error,
+    },
 }
 
 /// Why the record exists.
@@ -113,7 +116,15 @@ impl DeadLetterRecord {
 }
 
 fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 #[derive(Clone)]
@@ -135,28 +146,44 @@ impl DeadLetterStore {
     /// with credentials from `storage_options` and the environment (`AZURE_*`, managed identity).
     pub fn open(config: &DeadLetterConfig, app_root: &Path) -> Result<Self, DeadLetterError> {
         let location = config.url.clone();
-        let fail = |message: String| DeadLetterError::Config { location: location.clone(), message };
+        let fail = |message: String| DeadLetterError::Config {
+            location: location.clone(),
+            message,
+        };
         if !location.contains("://") || location.starts_with("file://") {
             let raw = location.strip_prefix("file://").unwrap_or(&location);
             let path = app_root.join(raw);
-            std::fs::create_dir_all(&path).map_err(|e| fail(format!("cannot create {}: {e}", path.display())))?;
+            std::fs::create_dir_all(&path)
+                .map_err(|e| fail(format!("cannot create {}: {e}", path.display())))?;
             let store = LocalFileSystem::new_with_prefix(&path).map_err(|e| fail(e.to_string()))?;
-            return Ok(Self { store: Arc::new(store), root: StorePath::default(), location });
+            return Ok(Self {
+                store: Arc::new(store),
+                root: StorePath::default(),
+                location,
+            });
         }
         let url = url::Url::parse(&location).map_err(|e| fail(format!("not a valid URL: {e}")))?;
         match url.scheme() {
             "az" | "azure" | "abfs" | "abfss" | "adl" => {
                 let mut builder = MicrosoftAzureBuilder::from_env().with_url(location.as_str());
                 for (key, value) in &config.storage_options {
-                    let key = key.parse().map_err(|e: object_store::Error| fail(format!("storage option `{key}`: {e}")))?;
+                    let key = key.parse().map_err(|e: object_store::Error| {
+                        fail(format!("storage option `{key}`: {e}"))
+                    })?;
                     builder = builder.with_config(key, value);
                 }
                 let store = builder.build().map_err(|e| fail(e.to_string()))?;
                 // az://container/prefix: the prefix is the path; abfss://container@host/prefix likewise.
                 let root = StorePath::from(url.path().trim_start_matches('/'));
-                Ok(Self { store: Arc::new(store), root, location })
+                Ok(Self {
+                    store: Arc::new(store),
+                    root,
+                    location,
+                })
             }
-            other => Err(fail(format!("unsupported scheme `{other}://`; use a folder, `az://` or `abfss://`"))),
+            other => Err(fail(format!(
+                "unsupported scheme `{other}://`; use a folder, `az://` or `abfss://`"
+            ))),
         }
     }
 
@@ -166,7 +193,11 @@ impl DeadLetterStore {
 
     fn path(&self, area: &str, key: &str) -> StorePath {
         let mut p = self.root.clone();
-        for part in area.split('/').chain(key.split('/')).filter(|p| !p.is_empty()) {
+        for part in area
+            .split('/')
+            .chain(key.split('/'))
+            .filter(|p| !p.is_empty())
+        {
             p = p.clone().join(part);
         }
         p
@@ -176,7 +207,9 @@ impl DeadLetterStore {
     pub async fn put(&self, record: &DeadLetterRecord) -> Result<String, DeadLetterError> {
         let key = record.key();
         let body = serde_json::to_vec_pretty(record).expect("records serialize");
-        self.store.put(&self.path(PENDING, &key), PutPayload::from(body)).await?;
+        self.store
+            .put(&self.path(PENDING, &key), PutPayload::from(body))
+            .await?;
         Ok(key)
     }
 
@@ -188,7 +221,13 @@ impl DeadLetterStore {
         let mut keys: Vec<String> = self
             .store
             .list(Some(&prefix))
-            .map_ok(|meta| meta.location.as_ref().strip_prefix(&prefix_str).unwrap_or(meta.location.as_ref()).to_string())
+            .map_ok(|meta| {
+                meta.location
+                    .as_ref()
+                    .strip_prefix(&prefix_str)
+                    .unwrap_or(meta.location.as_ref())
+                    .to_string()
+            })
             .try_collect()
             .await?;
         keys.retain(|k| k.ends_with(".json"));
@@ -197,8 +236,16 @@ impl DeadLetterStore {
     }
 
     pub async fn get(&self, key: &str) -> Result<DeadLetterRecord, DeadLetterError> {
-        let bytes = self.store.get(&self.path(PENDING, key)).await?.bytes().await?;
-        serde_json::from_slice(&bytes).map_err(|source| DeadLetterError::Record { key: key.to_string(), source })
+        let bytes = self
+            .store
+            .get(&self.path(PENDING, key))
+            .await?
+            .bytes()
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|source| DeadLetterError::Record {
+            key: key.to_string(),
+            source,
+        })
     }
 
     /// Moves a record from `pending/` to `replayed/` once a replay delivered it.

@@ -53,7 +53,9 @@ pub enum DecodeError {
     NotJson(String),
     #[error("the request body has no `Data` object")]
     MissingData,
-    #[error("`Data` has no `{binding}` binding (it has: {present}); check the trigger's `name` in function.json")]
+    #[error(
+        "`Data` has no `{binding}` binding (it has: {present}); check the trigger's `name` in function.json"
+    )]
     MissingBinding { binding: String, present: String },
     #[error("`Data.{binding}` is not a JSON array of documents: {detail}")]
     NotAnArray { binding: String, detail: String },
@@ -75,23 +77,24 @@ impl HostRequest {
             .remove("RetryContext")
             .and_then(|v| serde_json::from_value(v).ok());
         let data = raw.data.ok_or(DecodeError::MissingData)?;
-        let value = data.get(binding).ok_or_else(|| DecodeError::MissingBinding {
-            binding: binding.to_string(),
-            present: if data.is_empty() {
-                "nothing".into()
-            } else {
-                data.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
-            },
-        })?;
+        let value = data
+            .get(binding)
+            .ok_or_else(|| DecodeError::MissingBinding {
+                binding: binding.to_string(),
+                present: if data.is_empty() {
+                    "nothing".into()
+                } else {
+                    data.keys()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            })?;
         let items = decode_documents(value.get()).map_err(|detail| DecodeError::NotAnArray {
             binding: binding.to_string(),
             detail,
         })?;
-        Ok(Self {
-            items,
-            sys,
-            retry,
-        })
+        Ok(Self { items, sys, retry })
     }
 }
 
@@ -121,7 +124,9 @@ pub fn decode_documents(json: &str) -> Result<Vec<Value>, String> {
             None => return Err("found an empty string".into()),
         }
     }
-    Err(format!("more than {MAX_ENCODING_LAYERS} layers of string encoding"))
+    Err(format!(
+        "more than {MAX_ENCODING_LAYERS} layers of string encoding"
+    ))
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -142,7 +147,10 @@ mod tests {
         let once = serde_json::to_string(&docs.to_string()).unwrap();
         let twice = serde_json::to_string(&once).unwrap();
         for data in [docs.to_string(), once, twice] {
-            assert_eq!(decode_documents(&data).unwrap(), docs.as_array().unwrap().clone());
+            assert_eq!(
+                decode_documents(&data).unwrap(),
+                docs.as_array().unwrap().clone()
+            );
         }
     }
 
@@ -162,18 +170,34 @@ mod tests {
 
     #[test]
     fn errors_say_what_was_expected() {
-        assert!(matches!(HostRequest::decode(b"{nope", "documents"), Err(DecodeError::NotJson(_))));
-        assert_eq!(HostRequest::decode(b"{}", "documents").unwrap_err(), DecodeError::MissingData);
+        assert!(matches!(
+            HostRequest::decode(b"{nope", "documents"),
+            Err(DecodeError::NotJson(_))
+        ));
+        assert_eq!(
+            HostRequest::decode(b"{}", "documents").unwrap_err(),
+            DecodeError::MissingData
+        );
         let e = HostRequest::decode(br#"{"Data": {"docs": "[]"}}"#, "documents").unwrap_err();
         assert_eq!(
             e.to_string(),
             "`Data` has no `documents` binding (it has: `docs`); check the trigger's `name` in function.json"
         );
-        let e = HostRequest::decode(br#"{"Data": {"documents": {"id": 1}}}"#, "documents").unwrap_err();
-        assert_eq!(e.to_string(), "`Data.documents` is not a JSON array of documents: found an object");
-        let e = HostRequest::decode(br#"{"Data": {"documents": "\"[{\\\"id\\\": \""}}"#, "documents").unwrap_err();
+        let e =
+            HostRequest::decode(br#"{"Data": {"documents": {"id": 1}}}"#, "documents").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`Data.documents` is not a JSON array of documents: found an object"
+        );
+        let e = HostRequest::decode(
+            br#"{"Data": {"documents": "\"[{\\\"id\\\": \""}}"#,
+            "documents",
+        )
+        .unwrap_err();
         assert!(matches!(e, DecodeError::NotAnArray { .. }), "{e}");
-        let deep = (0..6).fold(json!([]).to_string(), |s, _| serde_json::to_string(&s).unwrap());
+        let deep = (0..6).fold(json!([]).to_string(), |s, _| {
+            serde_json::to_string(&s).unwrap()
+        });
         assert!(decode_documents(&deep).unwrap_err().contains("layers"));
     }
 

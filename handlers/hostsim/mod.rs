@@ -15,7 +15,12 @@ use std::time::{Duration, Instant};
 
 /// Builds an invocation body exactly as the host sends it for a Cosmos DB trigger:
 /// `Data.<binding>` is a JSON string of a JSON string of the documents array.
-pub fn cosmos_trigger_body(binding: &str, function: &str, documents: &[Value], retry: Option<(i64, i64)>) -> String {
+pub fn cosmos_trigger_body(
+    binding: &str,
+    function: &str,
+    documents: &[Value],
+    retry: Option<(i64, i64)>,
+) -> String {
     let array = Value::Array(documents.to_vec()).to_string();
     let once = Value::String(array).to_string();
     let mut metadata = json!({
@@ -57,7 +62,14 @@ pub struct HostCall {
 
 impl HostCall {
     pub fn logs(&self) -> Vec<String> {
-        self.body["Logs"].as_array().map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_string)).collect()).unwrap_or_default()
+        self.body["Logs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|l| l.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn is_success(&self) -> bool {
@@ -77,7 +89,10 @@ pub struct EmulatedHost {
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     #[error("cannot start {binary}: {source}")]
-    Spawn { binary: PathBuf, source: std::io::Error },
+    Spawn {
+        binary: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the handler did not answer on / within {0:?}{1}")]
     NotReady(Duration, String),
     #[error("no free port: {0}")]
@@ -88,36 +103,59 @@ pub enum HostError {
 
 /// A free port on 127.0.0.1.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl EmulatedHost {
     /// Starts `binary` in `app_root` like the host does and waits until it answers on `/`.
-    pub async fn start(binary: &Path, app_root: &Path, env: &[(&str, &str)]) -> Result<Self, HostError> {
+    pub async fn start(
+        binary: &Path,
+        app_root: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Self, HostError> {
         let port = free_port().map_err(HostError::Port)?;
         let mut cmd = Command::new(binary);
-        cmd.current_dir(app_root).env(PORT_ENV, port.to_string()).stdin(Stdio::null());
+        cmd.current_dir(app_root)
+            .env(PORT_ENV, port.to_string())
+            .stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
         let started = Instant::now();
-        let child = cmd.spawn().map_err(|source| HostError::Spawn { binary: binary.to_path_buf(), source })?;
-        let mut host = Self { child: Some(child), port, client: reqwest::Client::new(), startup: Duration::ZERO };
+        let child = cmd.spawn().map_err(|source| HostError::Spawn {
+            binary: binary.to_path_buf(),
+            source,
+        })?;
+        let mut host = Self {
+            child: Some(child),
+            port,
+            client: reqwest::Client::new(),
+            startup: Duration::ZERO,
+        };
         host.startup = host.wait_ready(started, Duration::from_secs(30)).await?;
         Ok(host)
     }
 
-    async fn wait_ready(&mut self, started: Instant, limit: Duration) -> Result<Duration, HostError> {
+    async fn wait_ready(
+        &mut self,
+        started: Instant,
+        limit: Duration,
+    ) -> Result<Duration, HostError> {
         let url = format!("http://127.0.0.1:{}/", self.port);
         loop {
             // Any HTTP answer counts, as for the host.
             if self.client.get(&url).send().await.is_ok() {
                 return Ok(started.elapsed());
             }
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(HostError::NotReady(started.elapsed(), format!(" (the process exited with {status})")));
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(HostError::NotReady(
+                    started.elapsed(),
+                    format!(" (the process exited with {status})"),
+                ));
             }
             if started.elapsed() > limit {
                 return Err(HostError::NotReady(limit, String::new()));
@@ -153,18 +191,34 @@ impl EmulatedHost {
         let status = response.status().as_u16();
         let text = response.text().await?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok(HostCall { status, body, elapsed: started.elapsed() })
+        Ok(HostCall {
+            status,
+            body,
+            elapsed: started.elapsed(),
+        })
     }
 
     /// Delivers a batch under a retry policy the way the host does: the first execution has no
     /// RetryContext; each failure is retried with RetryContext until success or until
     /// `max_retry_count` retries are spent (-1: up to `cap` retries here). Returns every answer.
-    pub async fn invoke_with_retries(&self, function: &str, body: &str, max_retry_count: i64, cap: usize) -> Result<Vec<HostCall>, HostError> {
+    pub async fn invoke_with_retries(
+        &self,
+        function: &str,
+        body: &str,
+        max_retry_count: i64,
+        cap: usize,
+    ) -> Result<Vec<HostCall>, HostError> {
         let mut calls = vec![self.invoke(function, body).await?];
         let mut retry = 0i64;
-        while !calls.last().expect("one call").is_success() && (max_retry_count < 0 || retry < max_retry_count) && calls.len() <= cap {
+        while !calls.last().expect("one call").is_success()
+            && (max_retry_count < 0 || retry < max_retry_count)
+            && calls.len() <= cap
+        {
             retry += 1;
-            calls.push(self.invoke(function, &with_retry_context(body, retry, max_retry_count)).await?);
+            calls.push(
+                self.invoke(function, &with_retry_context(body, retry, max_retry_count))
+                    .await?,
+            );
         }
         Ok(calls)
     }

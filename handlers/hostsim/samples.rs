@@ -6,9 +6,18 @@ use serde_json::{Value, json};
 /// The three request bodies captured from the real host (see tests/fixtures/host-requests and
 /// the shared reference's SOURCES.md). Their binding is `documents`.
 pub const CAPTURED_BODIES: [(&str, &str); 3] = [
-    ("cosmos-trigger-request-1.json", include_str!("../../tests/fixtures/host-requests/cosmos-trigger-request-1.json")),
-    ("cosmos-trigger-request-1-multi.json", include_str!("../../tests/fixtures/host-requests/cosmos-trigger-request-1-multi.json")),
-    ("cosmos-trigger-request-2.json", include_str!("../../tests/fixtures/host-requests/cosmos-trigger-request-2.json")),
+    (
+        "cosmos-trigger-request-1.json",
+        include_str!("../../tests/fixtures/host-requests/cosmos-trigger-request-1.json"),
+    ),
+    (
+        "cosmos-trigger-request-1-multi.json",
+        include_str!("../../tests/fixtures/host-requests/cosmos-trigger-request-1-multi.json"),
+    ),
+    (
+        "cosmos-trigger-request-2.json",
+        include_str!("../../tests/fixtures/host-requests/cosmos-trigger-request-2.json"),
+    ),
 ];
 
 /// A latest-version order document as the change feed delivers it.
@@ -36,7 +45,12 @@ pub fn order(id: &str, customer: &str, lsn: i64, ts: i64, total: f64, deleted: b
 
 /// Generated batches of latest-version orders: `batches` x `size` changes over `customers`
 /// customers, lsns from `lsn_base`; every tenth change soft-deletes the order it updates.
-pub fn order_batches(lsn_base: i64, batches: usize, size: usize, customers: usize) -> Vec<Vec<Value>> {
+pub fn order_batches(
+    lsn_base: i64,
+    batches: usize,
+    size: usize,
+    customers: usize,
+) -> Vec<Vec<Value>> {
     let ts0 = 1_744_170_000;
     (0..batches)
         .map(|b| {
@@ -46,7 +60,14 @@ pub fn order_batches(lsn_base: i64, batches: usize, size: usize, customers: usiz
                     let lsn = lsn_base + n;
                     let order_no = n % (size as i64 * 3).max(1);
                     let customer = format!("customer-{}", order_no % customers.max(1) as i64);
-                    order(&format!("order-{order_no}"), &customer, lsn, ts0 + n, 10.0 + (n % 50) as f64, n % 10 == 9)
+                    order(
+                        &format!("order-{order_no}"),
+                        &customer,
+                        lsn,
+                        ts0 + n,
+                        10.0 + (n % 50) as f64,
+                        n % 10 == 9,
+                    )
                 })
                 .collect()
         })

@@ -13,9 +13,11 @@ pub use retry::{SinkResult, SinkRun, deliver_with_retry};
 
 use crate::change::{Change, Normalizer, Unreadable};
 use crate::config::{AppConfig, FunctionDefinition, HostRetryPolicy, RetrySettings};
-use crate::deadletter::{DeadLetterError, DeadLetterKind, DeadLetterRecord, DeadLetterStore, INPUT_SINK};
+use crate::deadletter::{
+    DeadLetterError, DeadLetterKind, DeadLetterRecord, DeadLetterStore, INPUT_SINK,
+};
 use crate::host::{DecodeError, HostRequest, InvocationResponse, RetryContext};
-use crate::sinks::{BatchContext, Sink, SinkError};
+use crate::sinks::{BatchContext, BuildContext, Sink, SinkError};
 use chrono::Utc;
 use futures::future::join_all;
 use sha2::{Digest, Sha256};
@@ -51,12 +53,21 @@ impl Attempt {
     /// under the policy in function.json.
     pub fn new(context: Option<&RetryContext>, policy: HostRetryPolicy) -> Self {
         match context {
-            Some(c) => Attempt { retry_count: c.retry_count.max(0), max_retry_count: c.max_retry_count },
-            None => Attempt { retry_count: 0, max_retry_count: policy.max_retry_count },
+            Some(c) => Attempt {
+                retry_count: c.retry_count.max(0),
+                max_retry_count: c.max_retry_count,
+            },
+            None => Attempt {
+                retry_count: 0,
+                max_retry_count: policy.max_retry_count,
+            },
         }
     }
 
-    pub const LAST: Attempt = Attempt { retry_count: 0, max_retry_count: 0 };
+    pub const LAST: Attempt = Attempt {
+        retry_count: 0,
+        max_retry_count: 0,
+    };
 
     /// After this attempt the trigger checkpoints the lease whatever we answer.
     /// With `maxRetryCount: -1` there is no last attempt: the route blocks instead.
@@ -76,7 +87,11 @@ pub struct Answer {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("sink `{function}.{sink}`: {source}")]
-    Sink { function: String, sink: String, source: SinkError },
+    Sink {
+        function: String,
+        sink: String,
+        source: SinkError,
+    },
     #[error(transparent)]
     DeadLetter(#[from] DeadLetterError),
 }
@@ -93,25 +108,39 @@ impl Pipeline {
         let mut routes = BTreeMap::new();
         for (name, route) in &config.routes {
             let mut sinks = Vec::new();
+            let ctx = BuildContext {
+                app_root: &config.app_root,
+                partition_key: &route.partition_key,
+            };
             for (sink_name, sink) in &route.sinks {
-                sinks.push(sink.build(sink_name, &config.app_root).map_err(|source| BuildError::Sink {
-                    function: name.clone(),
-                    sink: sink_name.clone(),
-                    source,
-                })?);
+                sinks.push(
+                    sink.build(sink_name, &ctx)
+                        .map_err(|source| BuildError::Sink {
+                            function: name.clone(),
+                            sink: sink_name.clone(),
+                            source,
+                        })?,
+                );
             }
             routes.insert(
                 name.clone(),
                 Route {
                     function: route.function.clone(),
-                    normalizer: Normalizer::new(route.partition_key.clone(), route.soft_delete.clone()),
+                    normalizer: Normalizer::new(
+                        route.partition_key.clone(),
+                        route.soft_delete.clone(),
+                    ),
                     retry: route.retry,
                     sinks,
                 },
             );
         }
         let dead_letter = DeadLetterStore::open(&config.dead_letter, &config.app_root)?;
-        Ok(Self { routes, dead_letter, progress: ProgressBook::default() })
+        Ok(Self {
+            routes,
+            dead_letter,
+            progress: ProgressBook::default(),
+        })
     }
 
     pub fn routes(&self) -> &BTreeMap<String, Route> {
@@ -123,7 +152,13 @@ impl Pipeline {
     }
 
     /// Handles one invocation body for `function`.
-    pub async fn handle(&self, function: &str, invocation_id: Option<String>, body: &[u8], origin: Origin) -> Answer {
+    pub async fn handle(
+        &self,
+        function: &str,
+        invocation_id: Option<String>,
+        body: &[u8],
+        origin: Origin,
+    ) -> Answer {
         let Some(route) = self.routes.get(function) else {
             let known: Vec<&str> = self.routes.keys().map(String::as_str).collect();
             let message = format!(
@@ -131,16 +166,29 @@ impl Pipeline {
                 known.join(", ")
             );
             tracing::error!(function, "{message}");
-            return Answer { status: 404, response: InvocationResponse::with_logs(vec![message]), dead_lettered: 0 };
+            return Answer {
+                status: 404,
+                response: InvocationResponse::with_logs(vec![message]),
+                dead_lettered: 0,
+            };
         };
         let started = Instant::now();
         let request = match HostRequest::decode(body, &route.function.binding) {
             Ok(request) => request,
-            Err(e) => return self.dead_letter_malformed_batch(function, invocation_id, body, e).await,
+            Err(e) => {
+                return self
+                    .dead_letter_malformed_batch(function, invocation_id, body, e)
+                    .await;
+            }
         };
         let invocation_id = invocation_id
             .or_else(|| request.sys.rand_guid.clone())
-            .unwrap_or_else(|| format!("local-{}", Utc::now().timestamp_nanos_opt().unwrap_or_default()));
+            .unwrap_or_else(|| {
+                format!(
+                    "local-{}",
+                    Utc::now().timestamp_nanos_opt().unwrap_or_default()
+                )
+            });
         let attempt = match origin {
             Origin::Host => Attempt::new(request.retry.as_ref(), route.function.retry),
             Origin::Replay => Attempt::LAST,
@@ -159,7 +207,8 @@ impl Pipeline {
             fingerprint: fingerprint(function, &changes, &unreadable),
             received_at: Utc::now(),
         };
-        self.fan_out(route, &ctx, changes, unreadable, attempt, started).await
+        self.fan_out(route, &ctx, changes, unreadable, attempt, started)
+            .await
     }
 
     async fn fan_out(
@@ -206,22 +255,49 @@ impl Pipeline {
             raw_body: None,
         };
         if !unreadable.is_empty() && !already.contains(INPUT_SINK) {
-            let mut r = record(DeadLetterKind::MalformedItems, INPUT_SINK, format!("{} feed items could not be read", unreadable.len()), 1);
+            let mut r = record(
+                DeadLetterKind::MalformedItems,
+                INPUT_SINK,
+                format!("{} feed items could not be read", unreadable.len()),
+                1,
+            );
             r.reasons = unreadable.iter().map(|u| u.error.to_string()).collect();
             r.items = unreadable.iter().map(|u| u.item.clone()).collect();
             records.push(r);
         }
         for run in &runs {
             if !run.rejected.is_empty() {
-                let mut r = record(DeadLetterKind::RejectedChanges, &run.sink, format!("{} changes refused by the sink", run.rejected.len()), run.attempts);
-                r.changes = run.rejected.iter().map(|(i, _)| changes[*i].clone()).collect();
-                r.reasons = run.rejected.iter().map(|(_, reason)| reason.clone()).collect();
+                let mut r = record(
+                    DeadLetterKind::RejectedChanges,
+                    &run.sink,
+                    format!("{} changes refused by the sink", run.rejected.len()),
+                    run.attempts,
+                );
+                r.changes = run
+                    .rejected
+                    .iter()
+                    .map(|(i, _)| changes[*i].clone())
+                    .collect();
+                r.reasons = run
+                    .rejected
+                    .iter()
+                    .map(|(_, reason)| reason.clone())
+                    .collect();
                 records.push(r);
             }
             match &run.result {
                 SinkResult::Delivered { .. } => {}
-                SinkResult::Failed { error, permanent, undelivered } if *permanent || attempt.is_last() => {
-                    let mut r = record(DeadLetterKind::SinkFailure, &run.sink, error.clone(), run.attempts);
+                SinkResult::Failed {
+                    error,
+                    permanent,
+                    undelivered,
+                } if *permanent || attempt.is_last() => {
+                    let mut r = record(
+                        DeadLetterKind::SinkFailure,
+                        &run.sink,
+                        error.clone(),
+                        run.attempts,
+                    );
                     r.changes = undelivered.iter().map(|&i| changes[i].clone()).collect();
                     records.push(r);
                 }
@@ -237,11 +313,21 @@ impl Pipeline {
             match written {
                 Ok(key) => {
                     dead_lettered += r.size();
-                    dl_lines.push(format!("dead-lettered {} from `{}` to {}/pending/{key}: {}", plural(r.size(), "change"), r.sink, self.dead_letter.location(), r.error));
+                    dl_lines.push(format!(
+                        "dead-lettered {} from `{}` to {}/pending/{key}: {}",
+                        plural(r.size(), "change"),
+                        r.sink,
+                        self.dead_letter.location(),
+                        r.error
+                    ));
                 }
                 Err(e) => {
                     failed_sinks.insert(&r.sink);
-                    lost.push(format!("could not dead-letter {} from `{}`: {e}", plural(r.size(), "change"), r.sink));
+                    lost.push(format!(
+                        "could not dead-letter {} from `{}`: {e}",
+                        plural(r.size(), "change"),
+                        r.sink
+                    ));
                 }
             }
         }
@@ -278,23 +364,39 @@ impl Pipeline {
             deletes,
             unreadable.len(),
             attempt.retry_count + 1,
-            if attempt.max_retry_count < 0 { " of unlimited".to_string() } else { format!(" of {}", attempt.max_retry_count + 1) },
+            if attempt.max_retry_count < 0 {
+                " of unlimited".to_string()
+            } else {
+                format!(" of {}", attempt.max_retry_count + 1)
+            },
         )];
         for sink in &route.sinks {
             if already.contains(sink.name()) {
-                logs.push(format!("sink {} ({}): already delivered by an earlier attempt", sink.name(), sink.kind()));
+                logs.push(format!(
+                    "sink {} ({}): already delivered by an earlier attempt",
+                    sink.name(),
+                    sink.kind()
+                ));
             }
         }
         for run in &runs {
             let line = match &run.result {
                 SinkResult::Delivered { detail } => format!(
                     "sink {} ({}): delivered in {} ms, {}: {detail}",
-                    run.sink, run.kind, run.elapsed.as_millis(), plural(run.attempts as usize, "attempt")
+                    run.sink,
+                    run.kind,
+                    run.elapsed.as_millis(),
+                    plural(run.attempts as usize, "attempt")
                 ),
-                SinkResult::Failed { error, permanent, .. } => format!(
+                SinkResult::Failed {
+                    error, permanent, ..
+                } => format!(
                     "sink {} ({}): {} failure after {} in {} ms: {error}",
-                    run.sink, run.kind, if *permanent { "permanent" } else { "transient" },
-                    plural(run.attempts as usize, "attempt"), run.elapsed.as_millis()
+                    run.sink,
+                    run.kind,
+                    if *permanent { "permanent" } else { "transient" },
+                    plural(run.attempts as usize, "attempt"),
+                    run.elapsed.as_millis()
                 ),
             };
             logs.push(line);
@@ -316,10 +418,20 @@ impl Pipeline {
         for line in &logs[1..] {
             tracing::debug!(function, "{line}");
         }
-        Answer { status: if ok { 200 } else { 500 }, response: InvocationResponse::with_logs(logs), dead_lettered }
+        Answer {
+            status: if ok { 200 } else { 500 },
+            response: InvocationResponse::with_logs(logs),
+            dead_lettered,
+        }
     }
 
-    async fn dead_letter_malformed_batch(&self, function: &str, invocation_id: Option<String>, body: &[u8], error: DecodeError) -> Answer {
+    async fn dead_letter_malformed_batch(
+        &self,
+        function: &str,
+        invocation_id: Option<String>,
+        body: &[u8],
+        error: DecodeError,
+    ) -> Answer {
         let mut h = Sha256::new();
         h.update(body);
         let fingerprint = hex::encode(&h.finalize()[..16]);
@@ -340,14 +452,27 @@ impl Pipeline {
         };
         match self.dead_letter.put(&record).await {
             Ok(key) => {
-                let line = format!("fanout {function}: malformed batch dead-lettered to {}/pending/{key}: {error}", self.dead_letter.location());
+                let line = format!(
+                    "fanout {function}: malformed batch dead-lettered to {}/pending/{key}: {error}",
+                    self.dead_letter.location()
+                );
                 tracing::warn!(function, %error, key, "malformed batch dead-lettered");
-                Answer { status: 200, response: InvocationResponse::with_logs(vec![line]), dead_lettered: 1 }
+                Answer {
+                    status: 200,
+                    response: InvocationResponse::with_logs(vec![line]),
+                    dead_lettered: 1,
+                }
             }
             Err(e) => {
-                let line = format!("fanout {function}: malformed batch ({error}) and the dead-letter store failed: {e}");
+                let line = format!(
+                    "fanout {function}: malformed batch ({error}) and the dead-letter store failed: {e}"
+                );
                 tracing::error!(function, %error, dead_letter_error = %e, "malformed batch could not be dead-lettered");
-                Answer { status: 500, response: InvocationResponse::with_logs(vec![line]), dead_lettered: 0 }
+                Answer {
+                    status: 500,
+                    response: InvocationResponse::with_logs(vec![line]),
+                    dead_lettered: 0,
+                }
             }
         }
     }
@@ -371,34 +496,62 @@ impl Pipeline {
                     .sinks
                     .iter()
                     .find(|s| s.name() == record.sink)
-                    .ok_or_else(|| format!("sink `{}` is no longer in route `{}`", record.sink, record.function))?;
+                    .ok_or_else(|| {
+                        format!(
+                            "sink `{}` is no longer in route `{}`",
+                            record.sink, record.function
+                        )
+                    })?;
                 (record.changes.clone(), vec![sink])
             }
             DeadLetterKind::MalformedItems | DeadLetterKind::MalformedBatch => {
                 let items = match &record.raw_body {
                     Some(body) if record.kind == DeadLetterKind::MalformedBatch => {
-                        HostRequest::decode(body.as_bytes(), &route.function.binding).map_err(|e| format!("still malformed: {e}"))?.items
+                        HostRequest::decode(body.as_bytes(), &route.function.binding)
+                            .map_err(|e| format!("still malformed: {e}"))?
+                            .items
                     }
                     _ => record.items.clone(),
                 };
                 let mut changes = Vec::with_capacity(items.len());
                 for (i, item) in items.into_iter().enumerate() {
-                    changes.push(route.normalizer.normalize(i, item).map_err(|u| format!("still unreadable: {}", u.error))?);
+                    changes.push(
+                        route
+                            .normalizer
+                            .normalize(i, item)
+                            .map_err(|u| format!("still unreadable: {}", u.error))?,
+                    );
                 }
                 (changes, route.sinks.iter().collect())
             }
         };
-        let runs = join_all(sinks.iter().map(|s| deliver_with_retry(s.as_ref(), &ctx, &changes, &route.retry))).await;
+        let runs = join_all(
+            sinks
+                .iter()
+                .map(|s| deliver_with_retry(s.as_ref(), &ctx, &changes, &route.retry)),
+        )
+        .await;
         let mut problems = Vec::new();
         let mut details = Vec::new();
         for run in runs {
             match run.result {
-                SinkResult::Delivered { detail } if run.rejected.is_empty() => details.push(format!("{}: {detail}", run.sink)),
-                SinkResult::Delivered { .. } => problems.push(format!("{}: refused {}: {}", run.sink, plural(run.rejected.len(), "change"), run.rejected[0].1)),
+                SinkResult::Delivered { detail } if run.rejected.is_empty() => {
+                    details.push(format!("{}: {detail}", run.sink))
+                }
+                SinkResult::Delivered { .. } => problems.push(format!(
+                    "{}: refused {}: {}",
+                    run.sink,
+                    plural(run.rejected.len(), "change"),
+                    run.rejected[0].1
+                )),
                 SinkResult::Failed { error, .. } => problems.push(format!("{}: {error}", run.sink)),
             }
         }
-        if problems.is_empty() { Ok(details.join("; ")) } else { Err(problems.join("; ")) }
+        if problems.is_empty() {
+            Ok(details.join("; "))
+        } else {
+            Err(problems.join("; "))
+        }
     }
 }
 
@@ -426,7 +579,11 @@ pub fn fingerprint(function: &str, changes: &[Change], unreadable: &[Unreadable]
 }
 
 fn plural(n: usize, word: &str) -> String {
-    if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") }
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
 }
 
 #[cfg(test)]
@@ -437,13 +594,25 @@ mod tests {
     fn last_attempt_rules() {
         let policy = HostRetryPolicy { max_retry_count: 3 };
         assert!(!Attempt::new(None, policy).is_last());
-        let ctx = |n, max| RetryContext { retry_count: n, max_retry_count: max, exception: None };
+        let ctx = |n, max| RetryContext {
+            retry_count: n,
+            max_retry_count: max,
+            exception: None,
+        };
         assert!(!Attempt::new(Some(&ctx(2, 3)), policy).is_last());
         assert!(Attempt::new(Some(&ctx(3, 3)), policy).is_last());
         // No policy: the first failure is the last.
         assert!(Attempt::new(None, HostRetryPolicy::NONE).is_last());
         // -1 retries forever: never the last, so the route blocks instead of dead-lettering.
-        assert!(!Attempt::new(Some(&ctx(1000, -1)), HostRetryPolicy { max_retry_count: -1 }).is_last());
+        assert!(
+            !Attempt::new(
+                Some(&ctx(1000, -1)),
+                HostRetryPolicy {
+                    max_retry_count: -1
+                }
+            )
+            .is_last()
+        );
         assert!(Attempt::LAST.is_last());
     }
 }

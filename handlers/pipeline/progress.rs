@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 const MAX_ENTRIES: usize = 4096;
 const MAX_AGE: Duration = Duration::from_secs(6 * 3600);
 
+/// (function, batch fingerprint) -> (when, sinks that hold the batch).
+type Entries = HashMap<(String, String), (Instant, HashSet<String>)>;
+
 #[derive(Default)]
 pub struct ProgressBook {
-    entries: Mutex<HashMap<(String, String), (Instant, HashSet<String>)>>,
+    entries: Mutex<Entries>,
 }
 
 impl ProgressBook {
@@ -29,17 +32,26 @@ impl ProgressBook {
         let mut entries = self.entries.lock().expect("progress lock");
         if entries.len() >= MAX_ENTRIES {
             entries.retain(|_, (at, _)| at.elapsed() < MAX_AGE);
-            if entries.len() >= MAX_ENTRIES {
-                if let Some(oldest) = entries.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| k.clone()) {
-                    entries.remove(&oldest);
-                }
+            if entries.len() >= MAX_ENTRIES
+                && let Some(oldest) = entries
+                    .iter()
+                    .min_by_key(|(_, (at, _))| *at)
+                    .map(|(k, _)| k.clone())
+            {
+                entries.remove(&oldest);
             }
         }
-        entries.insert((function.to_string(), fingerprint.to_string()), (Instant::now(), sinks));
+        entries.insert(
+            (function.to_string(), fingerprint.to_string()),
+            (Instant::now(), sinks),
+        );
     }
 
     pub fn forget(&self, function: &str, fingerprint: &str) {
-        self.entries.lock().expect("progress lock").remove(&(function.to_string(), fingerprint.to_string()));
+        self.entries
+            .lock()
+            .expect("progress lock")
+            .remove(&(function.to_string(), fingerprint.to_string()));
     }
 }
 

@@ -6,6 +6,7 @@ use crate::change::Change;
 use crate::config::RetrySettings;
 use crate::sinks::{BatchContext, Sink, SinkError};
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::FutureExt;
 use std::time::{Duration, Instant};
 
 /// How one sink fared with one batch.
@@ -22,9 +23,15 @@ pub struct SinkRun {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum SinkResult {
-    Delivered { detail: String },
+    Delivered {
+        detail: String,
+    },
     /// Gave up: `undelivered` (indices into the batch) did not reach the sink.
-    Failed { error: String, permanent: bool, undelivered: Vec<usize> },
+    Failed {
+        error: String,
+        permanent: bool,
+        undelivered: Vec<usize>,
+    },
 }
 
 impl SinkRun {
@@ -64,30 +71,82 @@ pub async fn deliver_with_retry(
     loop {
         attempts += 1;
         let changes: Vec<&Change> = todo.iter().map(|&i| &batch[i]).collect();
-        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        let attempt = match tokio::time::timeout(remaining, sink.deliver(ctx, &changes)).await {
-            Ok(result) => result,
-            Err(_) => Err(SinkError::transient(format!("no answer within the retry budget ({} ms)", settings.budget.as_millis()))),
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        // A panicking sink must not take the invocation down with it: its changes are
+        // dead-lettered like any permanent failure, and the other sinks carry on.
+        let guarded = std::panic::AssertUnwindSafe(sink.deliver(ctx, &changes)).catch_unwind();
+        let attempt = match tokio::time::timeout(remaining, guarded).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                Err(SinkError::permanent(format!("the sink panicked: {what}")))
+            }
+            Err(_) => Err(SinkError::transient(format!(
+                "no answer within the retry budget ({} ms)",
+                settings.budget.as_millis()
+            ))),
         };
         let (error, retry_after) = match attempt {
             Ok(delivery) => {
-                rejected.extend(delivery.rejected.iter().map(|r| (todo[r.index], r.reason.clone())));
+                rejected.extend(
+                    delivery
+                        .rejected
+                        .iter()
+                        .map(|r| (todo[r.index], r.reason.clone())),
+                );
                 if delivery.pending.is_empty() {
-                    return run(attempts, rejected, SinkResult::Delivered { detail: delivery.detail });
+                    return run(
+                        attempts,
+                        rejected,
+                        SinkResult::Delivered {
+                            detail: delivery.detail,
+                        },
+                    );
                 }
                 let n = delivery.pending.len();
                 todo = delivery.pending.iter().map(|&i| todo[i]).collect();
-                (format!("{n} changes still pending after a partial failure"), delivery.retry_after)
+                (
+                    format!("{n} changes still pending after a partial failure"),
+                    delivery.retry_after,
+                )
             }
             Err(SinkError::Permanent { message }) => {
-                return run(attempts, rejected, SinkResult::Failed { error: message, permanent: true, undelivered: todo });
+                return run(
+                    attempts,
+                    rejected,
+                    SinkResult::Failed {
+                        error: message,
+                        permanent: true,
+                        undelivered: todo,
+                    },
+                );
             }
-            Err(SinkError::Transient { message, retry_after }) => (message, retry_after),
+            Err(SinkError::Transient {
+                message,
+                retry_after,
+            }) => (message, retry_after),
         };
-        let delay = backoff.next().unwrap_or(settings.max_backoff).max(retry_after.unwrap_or_default());
+        let delay = backoff
+            .next()
+            .unwrap_or(settings.max_backoff)
+            .max(retry_after.unwrap_or_default());
         if Instant::now() + delay >= deadline {
             tracing::warn!(sink = sink.name(), attempts, %error, "retry budget exhausted");
-            return run(attempts, rejected, SinkResult::Failed { error, permanent: false, undelivered: todo });
+            return run(
+                attempts,
+                rejected,
+                SinkResult::Failed {
+                    error,
+                    permanent: false,
+                    undelivered: todo,
+                },
+            );
         }
         tracing::debug!(sink = sink.name(), attempts, delay_ms = delay.as_millis() as u64, %error, "retrying");
         tokio::time::sleep(delay).await;
@@ -116,8 +175,15 @@ mod tests {
         fn kind(&self) -> &'static str {
             "test"
         }
-        async fn deliver(&self, _: &BatchContext, changes: &[&Change]) -> Result<Delivery, SinkError> {
-            self.seen.lock().unwrap().push(changes.iter().map(|c| c.id.clone()).collect());
+        async fn deliver(
+            &self,
+            _: &BatchContext,
+            changes: &[&Change],
+        ) -> Result<Delivery, SinkError> {
+            self.seen
+                .lock()
+                .unwrap()
+                .push(changes.iter().map(|c| c.id.clone()).collect());
             self.answers.lock().unwrap().remove(0)
         }
     }
@@ -136,7 +202,12 @@ mod tests {
     }
 
     fn ctx() -> BatchContext {
-        BatchContext { function: "f".into(), invocation_id: "i".into(), fingerprint: "fp".into(), received_at: chrono::Utc::now() }
+        BatchContext {
+            function: "f".into(),
+            invocation_id: "i".into(),
+            fingerprint: "fp".into(),
+            received_at: chrono::Utc::now(),
+        }
     }
 
     fn settings(budget_ms: u64) -> RetrySettings {
@@ -151,9 +222,19 @@ mod tests {
     async fn partial_failure_redrives_only_pending_and_keeps_rejections() {
         let sink = Scripted {
             answers: Mutex::new(vec![
-                Ok(Delivery { pending: vec![1, 2], rejected: vec![Rejected { index: 0, reason: "bad".into() }], ..Delivery::default() }),
+                Ok(Delivery {
+                    pending: vec![1, 2],
+                    rejected: vec![Rejected {
+                        index: 0,
+                        reason: "bad".into(),
+                    }],
+                    ..Delivery::default()
+                }),
                 Err(SinkError::transient("blip")),
-                Ok(Delivery { pending: vec![1], ..Delivery::default() }),
+                Ok(Delivery {
+                    pending: vec![1],
+                    ..Delivery::default()
+                }),
                 Ok(Delivery::done("ok")),
             ]),
             seen: Mutex::new(vec![]),
@@ -164,27 +245,85 @@ mod tests {
         assert_eq!(run.attempts, 4);
         assert_eq!(run.rejected, vec![(0, "bad".to_string())]);
         let seen = sink.seen.lock().unwrap().clone();
-        assert_eq!(seen, vec![vec!["a", "b", "c"], vec!["b", "c"], vec!["b", "c"], vec!["c"]]);
+        assert_eq!(
+            seen,
+            vec![
+                vec!["a", "b", "c"],
+                vec!["b", "c"],
+                vec!["b", "c"],
+                vec!["c"]
+            ]
+        );
+    }
+
+    struct Panics;
+
+    #[async_trait]
+    impl Sink for Panics {
+        fn name(&self) -> &str {
+            "panics"
+        }
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        async fn deliver(&self, _: &BatchContext, _: &[&Change]) -> Result<Delivery, SinkError> {
+            panic!("index out of bounds")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_sink_is_a_permanent_failure_not_a_crash() {
+        let run = deliver_with_retry(&Panics, &ctx(), &[change("a")], &settings(5_000)).await;
+        assert_eq!(
+            run.result,
+            SinkResult::Failed {
+                error: "the sink panicked: index out of bounds".into(),
+                permanent: true,
+                undelivered: vec![0]
+            }
+        );
     }
 
     #[tokio::test]
     async fn permanent_errors_stop_at_once() {
-        let sink = Scripted { answers: Mutex::new(vec![Err(SinkError::permanent("schema"))]), seen: Mutex::new(vec![]) };
+        let sink = Scripted {
+            answers: Mutex::new(vec![Err(SinkError::permanent("schema"))]),
+            seen: Mutex::new(vec![]),
+        };
         let run = deliver_with_retry(&sink, &ctx(), &[change("a")], &settings(5_000)).await;
         assert_eq!(run.attempts, 1);
-        assert_eq!(run.result, SinkResult::Failed { error: "schema".into(), permanent: true, undelivered: vec![0] });
+        assert_eq!(
+            run.result,
+            SinkResult::Failed {
+                error: "schema".into(),
+                permanent: true,
+                undelivered: vec![0]
+            }
+        );
     }
 
     #[tokio::test]
     async fn retry_after_longer_than_the_budget_gives_up_early() {
         let sink = Scripted {
-            answers: Mutex::new(vec![Err(SinkError::Transient { message: "429".into(), retry_after: Some(Duration::from_secs(30)) })]),
+            answers: Mutex::new(vec![Err(SinkError::Transient {
+                message: "429".into(),
+                retry_after: Some(Duration::from_secs(30)),
+            })]),
             seen: Mutex::new(vec![]),
         };
         let started = Instant::now();
         let run = deliver_with_retry(&sink, &ctx(), &[change("a")], &settings(2_000)).await;
-        assert!(matches!(run.result, SinkResult::Failed { permanent: false, .. }));
+        assert!(matches!(
+            run.result,
+            SinkResult::Failed {
+                permanent: false,
+                ..
+            }
+        ));
         assert_eq!(run.attempts, 1);
-        assert!(started.elapsed() < Duration::from_secs(2), "must not sleep past the budget");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "must not sleep past the budget"
+        );
     }
 }

@@ -5,8 +5,11 @@
 //! A sink is idempotent: the same change delivered twice leaves the sink as if delivered once.
 
 pub mod delta;
+pub mod entra;
+pub mod redis;
 
 use crate::change::Change;
+use crate::change::PartitionKeyPaths;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -19,6 +22,13 @@ use std::time::Duration;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SinkConfig {
     Delta(delta::DeltaConfig),
+    Redis(redis::RedisConfig),
+}
+
+/// What a sink may know about its route when it is built.
+pub struct BuildContext<'a> {
+    pub app_root: &'a Path,
+    pub partition_key: &'a PartitionKeyPaths,
 }
 
 impl SinkConfig {
@@ -26,19 +36,26 @@ impl SinkConfig {
     pub fn validate(&self) -> Vec<String> {
         match self {
             SinkConfig::Delta(c) => c.validate(),
+            SinkConfig::Redis(c) => c.validate(),
         }
     }
 
     pub fn kind(&self) -> &'static str {
         match self {
             SinkConfig::Delta(_) => delta::KIND,
+            SinkConfig::Redis(_) => redis::KIND,
         }
     }
 
     /// Builds the sink. Connections are opened lazily, on the first batch, so start-up stays fast.
-    pub fn build(&self, name: &str, app_root: &Path) -> Result<Arc<dyn Sink>, SinkError> {
+    pub fn build(&self, name: &str, ctx: &BuildContext<'_>) -> Result<Arc<dyn Sink>, SinkError> {
         match self {
-            SinkConfig::Delta(c) => Ok(Arc::new(delta::DeltaSink::new(name, c, app_root)?)),
+            SinkConfig::Delta(c) => Ok(Arc::new(delta::DeltaSink::new(name, c, ctx.app_root)?)),
+            SinkConfig::Redis(c) => Ok(Arc::new(redis::RedisSink::new(
+                name,
+                c,
+                ctx.partition_key.segments().to_vec(),
+            )?)),
         }
     }
 }
@@ -76,7 +93,10 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn done(detail: impl Into<String>) -> Self {
-        Self { detail: detail.into(), ..Self::default() }
+        Self {
+            detail: detail.into(),
+            ..Self::default()
+        }
     }
 }
 
@@ -85,7 +105,10 @@ impl Delivery {
 pub enum SinkError {
     /// May succeed later (network, throttling, conflicts, a service restarting).
     #[error("{message}")]
-    Transient { message: String, retry_after: Option<Duration> },
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// Will not succeed by retrying (bad settings, data the sink cannot take).
     #[error("{message}")]
     Permanent { message: String },
@@ -93,11 +116,16 @@ pub enum SinkError {
 
 impl SinkError {
     pub fn transient(message: impl Into<String>) -> Self {
-        SinkError::Transient { message: message.into(), retry_after: None }
+        SinkError::Transient {
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     pub fn permanent(message: impl Into<String>) -> Self {
-        SinkError::Permanent { message: message.into() }
+        SinkError::Permanent {
+            message: message.into(),
+        }
     }
 }
 
@@ -108,5 +136,6 @@ pub trait Sink: Send + Sync {
     /// The sink type, as in config (`delta`, ...).
     fn kind(&self) -> &'static str;
     /// Delivers changes, in order. Must be idempotent across re-deliveries of the same changes.
-    async fn deliver(&self, ctx: &BatchContext, changes: &[&Change]) -> Result<Delivery, SinkError>;
+    async fn deliver(&self, ctx: &BatchContext, changes: &[&Change])
+    -> Result<Delivery, SinkError>;
 }

@@ -18,7 +18,8 @@ pub fn binary() -> PathBuf {
 }
 
 pub fn fixture(rel: &str) -> String {
-    std::fs::read_to_string(repo_root().join("tests/fixtures").join(rel)).unwrap_or_else(|e| panic!("fixture {rel}: {e}"))
+    std::fs::read_to_string(repo_root().join("tests/fixtures").join(rel))
+        .unwrap_or_else(|e| panic!("fixture {rel}: {e}"))
 }
 
 /// A Function App folder in a temp dir: the repo's host.json, function folders, fanout.toml.
@@ -29,7 +30,8 @@ pub struct TestApp {
 impl TestApp {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::copy(repo_root().join("host.json"), dir.path().join("host.json")).expect("copy host.json");
+        std::fs::copy(repo_root().join("host.json"), dir.path().join("host.json"))
+            .expect("copy host.json");
         Self { dir }
     }
 
@@ -66,13 +68,17 @@ impl TestApp {
     }
 
     pub async fn start_with(&self, env: &[(&str, &str)]) -> EmulatedHost {
-        EmulatedHost::start(&binary(), self.path(), env).await.expect("handler starts and answers on /")
+        EmulatedHost::start(&binary(), self.path(), env)
+            .await
+            .expect("handler starts and answers on /")
     }
 
     /// Runs a `fanout` subcommand in the app root.
     pub fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(binary());
-        cmd.current_dir(self.path()).args(args).env_remove("FUNCTIONS_CUSTOMHANDLER_PORT");
+        cmd.current_dir(self.path())
+            .args(args)
+            .env_remove("FUNCTIONS_CUSTOMHANDLER_PORT");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -89,13 +95,17 @@ impl TestApp {
     }
 
     pub fn dead_letter(&self, key: &str) -> serde_json::Value {
-        let text = std::fs::read_to_string(self.path().join(".fanout/dead-letter/pending").join(key)).unwrap();
+        let text =
+            std::fs::read_to_string(self.path().join(".fanout/dead-letter/pending").join(key))
+                .unwrap();
         serde_json::from_str(&text).unwrap()
     }
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -108,7 +118,9 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
 
 pub async fn read_table(path: &Path) -> ChangelogSnapshot {
     let url = url::Url::from_directory_path(path).unwrap();
-    read_changelog(url, Default::default()).await.expect("read changelog")
+    read_changelog(url, Default::default())
+        .await
+        .expect("read changelog")
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -119,9 +131,15 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Runs a Python snippet; the test suite's setup installs `deltalake` and `pyarrow`.
+/// Runs a Python snippet with the test virtualenv (tests/setup.sh installs `deltalake` and
+/// `pyarrow` there).
 pub fn python(script: &str, env: &[(&str, &str)]) -> String {
-    let mut cmd = Command::new("python3");
+    let venv = repo_root().join("tests/.tools/venv/bin/python");
+    assert!(
+        venv.exists(),
+        "the test virtualenv is missing: run tests/setup.sh"
+    );
+    let mut cmd = Command::new(venv);
     cmd.arg("-c").arg(script);
     for (k, v) in env {
         cmd.env(k, v);
@@ -144,16 +162,26 @@ pub struct Azurite {
 }
 
 pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
-pub const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 impl Azurite {
     pub fn start() -> Self {
         let bin = repo_root().join("tests/.tools/node_modules/.bin/azurite-blob");
-        assert!(bin.exists(), "Azurite is not installed: run tests/setup.sh (or tests/run.sh)");
+        assert!(
+            bin.exists(),
+            "Azurite is not installed: run tests/setup.sh (or tests/run.sh)"
+        );
         let dir = tempfile::tempdir().unwrap();
         let port = fanout::hostsim::free_port().unwrap();
         let child = Command::new(bin)
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--location"])
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &port.to_string(),
+                "--location",
+            ])
             .arg(dir.path())
             .args(["--silent", "--skipApiVersionCheck", "--loose"])
             .stdout(Stdio::null())
@@ -162,10 +190,17 @@ impl Azurite {
             .expect("start azurite");
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(30), "Azurite did not start");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "Azurite did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self { child, port, _dir: dir }
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
     }
 
     pub fn blob_url(&self) -> String {
@@ -186,25 +221,41 @@ impl Azurite {
     pub async fn create_container(&self, name: &str) {
         use base64::Engine;
         use hmac::{Hmac, Mac};
-        let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        let date = chrono::Utc::now()
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
         let version = "2021-08-06";
         let string_to_sign = format!(
             "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{name}\nrestype:container"
         );
-        let key = base64::engine::general_purpose::STANDARD.decode(AZURITE_KEY).unwrap();
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(AZURITE_KEY)
+            .unwrap();
         let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
         mac.update(string_to_sign.as_bytes());
-        let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let signature =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
         let response = reqwest::Client::new()
-            .put(format!("{}/{AZURITE_ACCOUNT}/{name}?restype=container", self.blob_url()))
+            .put(format!(
+                "{}/{AZURITE_ACCOUNT}/{name}?restype=container",
+                self.blob_url()
+            ))
             .header("x-ms-date", date)
             .header("x-ms-version", version)
-            .header("Authorization", format!("SharedKey {AZURITE_ACCOUNT}:{signature}"))
+            .header(
+                "Authorization",
+                format!("SharedKey {AZURITE_ACCOUNT}:{signature}"),
+            )
             .header("Content-Length", "0")
             .send()
             .await
             .expect("azurite answers");
-        assert!(response.status().is_success(), "create container: {} {}", response.status(), response.text().await.unwrap_or_default());
+        assert!(
+            response.status().is_success(),
+            "create container: {} {}",
+            response.status(),
+            response.text().await.unwrap_or_default()
+        );
     }
 }
 
@@ -213,4 +264,158 @@ impl Drop for Azurite {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A real redis-server (installed by tests/setup.sh) on a free 127.0.0.1 port, optionally TLS
+/// with a throwaway CA; stopped by PID on drop. `kill` + `restart` simulate an outage.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: TempDir,
+    tls: bool,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::launch(false)
+    }
+
+    /// TLS only (`--port 0 --tls-port`), with a CA and a server certificate for 127.0.0.1.
+    pub fn start_tls() -> Self {
+        Self::launch(true)
+    }
+
+    fn launch(tls: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        if tls {
+            let d = dir.path();
+            let sh = |cmd: &str| {
+                let out = Command::new("sh")
+                    .arg("-c")
+                    .arg(cmd)
+                    .current_dir(d)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{cmd}: {}", stderr(&out));
+            };
+            sh(
+                "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=fanout test CA' -keyout ca.key -out ca.crt 2>/dev/null",
+            );
+            sh(
+                "openssl req -newkey rsa:2048 -nodes -subj '/CN=127.0.0.1' -keyout server.key -out server.csr 2>/dev/null",
+            );
+            std::fs::write(
+                d.join("san.ext"),
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+            )
+            .unwrap();
+            sh(
+                "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.crt 2>/dev/null",
+            );
+        }
+        let mut server = Self {
+            child: None,
+            port: fanout::hostsim::free_port().unwrap(),
+            dir,
+            tls,
+        };
+        server.restart();
+        server
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let bin = which("redis-server").expect("redis-server is not installed: run tests/setup.sh");
+        let mut cmd = Command::new(bin);
+        // AOF with fsync on every write: a SIGKILLed server comes back with its data, like a
+        // managed Redis after a failover.
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+        ])
+        .arg(self.dir.path());
+        if self.tls {
+            let d = self.dir.path();
+            cmd.args([
+                "--port",
+                "0",
+                "--tls-port",
+                &self.port.to_string(),
+                "--tls-auth-clients",
+                "no",
+            ])
+            .arg("--tls-cert-file")
+            .arg(d.join("server.crt"))
+            .arg("--tls-key-file")
+            .arg(d.join("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(d.join("ca.crt"));
+        } else {
+            cmd.args(["--port", &self.port.to_string()]);
+        }
+        self.child = Some(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server"),
+        );
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: an outage, not a clean shutdown.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        if self.tls {
+            format!("rediss://127.0.0.1:{}", self.port)
+        } else {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// A plain synchronous client for setting up and checking keys.
+    pub fn client(&self) -> redis::Connection {
+        assert!(!self.tls, "use the plain server for checks");
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
 }

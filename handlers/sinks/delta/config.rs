@@ -19,12 +19,12 @@ impl DeltaConfig {
         let mut problems = Vec::new();
         if self.table.trim().is_empty() {
             problems.push("`table` is empty; set a folder such as `.fanout/tables/orders` or an `abfss://` URL".into());
-        } else if let Some((scheme, _)) = self.table.split_once("://") {
-            if !["file", "az", "azure", "abfs", "abfss", "adl"].contains(&scheme) {
-                problems.push(format!(
-                    "`table` uses the unsupported scheme `{scheme}://`; use a local path, `file://`, `az://` or `abfss://`"
-                ));
-            }
+        } else if let Some((scheme, _)) = self.table.split_once("://")
+            && !["file", "az", "azure", "abfs", "abfss", "adl"].contains(&scheme)
+        {
+            problems.push(format!(
+                "`table` uses the unsupported scheme `{scheme}://`; use a local path, `file://`, `az://` or `abfss://`"
+            ));
         }
         problems
     }

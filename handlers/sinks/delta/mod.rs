@@ -30,7 +30,10 @@ impl DeltaSink {
         deltalake::azure::register_handlers(None);
         let url = table::table_url(&config.table, app_root).map_err(SinkError::permanent)?;
         let options = config.storage_options.clone().into_iter().collect();
-        Ok(Self { name: name.to_string(), table: ChangelogTable::new(url, options) })
+        Ok(Self {
+            name: name.to_string(),
+            table: ChangelogTable::new(url, options),
+        })
     }
 
     pub fn table(&self) -> &ChangelogTable {
@@ -61,11 +64,25 @@ impl Sink for DeltaSink {
         KIND
     }
 
-    async fn deliver(&self, ctx: &BatchContext, changes: &[&Change]) -> Result<Delivery, SinkError> {
-        let out = self.table.append(ctx, &self.name, changes).await.map_err(classify)?;
-        let version = out.table_version.map(|v| format!(", table version {v}")).unwrap_or_default();
+    async fn deliver(
+        &self,
+        ctx: &BatchContext,
+        changes: &[&Change],
+    ) -> Result<Delivery, SinkError> {
+        let out = self
+            .table
+            .append(ctx, &self.name, changes)
+            .await
+            .map_err(classify)?;
+        let version = out
+            .table_version
+            .map(|v| format!(", table version {v}"))
+            .unwrap_or_default();
         Ok(Delivery::done(if out.rows_already_present > 0 {
-            format!("{} rows appended, {} already present{version}", out.rows_written, out.rows_already_present)
+            format!(
+                "{} rows appended, {} already present{version}",
+                out.rows_written, out.rows_already_present
+            )
         } else {
             format!("{} rows appended{version}", out.rows_written)
         }))

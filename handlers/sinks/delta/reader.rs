@@ -30,10 +30,21 @@ pub struct ChangelogSnapshot {
     pub rows: Vec<ChangelogRow>,
 }
 
-pub async fn read_changelog(url: Url, storage_options: HashMap<String, String>) -> Result<ChangelogSnapshot, DeltaTableError> {
-    let table = DeltaTableBuilder::from_url(url)?.with_storage_options(storage_options).load().await?;
+pub async fn read_changelog(
+    url: Url,
+    storage_options: HashMap<String, String>,
+) -> Result<ChangelogSnapshot, DeltaTableError> {
+    let table = DeltaTableBuilder::from_url(url)?
+        .with_storage_options(storage_options)
+        .load()
+        .await?;
     let store = table.object_store();
-    let paths: Vec<_> = table.snapshot()?.log_data().into_iter().map(|f| f.object_store_path()).collect();
+    let paths: Vec<_> = table
+        .snapshot()?
+        .log_data()
+        .into_iter()
+        .map(|f| f.object_store_path())
+        .collect();
     let mut rows = Vec::new();
     for path in &paths {
         let bytes: Bytes = store.get(path).await?.bytes().await?;
@@ -42,21 +53,42 @@ pub async fn read_changelog(url: Url, storage_options: HashMap<String, String>) 
             collect_rows(&batch?, &mut rows);
         }
     }
-    Ok(ChangelogSnapshot { version: table.version().unwrap_or_default(), files: paths.len(), rows })
+    Ok(ChangelogSnapshot {
+        version: table.version().unwrap_or_default(),
+        files: paths.len(),
+        rows,
+    })
 }
 
 fn collect_rows(batch: &RecordBatch, out: &mut Vec<ChangelogRow>) {
-    let text = |name: &str| batch.column_by_name(name).map(|c| c.as_string::<i32>().clone());
-    let long = |name: &str| batch.column_by_name(name).map(|c| c.as_primitive::<Int64Type>().clone());
+    let text = |name: &str| {
+        batch
+            .column_by_name(name)
+            .map(|c| c.as_string::<i32>().clone())
+    };
+    let long = |name: &str| {
+        batch
+            .column_by_name(name)
+            .map(|c| c.as_primitive::<Int64Type>().clone())
+    };
     let (op, dk, id, pk, doc, func, inv) = (
-        text("operation"), text("delete_kind"), text("id"), text("partition_key"),
-        text("document"), text("function"), text("invocation_id"),
+        text("operation"),
+        text("delete_kind"),
+        text("id"),
+        text("partition_key"),
+        text("document"),
+        text("function"),
+        text("invocation_id"),
     );
     let (lsn, ts) = (long("lsn"), long("ts"));
     let get = |a: &Option<deltalake::arrow::array::StringArray>, i: usize| {
-        a.as_ref().filter(|a| a.is_valid(i)).map(|a| a.value(i).to_string())
+        a.as_ref()
+            .filter(|a| a.is_valid(i))
+            .map(|a| a.value(i).to_string())
     };
-    let num = |a: &Option<deltalake::arrow::array::Int64Array>, i: usize| a.as_ref().filter(|a| a.is_valid(i)).map(|a| a.value(i));
+    let num = |a: &Option<deltalake::arrow::array::Int64Array>, i: usize| {
+        a.as_ref().filter(|a| a.is_valid(i)).map(|a| a.value(i))
+    };
     for i in 0..batch.num_rows() {
         out.push(ChangelogRow {
             operation: get(&op, i).unwrap_or_default(),
@@ -97,8 +129,19 @@ impl ChangelogSnapshot {
                 duplicate_rows += 1;
             }
             let key = (r.id.as_str(), r.partition_key.as_str());
-            let version = (r.lsn.unwrap_or(-1), r.ts.unwrap_or(-1), r.operation.as_str());
-            newest.entry(key).and_modify(|v| if (version.0, version.1) > (v.0, v.1) { *v = version }).or_insert(version);
+            let version = (
+                r.lsn.unwrap_or(-1),
+                r.ts.unwrap_or(-1),
+                r.operation.as_str(),
+            );
+            newest
+                .entry(key)
+                .and_modify(|v| {
+                    if (version.0, version.1) > (v.0, v.1) {
+                        *v = version
+                    }
+                })
+                .or_insert(version);
         }
         ChangelogSummary {
             rows: self.rows.len(),

@@ -33,7 +33,10 @@ fn columns() -> [(&'static str, DataType, bool); 12] {
 }
 
 pub fn delta_columns() -> Vec<StructField> {
-    columns().into_iter().map(|(n, t, null)| StructField::new(n, t, null)).collect()
+    columns()
+        .into_iter()
+        .map(|(n, t, null)| StructField::new(n, t, null))
+        .collect()
 }
 
 pub static ARROW_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -43,7 +46,9 @@ pub static ARROW_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
             let arrow = match t {
                 t if t == DataType::STRING => ArrowType::Utf8,
                 t if t == DataType::LONG => ArrowType::Int64,
-                t if t == DataType::TIMESTAMP => ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                t if t == DataType::TIMESTAMP => {
+                    ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+                }
                 t if t == DataType::DATE => ArrowType::Date32,
                 other => unreachable!("changelog column type {other:?} has no arrow mapping"),
             };
@@ -58,7 +63,11 @@ fn epoch_days(date: NaiveDate) -> i32 {
 }
 
 /// Encodes changes as one record batch, in the given order.
-pub fn encode(ctx: &BatchContext, changes: &[&Change], ingest_time: DateTime<Utc>) -> Result<RecordBatch, String> {
+pub fn encode(
+    ctx: &BatchContext,
+    changes: &[&Change],
+    ingest_time: DateTime<Utc>,
+) -> Result<RecordBatch, String> {
     let n = changes.len();
     let mut operation = StringBuilder::with_capacity(n, n * 8);
     let mut delete_kind = StringBuilder::with_capacity(n, n);
@@ -86,7 +95,8 @@ pub fn encode(ctx: &BatchContext, changes: &[&Change], ingest_time: DateTime<Utc
         match &c.document {
             Some(doc) => {
                 json.clear();
-                serde_json::to_writer(&mut json, doc).map_err(|e| format!("document `{}`: {e}", c.id))?;
+                serde_json::to_writer(&mut json, doc)
+                    .map_err(|e| format!("document `{}`: {e}", c.id))?;
                 // serde_json writes valid UTF-8.
                 document.append_value(std::str::from_utf8(&json).expect("serde_json emits UTF-8"));
             }
@@ -95,11 +105,10 @@ pub fn encode(ctx: &BatchContext, changes: &[&Change], ingest_time: DateTime<Utc
         function.append_value(&ctx.function);
         invocation.append_value(&ctx.invocation_id);
         ingest.append_value(ingest_micros);
-        let day = c
-            .ts
-            .and_then(|t| DateTime::from_timestamp(t, 0))
-            .map(|t| epoch_days(t.date_naive()))
-            .unwrap_or(ingest_day);
+        let day =
+            c.ts.and_then(|t| DateTime::from_timestamp(t, 0))
+                .map(|t| epoch_days(t.date_naive()))
+                .unwrap_or(ingest_day);
         date.append_value(day);
     }
     let arrays: Vec<ArrayRef> = vec![

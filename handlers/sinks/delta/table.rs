@@ -48,8 +48,10 @@ pub fn table_url(location: &str, app_root: &Path) -> Result<Url, String> {
     if location.contains("://") {
         return Url::parse(location).map_err(|e| format!("`{location}` is not a valid URL: {e}"));
     }
-    let path = std::path::absolute(app_root.join(location)).map_err(|e| format!("cannot resolve {location}: {e}"))?;
-    Url::from_directory_path(&path).map_err(|()| format!("{} is not an absolute path", path.display()))
+    let path = std::path::absolute(app_root.join(location))
+        .map_err(|e| format!("cannot resolve {location}: {e}"))?;
+    Url::from_directory_path(&path)
+        .map_err(|()| format!("{} is not an absolute path", path.display()))
 }
 
 /// The identity of a batch for the table's txn records.
@@ -66,7 +68,11 @@ pub fn batch_app_id(ctx: &BatchContext, sink: &str, first: &Change) -> String {
 
 impl ChangelogTable {
     pub fn new(url: Url, storage_options: HashMap<String, String>) -> Self {
-        Self { url, storage_options, table: Mutex::new(None) }
+        Self {
+            url,
+            storage_options,
+            table: Mutex::new(None),
+        }
     }
 
     pub fn url(&self) -> &Url {
@@ -74,14 +80,15 @@ impl ChangelogTable {
     }
 
     fn builder(&self) -> Result<DeltaTableBuilder, DeltaTableError> {
-        Ok(DeltaTableBuilder::from_url(self.url.clone())?.with_storage_options(self.storage_options.clone()))
+        Ok(DeltaTableBuilder::from_url(self.url.clone())?
+            .with_storage_options(self.storage_options.clone()))
     }
 
     async fn open_or_create(&self) -> Result<DeltaTable, DeltaTableError> {
-        if self.url.scheme() == "file" {
-            if let Ok(path) = self.url.to_file_path() {
-                std::fs::create_dir_all(&path).map_err(|source| DeltaTableError::Io { source })?;
-            }
+        if self.url.scheme() == "file"
+            && let Ok(path) = self.url.to_file_path()
+        {
+            std::fs::create_dir_all(&path).map_err(|source| DeltaTableError::Io { source })?;
         }
         let mut table = self.builder()?.build()?;
         if table.verify_deltatable_existence().await? {
@@ -94,8 +101,13 @@ impl ChangelogTable {
             .with_columns(delta_columns())
             .with_partition_columns([PARTITION_COLUMN])
             .with_save_mode(SaveMode::Ignore)
-            .with_comment("Cosmos DB change feed changelog written by fanout (see docs/changelog.md)")
-            .with_configuration_property(TableProperty::SetTransactionRetentionDuration, Some(TXN_RETENTION))
+            .with_comment(
+                "Cosmos DB change feed changelog written by fanout (see docs/changelog.md)",
+            )
+            .with_configuration_property(
+                TableProperty::SetTransactionRetentionDuration,
+                Some(TXN_RETENTION),
+            )
             .await;
         match created {
             Ok(table) => Ok(table),
@@ -112,7 +124,11 @@ impl ChangelogTable {
         changes: &[&Change],
     ) -> Result<AppendOutcome, DeltaTableError> {
         let Some(first) = changes.first() else {
-            return Ok(AppendOutcome { rows_written: 0, rows_already_present: 0, table_version: None });
+            return Ok(AppendOutcome {
+                rows_written: 0,
+                rows_already_present: 0,
+                table_version: None,
+            });
         };
         let mut guard = self.table.lock().await;
         if guard.is_none() {
@@ -143,19 +159,40 @@ impl ChangelogTable {
             .await?;
         let fresh: Vec<&Change> = match recorded {
             None => changes.to_vec(),
-            Some(upto) => changes.iter().copied().filter(|c| c.lsn.is_some_and(|l| l > upto)).collect(),
+            Some(upto) => changes
+                .iter()
+                .copied()
+                .filter(|c| c.lsn.is_some_and(|l| l > upto))
+                .collect(),
         };
         let already = changes.len() - fresh.len();
         if fresh.is_empty() {
-            return Ok(AppendOutcome { rows_written: 0, rows_already_present: already, table_version: table.version() });
+            return Ok(AppendOutcome {
+                rows_written: 0,
+                rows_already_present: already,
+                table_version: table.version(),
+            });
         }
-        let version = fresh.iter().filter_map(|c| c.lsn).max().unwrap_or(0).max(recorded.unwrap_or(0));
-        let batch = encode(ctx, &fresh, Utc::now()).map_err(|msg| DeltaTableError::Generic(msg))?;
-        let txn = Transaction::new_with_last_update(&app_id, version, Some(Utc::now().timestamp_millis()));
+        let version = fresh
+            .iter()
+            .filter_map(|c| c.lsn)
+            .max()
+            .unwrap_or(0)
+            .max(recorded.unwrap_or(0));
+        let batch = encode(ctx, &fresh, Utc::now()).map_err(DeltaTableError::Generic)?;
+        let txn = Transaction::new_with_last_update(
+            &app_id,
+            version,
+            Some(Utc::now().timestamp_millis()),
+        );
         let mut writer = RecordBatchWriter::for_table(table)?
             .with_commit_properties(CommitProperties::default().with_application_transaction(txn));
         writer.write(batch).await?;
         let committed = writer.flush_and_commit(table).await?;
-        Ok(AppendOutcome { rows_written: fresh.len(), rows_already_present: already, table_version: Some(committed) })
+        Ok(AppendOutcome {
+            rows_written: fresh.len(),
+            rows_already_present: already,
+            table_version: Some(committed),
+        })
     }
 }

@@ -1,0 +1,177 @@
+//! End-to-end figures through the real binary, printed as a table (not timed assertions):
+//! - start-up: process start to the first answer on `/` (what the host waits for), and idle RSS;
+//! - Delta append: 1000-change batches into a local table, through the sink directly and
+//!   through the whole HTTP path (emulated host -> handler -> Delta).
+//!
+//! Run: `cargo bench --bench figures` (release build).
+
+use fanout::hostsim::{EmulatedHost, cosmos_trigger_body, samples};
+use fanout::sinks::BatchContext;
+use fanout::sinks::delta::{ChangelogTable, table_url};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const ROUNDS: usize = 20;
+const BATCHES: usize = 30;
+const BATCH: usize = 1000;
+
+fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn hwm_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn write_app(dir: &Path) {
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/host.json"),
+        dir.join("host.json"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("orders")).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/orders/function.json"),
+        dir.join("orders/function.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("fanout.toml"),
+        "[functions.orders]\npartition_key = \"/customerId\"\nsoft_delete = { field = \"/deleted\" }\n[functions.orders.sinks.changelog]\ntype = \"delta\"\ntable = \"tables/orders\"\n",
+    )
+    .unwrap();
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` asks benches to list themselves.
+    }
+    let binary = Path::new(env!("CARGO_BIN_EXE_fanout"));
+    println!(
+        "fanout figures ({}; {} cores)",
+        binary.display(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+
+    // Start-up and idle memory.
+    let dir = tempfile::tempdir().unwrap();
+    write_app(dir.path());
+    let mut startups = Vec::new();
+    let mut idle_rss = Vec::new();
+    for _ in 0..ROUNDS {
+        let mut host = EmulatedHost::start(binary, dir.path(), &[("FANOUT_LOG", "warn")])
+            .await
+            .unwrap();
+        startups.push(host.startup);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        idle_rss.push(rss_kb(host.pid().unwrap()).unwrap_or(0));
+        host.terminate();
+    }
+    startups.sort();
+    idle_rss.sort();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| start-up to first answer on / (p50 / max of {ROUNDS}) | {:.1} ms / {:.1} ms |",
+        percentile(&startups, 0.5).as_secs_f64() * 1e3,
+        startups.last().unwrap().as_secs_f64() * 1e3
+    );
+    println!(
+        "| idle RSS (median) | {:.1} MB |",
+        idle_rss[idle_rss.len() / 2] as f64 / 1024.0
+    );
+
+    // Delta append through the sink directly.
+    let table_dir = tempfile::tempdir().unwrap();
+    let table = ChangelogTable::new(
+        table_url("t", table_dir.path()).unwrap(),
+        Default::default(),
+    );
+    let batches: Vec<Vec<fanout::change::Change>> = samples::order_batches(1, BATCHES, BATCH, 500)
+        .into_iter()
+        .map(|docs| {
+            let n = fanout::change::Normalizer::new(
+                fanout::change::PartitionKeyPaths::parse(&["/customerId"]).unwrap(),
+                None,
+            );
+            docs.into_iter()
+                .enumerate()
+                .map(|(i, d)| n.normalize(i, d).unwrap())
+                .collect()
+        })
+        .collect();
+    let ctx = BatchContext {
+        function: "orders".into(),
+        invocation_id: "bench".into(),
+        fingerprint: "fp".into(),
+        received_at: chrono::Utc::now(),
+    };
+    let started = Instant::now();
+    let mut per_batch = Vec::new();
+    for batch in &batches {
+        let t = Instant::now();
+        let refs: Vec<_> = batch.iter().collect();
+        table.append(&ctx, "changelog", &refs).await.unwrap();
+        per_batch.push(t.elapsed());
+    }
+    let direct = (BATCHES * BATCH) as f64 / started.elapsed().as_secs_f64();
+    per_batch.sort();
+    println!(
+        "| Delta append, sink only, {BATCHES} x {BATCH}-change batches | {:.0} changes/s (p50 {:.1} ms, p99 {:.1} ms per batch) |",
+        direct,
+        percentile(&per_batch, 0.5).as_secs_f64() * 1e3,
+        percentile(&per_batch, 0.99).as_secs_f64() * 1e3
+    );
+
+    // The whole path: emulated host -> HTTP -> decode -> normalize -> Delta.
+    let mut host = EmulatedHost::start(binary, dir.path(), &[("FANOUT_LOG", "warn")])
+        .await
+        .unwrap();
+    let bodies: Vec<String> = samples::order_batches(1_000_000, BATCHES, BATCH, 500)
+        .iter()
+        .map(|d| cosmos_trigger_body("documents", "orders", d, None))
+        .collect();
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    for body in &bodies {
+        let call = host.invoke("orders", body).await.unwrap();
+        assert!(call.is_success(), "{:?}", call.logs());
+        latencies.push(call.elapsed);
+    }
+    let end_to_end = (BATCHES * BATCH) as f64 / started.elapsed().as_secs_f64();
+    latencies.sort();
+    let peak = hwm_kb(host.pid().unwrap()).unwrap_or(0);
+    host.terminate();
+    println!(
+        "| Delta append, end to end over HTTP, {BATCHES} x {BATCH}-change batches ({:.1} MB body each) | {:.0} changes/s (p50 {:.1} ms, p99 {:.1} ms per invocation) |",
+        bodies[0].len() as f64 / 1e6,
+        end_to_end,
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "| peak RSS during the end-to-end run | {:.1} MB |",
+        peak as f64 / 1024.0
+    );
+}

@@ -1,0 +1,88 @@
+//! Microsoft Entra tokens for sinks that authenticate with an identity (Redis, AI Search, the
+//! Kafka endpoint), from `azure_identity`: a managed identity in Azure (user-assigned when
+//! `AZURE_CLIENT_ID` is set), developer tools (`az login`, `azd auth login`) elsewhere.
+//! Tokens are cached and refreshed before they expire; they are never logged.
+
+use azure_core::credentials::{AccessToken, TokenCredential};
+use azure_identity::{
+    DeveloperToolsCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions,
+    UserAssignedId,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// Refresh a token this long before it expires.
+const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
+
+pub struct EntraToken {
+    credential: Arc<dyn TokenCredential>,
+    scope: String,
+    cached: Mutex<Option<AccessToken>>,
+}
+
+impl std::fmt::Debug for EntraToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EntraToken({})", self.scope)
+    }
+}
+
+/// A token's secret and when it stops working.
+pub struct Token {
+    pub secret: String,
+    pub expires_in: Duration,
+}
+
+impl EntraToken {
+    /// Picks the credential from the environment: a managed identity where the platform
+    /// provides one (`IDENTITY_ENDPOINT` / `MSI_ENDPOINT`, or `AZURE_CLIENT_ID` set), else the
+    /// developer's own login.
+    pub fn from_env(scope: &str) -> Result<Self, String> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let credential: Arc<dyn TokenCredential> = if env("IDENTITY_ENDPOINT").is_some()
+            || env("MSI_ENDPOINT").is_some()
+            || env("AZURE_CLIENT_ID").is_some()
+        {
+            let options = ManagedIdentityCredentialOptions {
+                user_assigned_id: env("AZURE_CLIENT_ID").map(UserAssignedId::ClientId),
+                ..Default::default()
+            };
+            ManagedIdentityCredential::new(Some(options))
+                .map_err(|e| format!("managed identity: {e}"))?
+        } else {
+            DeveloperToolsCredential::new(None)
+                .map_err(|e| format!("developer credential (az login): {e}"))?
+        };
+        Ok(Self {
+            credential,
+            scope: scope.to_string(),
+            cached: Mutex::new(None),
+        })
+    }
+
+    /// A valid token, fetched anew when the cached one is close to expiry.
+    pub async fn token(&self) -> Result<Token, String> {
+        let mut cached = self.cached.lock().await;
+        let now = azure_core::time::OffsetDateTime::now_utc();
+        let fresh = cached
+            .as_ref()
+            .filter(|t| t.expires_on - now > REFRESH_MARGIN);
+        let token = match fresh {
+            Some(t) => t.clone(),
+            None => {
+                let t = self
+                    .credential
+                    .get_token(&[self.scope.as_str()], None)
+                    .await
+                    .map_err(|e| format!("cannot get an Entra token for {}: {e}", self.scope))?;
+                *cached = Some(t.clone());
+                t
+            }
+        };
+        let left = token.expires_on - now;
+        Ok(Token {
+            secret: token.token.secret().to_string(),
+            expires_in: Duration::from_secs(left.whole_seconds().max(0) as u64),
+        })
+    }
+}

@@ -1,0 +1,244 @@
+//! Request building: one pipeline per batch (one round trip on a single node; one per node in
+//! a cluster), in feed order.
+
+use super::config::{RedisConfig, RedisMode};
+use super::keys::{KeyTemplate, version_key};
+use crate::change::Change;
+use crate::sinks::Rejected;
+use serde_json::{Map, Value};
+
+/// Atomic, version-guarded write for refresh mode. KEYS: data key, version key. ARGV: op
+/// (`set`/`del`), lsn, ts, value, ttl, version ttl. Returns 1 when applied, 0 when the key
+/// already holds a newer change (compared by lsn, then `_ts`). An equal version is re-applied:
+/// re-deliveries are idempotent.
+pub const REFRESH_SCRIPT: &str = r#"
+local cur = redis.call('GET', KEYS[2])
+local lsn = tonumber(ARGV[2])
+local ts = tonumber(ARGV[3])
+if cur then
+  local sep = string.find(cur, ':', 1, true)
+  local clsn = tonumber(string.sub(cur, 1, sep - 1))
+  local cts = tonumber(string.sub(cur, sep + 1))
+  if lsn < clsn or (lsn == clsn and ts < cts) then
+    return 0
+  end
+end
+if ARGV[1] == 'set' then
+  if tonumber(ARGV[5]) > 0 then
+    redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[5])
+  else
+    redis.call('SET', KEYS[1], ARGV[4])
+  end
+else
+  redis.call('DEL', KEYS[1])
+end
+local vttl = tonumber(ARGV[6])
+if vttl > 0 then
+  redis.call('SET', KEYS[2], ARGV[2] .. ':' .. ARGV[3], 'EX', vttl)
+else
+  redis.call('SET', KEYS[2], ARGV[2] .. ':' .. ARGV[3])
+end
+return 1
+"#;
+
+/// Cosmos system properties dropped from a refreshed document when no `fields` are configured.
+const SYSTEM_PROPERTIES: [&str; 6] = ["_rid", "_self", "_etag", "_attachments", "_ts", "_lsn"];
+
+/// What one batch turns into.
+pub struct BatchRequest {
+    pub pipeline: redis::Pipeline,
+    /// Indices (into the batch) of the changes that have a command.
+    pub sent: Vec<usize>,
+    pub rejected: Vec<Rejected>,
+    pub keys_touched: usize,
+}
+
+pub struct RequestBuilder {
+    mode: RedisMode,
+    templates: Vec<KeyTemplate>,
+    fields: Vec<Vec<String>>,
+    ttl_seconds: u64,
+    tombstone_ttl_seconds: u64,
+    channel: Option<String>,
+    pk_paths: Vec<Vec<String>>,
+    script_sha: String,
+}
+
+impl RequestBuilder {
+    pub fn new(config: &RedisConfig, pk_paths: Vec<Vec<String>>) -> Result<Self, String> {
+        let templates = match config.mode {
+            RedisMode::Invalidate => config
+                .keys
+                .iter()
+                .map(|k| KeyTemplate::parse(k))
+                .collect::<Result<_, _>>()?,
+            RedisMode::Refresh => vec![KeyTemplate::parse(
+                config.key.as_deref().unwrap_or_default(),
+            )?],
+        };
+        Ok(Self {
+            mode: config.mode,
+            templates,
+            fields: config
+                .fields
+                .iter()
+                .map(|f| {
+                    f.trim_start_matches('/')
+                        .split('/')
+                        .map(str::to_string)
+                        .collect()
+                })
+                .collect(),
+            ttl_seconds: config.ttl_seconds,
+            tombstone_ttl_seconds: config.tombstone_ttl_seconds,
+            channel: config.channel.clone(),
+            pk_paths,
+            script_sha: redis::Script::new(REFRESH_SCRIPT).get_hash().to_string(),
+        })
+    }
+
+    pub fn mode(&self) -> RedisMode {
+        self.mode
+    }
+
+    pub fn build(&self, changes: &[&Change]) -> BatchRequest {
+        let mut pipeline = redis::pipe();
+        let mut req = BatchRequest {
+            pipeline: redis::pipe(),
+            sent: Vec::new(),
+            rejected: Vec::new(),
+            keys_touched: 0,
+        };
+        for (index, change) in changes.iter().enumerate() {
+            // Render every template; keys that render are used even when another does not
+            // (invalidating what we can beats invalidating nothing), and the change is then
+            // also dead-lettered with the reason.
+            let mut keys = Vec::with_capacity(self.templates.len());
+            let mut failures = Vec::new();
+            for template in &self.templates {
+                match template.render(change, &self.pk_paths) {
+                    Ok(key) => keys.push(key),
+                    Err(reason) => failures.push(reason),
+                }
+            }
+            if !failures.is_empty() {
+                req.rejected.push(Rejected {
+                    index,
+                    reason: failures.join("; "),
+                });
+                if keys.is_empty() || self.mode == RedisMode::Refresh {
+                    continue;
+                }
+            }
+            match self.mode {
+                RedisMode::Invalidate => {
+                    // One UNLINK per key: keys of one change may live in different cluster slots.
+                    for key in &keys {
+                        pipeline.cmd("UNLINK").arg(key).ignore();
+                        req.keys_touched += 1;
+                    }
+                }
+                RedisMode::Refresh => {
+                    let key = &keys[0];
+                    let vkey = match version_key(key) {
+                        Ok(v) => v,
+                        Err(reason) => {
+                            req.rejected.push(Rejected { index, reason });
+                            continue;
+                        }
+                    };
+                    let (op, value, ttl) = if change.operation.is_delete() {
+                        ("del", String::new(), self.tombstone_ttl_seconds)
+                    } else {
+                        let doc = change
+                            .document
+                            .as_ref()
+                            .map(|d| self.project(d))
+                            .unwrap_or_default();
+                        let ttl = if self.ttl_seconds == 0 {
+                            0
+                        } else {
+                            self.ttl_seconds.max(self.tombstone_ttl_seconds)
+                        };
+                        ("set", Value::Object(doc).to_string(), ttl)
+                    };
+                    pipeline
+                        .cmd("EVALSHA")
+                        .arg(&self.script_sha)
+                        .arg(2)
+                        .arg(key)
+                        .arg(&vkey)
+                        .arg(op)
+                        .arg(change.lsn.unwrap_or(-1))
+                        .arg(change.ts.unwrap_or(-1))
+                        .arg(value)
+                        .arg(if op == "set" { self.ttl_seconds } else { 0 })
+                        .arg(ttl);
+                    req.keys_touched += 1;
+                }
+            }
+            if let Some(channel) = &self.channel {
+                let message = serde_json::json!({
+                    "id": change.id,
+                    "partitionKey": change.partition_key.as_key_string(),
+                    "operation": change.operation.as_str(),
+                    "lsn": change.lsn,
+                    "ts": change.ts,
+                    "keys": keys,
+                });
+                pipeline
+                    .cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(message.to_string())
+                    .ignore();
+            }
+            req.sent.push(index);
+        }
+        req.pipeline = pipeline;
+        req
+    }
+
+    fn project(&self, doc: &Map<String, Value>) -> Map<String, Value> {
+        if self.fields.is_empty() {
+            return doc
+                .iter()
+                .filter(|(k, _)| !SYSTEM_PROPERTIES.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+        }
+        let mut out = Map::new();
+        for path in &self.fields {
+            let mut current = Some(doc);
+            let mut value = None;
+            for (i, seg) in path.iter().enumerate() {
+                let v = current.and_then(|m| m.get(seg));
+                if i + 1 == path.len() {
+                    value = v;
+                } else {
+                    current = v.and_then(Value::as_object);
+                }
+            }
+            if let Some(v) = value {
+                insert_path(&mut out, path, v.clone());
+            }
+        }
+        out
+    }
+}
+
+fn insert_path(map: &mut Map<String, Value>, path: &[String], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            map.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = map
+                .entry(first.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
