@@ -9,22 +9,42 @@ use serde_json::Value;
 
 fn schema(name: &str, draft: jsonschema::Draft) -> jsonschema::Validator {
     let schema: Value = serde_json::from_str(&common::fixture(&format!("schemas/{name}"))).unwrap();
-    jsonschema::options().with_draft(draft).build(&schema).unwrap_or_else(|e| panic!("{name}: {e}"))
+    jsonschema::options()
+        .with_draft(draft)
+        .build(&schema)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn assert_valid(validator: &jsonschema::Validator, file: &str) {
-    let text = std::fs::read_to_string(repo_root().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-    let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{file} is not JSON: {e}"));
-    let errors: Vec<String> = validator.iter_errors(&doc).map(|e| format!("{} at {}", e, e.instance_path)).collect();
-    assert!(errors.is_empty(), "{file} violates its schema:\n{}", errors.join("\n"));
+    let text =
+        std::fs::read_to_string(repo_root().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let doc: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{file} is not JSON: {e}"));
+    let errors: Vec<String> = validator
+        .iter_errors(&doc)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{file} violates its schema:\n{}",
+        errors.join("\n")
+    );
 }
 
 #[test]
 fn host_json_matches_the_schema_and_our_needs() {
-    assert_valid(&schema("host.schema.json", jsonschema::Draft::Draft7), "host.json");
-    let host: Value = serde_json::from_str(&std::fs::read_to_string(repo_root().join("host.json")).unwrap()).unwrap();
+    assert_valid(
+        &schema("host.schema.json", jsonschema::Draft::Draft7),
+        "host.json",
+    );
+    let host: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_root().join("host.json")).unwrap())
+            .unwrap();
     assert_eq!(host["extensionBundle"]["version"], "[4.*, 5.0.0)");
-    assert_eq!(host["customHandler"]["description"]["defaultExecutablePath"], "fanout");
+    assert_eq!(
+        host["customHandler"]["description"]["defaultExecutablePath"],
+        "fanout"
+    );
     assert!(host["functionTimeout"].is_string());
     // The validator itself must reject a broken file, or the check above proves nothing.
     let v = schema("host.schema.json", jsonschema::Draft::Draft7);
@@ -42,23 +62,50 @@ fn every_function_json_matches_the_schema_and_is_an_identity_based_cosmos_trigge
     for name in functions.keys() {
         let file = format!("{name}/function.json");
         assert_valid(&validator, &file);
-        let f: Value = serde_json::from_str(&std::fs::read_to_string(repo_root().join(&file)).unwrap()).unwrap();
-        let trigger = f["bindings"].as_array().unwrap().iter().find(|b| b["type"] == "cosmosDBTrigger").unwrap();
-        for key in ["connection", "databaseName", "containerName", "leaseContainerName", "leaseContainerPrefix", "maxItemsPerInvocation"] {
+        let f: Value =
+            serde_json::from_str(&std::fs::read_to_string(repo_root().join(&file)).unwrap())
+                .unwrap();
+        let trigger = f["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["type"] == "cosmosDBTrigger")
+            .unwrap();
+        for key in [
+            "connection",
+            "databaseName",
+            "containerName",
+            "leaseContainerName",
+            "leaseContainerPrefix",
+            "maxItemsPerInvocation",
+        ] {
             assert!(!trigger[key].is_null(), "{file}: `{key}` is missing");
         }
         // Identity-based connections cannot create the lease container.
-        assert_eq!(trigger["createLeaseContainerIfNotExists"], Value::Bool(false), "{file}");
-        assert!(f["retry"]["maxRetryCount"].as_i64().is_some(), "{file}: a retry policy lets the handler dead-letter before the checkpoint");
+        assert_eq!(
+            trigger["createLeaseContainerIfNotExists"],
+            Value::Bool(false),
+            "{file}"
+        );
+        assert!(
+            f["retry"]["maxRetryCount"].as_i64().is_some(),
+            "{file}: a retry policy lets the handler dead-letter before the checkpoint"
+        );
         let def = fanout::config::read_function(&repo_root(), name).unwrap();
         assert_eq!(def.binding, trigger["name"].as_str().unwrap());
     }
-    assert!(!validator.is_valid(&serde_json::json!({"bindings": [], "retry": {"strategy": "sometimes"}})));
+    assert!(
+        !validator
+            .is_valid(&serde_json::json!({"bindings": [], "retry": {"strategy": "sometimes"}}))
+    );
 }
 
 #[test]
 fn local_settings_example_matches_the_schema_and_lists_every_setting() {
-    assert_valid(&schema("local.settings.schema.json", jsonschema::Draft::Draft4), "local.settings.json.example");
+    assert_valid(
+        &schema("local.settings.schema.json", jsonschema::Draft::Draft4),
+        "local.settings.json.example",
+    );
     let text = std::fs::read_to_string(repo_root().join("local.settings.json.example")).unwrap();
     let values: Value = serde_json::from_str::<Value>(&text).unwrap()["Values"].clone();
     assert_eq!(values["FUNCTIONS_WORKER_RUNTIME"], "custom");
@@ -66,7 +113,11 @@ fn local_settings_example_matches_the_schema_and_lists_every_setting() {
     let config = std::fs::read_to_string(repo_root().join("fanout.toml")).unwrap();
     let function = std::fs::read_to_string(repo_root().join("orders/function.json")).unwrap();
     let mut names: Vec<String> = Vec::new();
-    let config: String = config.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n");
+    let config: String = config
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
     for part in config.split("${").skip(1) {
         names.push(part.split(['}', ':']).next().unwrap().to_string());
     }
@@ -75,7 +126,10 @@ fn local_settings_example_matches_the_schema_and_lists_every_setting() {
     }
     names.push("CosmosDBConnection__accountEndpoint".into());
     for name in names {
-        assert!(values.get(&name).is_some(), "local.settings.json.example lacks `{name}`");
+        assert!(
+            values.get(&name).is_some(),
+            "local.settings.json.example lacks `{name}`"
+        );
     }
 }
 
@@ -88,19 +142,29 @@ fn the_checked_in_config_is_valid() {
         .unwrap();
     assert!(out.status.success(), "{}", common::stderr(&out));
     let text = common::stdout(&out);
-    assert!(text.contains("function orders: binding `documents`, container orders, 5 retries, then dead-letter"), "{text}");
+    assert!(
+        text.contains(
+            "function orders: binding `documents`, container orders, 5 retries, then dead-letter"
+        ),
+        "{text}"
+    );
 }
 
 fn check(app: &TestApp, env: &[(&str, &str)]) -> (i32, String) {
     let out = app.run(&["check-config"], env);
-    (out.status.code().unwrap_or(-1), format!("{}{}", common::stdout(&out), common::stderr(&out)))
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{}{}", common::stdout(&out), common::stderr(&out)),
+    )
 }
 
 #[test]
 fn config_problems_are_all_reported_with_how_to_fix_them() {
     let app = TestApp::new();
-    app.function("orders", "documents", Some(3)).function("payments", "documents", None).config(
-        r#"
+    app.function("orders", "documents", Some(3))
+        .function("payments", "documents", None)
+        .config(
+            r#"
 [functions.orders]
 partition_key = "customerId"
 [functions.orders.sinks.changelog]
@@ -116,7 +180,7 @@ partition_key = "/id"
 type = "delta"
 table = "t"
 "#,
-    );
+        );
     let (code, text) = check(&app, &[]);
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("functions.orders.sinks.changelog.table: refers to app setting `ORDERS_TABLE`, which is not set; add it to local.settings.json"), "{text}");
@@ -146,15 +210,23 @@ fn unknown_keys_and_sink_types_are_refused() {
     app.config("[functions.orders]\npartition_key = \"/id\"\n[functions.orders.sinks.x]\ntype = \"delta\"\ntabel = \"t\"\n");
     let (_, text) = check(&app, &[]);
     assert!(text.contains("unknown field `tabel`"), "{text}");
-    app.config("[functions.orders]\npartition_key = \"/id\"\nsinks = {}\n[retry]\nbudget_ms = 999999999\n");
+    app.config(
+        "[functions.orders]\npartition_key = \"/id\"\nsinks = {}\n[retry]\nbudget_ms = 999999999\n",
+    );
     let (_, text) = check(&app, &[]);
     assert!(text.contains("functions.orders.sinks: no sinks"), "{text}");
-    assert!(text.contains("must end at least 10 s before host.json's functionTimeout"), "{text}");
+    assert!(
+        text.contains("must end at least 10 s before host.json's functionTimeout"),
+        "{text}"
+    );
     // A missing config file says where it was looked for.
     std::fs::remove_file(app.path().join("fanout.toml")).unwrap();
     let (code, text) = check(&app, &[]);
     assert_eq!(code, 2);
-    assert!(text.contains("fanout.toml has 1 problem") && text.contains("cannot read it"), "{text}");
+    assert!(
+        text.contains("fanout.toml has 1 problem") && text.contains("cannot read it"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -163,5 +235,9 @@ fn serving_without_a_port_explains_itself() {
     app.function("orders", "documents", None).config("[functions.orders]\npartition_key = \"/id\"\n[functions.orders.sinks.c]\ntype = \"delta\"\ntable = \"t\"\n");
     let out = app.run(&[], &[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(common::stderr(&out).contains("FUNCTIONS_CUSTOMHANDLER_PORT is not set"), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("FUNCTIONS_CUSTOMHANDLER_PORT is not set"),
+        "{}",
+        common::stderr(&out)
+    );
 }

@@ -46,13 +46,26 @@ async fn changelog_and_dead_letters_on_azure_blob() {
     let batches = samples::order_batches(100, 2, 40, 6);
     for docs in &batches {
         let body = cosmos_trigger_body("documents", "orders", docs, None);
-        let calls = host.invoke_with_retries("orders", &body, 1, 5).await.unwrap();
-        assert_eq!(calls.iter().map(|c| c.status).collect::<Vec<_>>(), vec![500, 200], "{:?}", calls.last().unwrap().logs());
+        let calls = host
+            .invoke_with_retries("orders", &body, 1, 5)
+            .await
+            .unwrap();
+        assert_eq!(
+            calls.iter().map(|c| c.status).collect::<Vec<_>>(),
+            vec![500, 200],
+            "{:?}",
+            calls.last().unwrap().logs()
+        );
         let logs = calls.last().unwrap().logs();
         assert!(logs.iter().any(|l| l.starts_with("dead-lettered 40 changes from `mirror` to az://deadletter/fanout/pending/orders/mirror/")), "{logs:?}");
     }
     // Re-delivery: no duplicates in the Azure table either.
-    host.invoke("orders", &cosmos_trigger_body("documents", "orders", &batches[0], None)).await.unwrap();
+    host.invoke(
+        "orders",
+        &cosmos_trigger_body("documents", "orders", &batches[0], None),
+    )
+    .await
+    .unwrap();
 
     let out = app.run(&["changelog", "az://lake/orders_changelog"], &env);
     let text = common::stdout(&out);
@@ -73,11 +86,28 @@ print(len(rows), len({(r["id"], r["lsn"]) for r in rows}), dt.metadata().partiti
 
     // The dead-letter records are in Azure; after the sink is fixed, replay delivers them.
     let dry = app.run(&["replay", "--dry-run"], &env);
-    assert!(common::stdout(&dry).contains("2 records pending in az://deadletter/fanout"), "{}", common::stdout(&dry));
+    assert!(
+        common::stdout(&dry).contains("2 records pending in az://deadletter/fanout"),
+        "{}",
+        common::stdout(&dry)
+    );
     azurite.create_container("missing-container").await;
     let out = app.run(&["replay"], &env);
-    assert!(out.status.success(), "{}{}", common::stdout(&out), common::stderr(&out));
-    assert!(common::stdout(&out).contains("replayed 2 records (80 changes)"), "{}", common::stdout(&out));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    assert!(
+        common::stdout(&out).contains("replayed 2 records (80 changes)"),
+        "{}",
+        common::stdout(&out)
+    );
     let mirror = app.run(&["changelog", "az://missing-container/mirror"], &env);
-    assert!(common::stdout(&mirror).contains("80 rows"), "{}", common::stdout(&mirror));
+    assert!(
+        common::stdout(&mirror).contains("80 rows"),
+        "{}",
+        common::stdout(&mirror)
+    );
 }

@@ -13,7 +13,9 @@ fn toml(retry_budget_ms: u64, tables: &[&str]) -> String {
         "[retry]\ninitial_backoff_ms = 20\nmax_backoff_ms = 50\nbudget_ms = {retry_budget_ms}\n\n[functions.orders]\npartition_key = \"/customerId\"\nsoft_delete = {{ field = \"/deleted\", equals = true }}\n"
     );
     for t in tables {
-        s.push_str(&format!("[functions.orders.sinks.{t}]\ntype = \"delta\"\ntable = \"tables/{t}\"\n"));
+        s.push_str(&format!(
+            "[functions.orders.sinks.{t}]\ntype = \"delta\"\ntable = \"tables/{t}\"\n"
+        ));
     }
     s
 }
@@ -21,41 +23,101 @@ fn toml(retry_budget_ms: u64, tables: &[&str]) -> String {
 #[tokio::test]
 async fn changelog_rows_and_idempotent_redelivery() {
     let app = TestApp::new();
-    app.function("orders", "documents", Some(3)).config(&toml(2000, &["changelog"]));
+    app.function("orders", "documents", Some(3))
+        .config(&toml(2000, &["changelog"]));
     let host = app.start().await;
     let batches = samples::order_batches(1000, 3, 50, 7);
     let mut avad = samples::all_versions_batch(5000, 1_744_200_000);
     for docs in &batches {
-        let call = host.invoke("orders", &cosmos_trigger_body("documents", "orders", docs, None)).await.unwrap();
+        let call = host
+            .invoke(
+                "orders",
+                &cosmos_trigger_body("documents", "orders", docs, None),
+            )
+            .await
+            .unwrap();
         assert_eq!(call.status, 200, "{:?}", call.logs());
     }
-    let call = host.invoke("orders", &cosmos_trigger_body("documents", "orders", &avad, None)).await.unwrap();
+    let call = host
+        .invoke(
+            "orders",
+            &cosmos_trigger_body("documents", "orders", &avad, None),
+        )
+        .await
+        .unwrap();
     assert_eq!(call.status, 200);
     let table = read_table(&app.table("tables/changelog")).await;
     let summary = table.summary();
     assert_eq!(summary.rows, 154);
-    assert_eq!(summary.by_operation.get("delete"), Some(&(15 + 2)), "soft deletes + hard delete + TTL expiry");
+    assert_eq!(
+        summary.by_operation.get("delete"),
+        Some(&(15 + 2)),
+        "soft deletes + hard delete + TTL expiry"
+    );
     assert_eq!(summary.by_operation.get("create"), Some(&1));
     assert_eq!(summary.by_operation.get("replace"), Some(&1));
-    let hard = table.rows.iter().find(|r| r.delete_kind.as_deref() == Some("hard")).unwrap();
-    assert_eq!((hard.id.as_str(), hard.partition_key.as_str(), hard.lsn), ("order-avad", r#"["customer-avad"]"#, Some(5002)));
+    let hard = table
+        .rows
+        .iter()
+        .find(|r| r.delete_kind.as_deref() == Some("hard"))
+        .unwrap();
+    assert_eq!(
+        (hard.id.as_str(), hard.partition_key.as_str(), hard.lsn),
+        ("order-avad", r#"["customer-avad"]"#, Some(5002))
+    );
     assert!(hard.document.is_none());
-    assert!(table.rows.iter().any(|r| r.delete_kind.as_deref() == Some("ttl_expired")));
-    let soft = table.rows.iter().find(|r| r.delete_kind.as_deref() == Some("soft")).unwrap();
+    assert!(
+        table
+            .rows
+            .iter()
+            .any(|r| r.delete_kind.as_deref() == Some("ttl_expired"))
+    );
+    let soft = table
+        .rows
+        .iter()
+        .find(|r| r.delete_kind.as_deref() == Some("soft"))
+        .unwrap();
     assert!(soft.document.as_ref().unwrap().contains("\"deleted\":true"));
 
     // The same batch again (as the host re-delivers it, with RetryContext): nothing doubles.
-    let again = with_retry_context(&cosmos_trigger_body("documents", "orders", &batches[1], None), 1, 3);
+    let again = with_retry_context(
+        &cosmos_trigger_body("documents", "orders", &batches[1], None),
+        1,
+        3,
+    );
     let call = host.invoke("orders", &again).await.unwrap();
     assert_eq!(call.status, 200);
-    assert!(call.logs().iter().any(|l| l.contains("0 rows appended, 50 already present")), "{:?}", call.logs());
+    assert!(
+        call.logs()
+            .iter()
+            .any(|l| l.contains("0 rows appended, 50 already present")),
+        "{:?}",
+        call.logs()
+    );
     // Re-delivery after a crash can cut the batch differently: same start, more changes.
     let mut longer = batches[2].clone();
     longer.extend(samples::order_batches(1150, 1, 10, 7).remove(0));
-    let call = host.invoke("orders", &cosmos_trigger_body("documents", "orders", &longer, None)).await.unwrap();
-    assert!(call.logs().iter().any(|l| l.contains("10 rows appended, 50 already present")), "{:?}", call.logs());
+    let call = host
+        .invoke(
+            "orders",
+            &cosmos_trigger_body("documents", "orders", &longer, None),
+        )
+        .await
+        .unwrap();
+    assert!(
+        call.logs()
+            .iter()
+            .any(|l| l.contains("10 rows appended, 50 already present")),
+        "{:?}",
+        call.logs()
+    );
     avad.truncate(2);
-    host.invoke("orders", &cosmos_trigger_body("documents", "orders", &avad, None)).await.unwrap();
+    host.invoke(
+        "orders",
+        &cosmos_trigger_body("documents", "orders", &avad, None),
+    )
+    .await
+    .unwrap();
 
     let after = read_table(&app.table("tables/changelog")).await.summary();
     assert_eq!(after.rows, 164);
@@ -65,10 +127,20 @@ async fn changelog_rows_and_idempotent_redelivery() {
 #[tokio::test]
 async fn an_independent_delta_reader_sees_the_same_table() {
     let app = TestApp::new();
-    app.function("orders", "documents", None).config(&toml(2000, &["changelog"]));
+    app.function("orders", "documents", None)
+        .config(&toml(2000, &["changelog"]));
     let host = app.start().await;
     for docs in samples::order_batches(1, 2, 30, 5) {
-        assert_eq!(host.invoke("orders", &cosmos_trigger_body("documents", "orders", &docs, None)).await.unwrap().status, 200);
+        assert_eq!(
+            host.invoke(
+                "orders",
+                &cosmos_trigger_body("documents", "orders", &docs, None)
+            )
+            .await
+            .unwrap()
+            .status,
+            200
+        );
     }
     let path = app.table("tables/changelog");
     let out = common::python(
@@ -99,15 +171,32 @@ print(json.dumps({{
     assert_eq!(got["lsns"], json!([1, 2, 3]));
     assert_eq!(got["deletes"], json!(6));
     assert_eq!(got["doc_ok"], json!(true));
-    for col in ["operation", "delete_kind", "id", "partition_key", "lsn", "ts", "etag", "document", "function", "invocation_id", "ingest_time", "change_date"] {
-        assert!(got["columns"].as_array().unwrap().contains(&json!(col)), "missing column {col}: {got}");
+    for col in [
+        "operation",
+        "delete_kind",
+        "id",
+        "partition_key",
+        "lsn",
+        "ts",
+        "etag",
+        "document",
+        "function",
+        "invocation_id",
+        "ingest_time",
+        "change_date",
+    ] {
+        assert!(
+            got["columns"].as_array().unwrap().contains(&json!(col)),
+            "missing column {col}: {got}"
+        );
     }
 }
 
 #[tokio::test]
 async fn a_failing_sink_is_retried_then_dead_lettered_then_replayed() {
     let app = TestApp::new();
-    app.function("orders", "documents", Some(2)).config(&toml(300, &["good", "bad"]));
+    app.function("orders", "documents", Some(2))
+        .config(&toml(300, &["good", "bad"]));
     // The `bad` table's folder is blocked by a file: every attempt fails (transiently).
     std::fs::create_dir_all(app.table("tables")).unwrap();
     std::fs::write(app.table("tables/bad"), "blocked").unwrap();
@@ -115,13 +204,31 @@ async fn a_failing_sink_is_retried_then_dead_lettered_then_replayed() {
     let docs = samples::order_batches(1, 1, 20, 4).remove(0);
     let body = cosmos_trigger_body("documents", "orders", &docs, None);
 
-    let calls = host.invoke_with_retries("orders", &body, 2, 10).await.unwrap();
+    let calls = host
+        .invoke_with_retries("orders", &body, 2, 10)
+        .await
+        .unwrap();
     let statuses: Vec<u16> = calls.iter().map(|c| c.status).collect();
-    assert_eq!(statuses, vec![500, 500, 200], "non-2xx until the policy's last attempt, then 2xx");
+    assert_eq!(
+        statuses,
+        vec![500, 500, 200],
+        "non-2xx until the policy's last attempt, then 2xx"
+    );
     // The retry re-drove only the failing sink.
-    assert!(calls[1].logs().iter().any(|l| l == "sink good (delta): already delivered by an earlier attempt"), "{:?}", calls[1].logs());
+    assert!(
+        calls[1]
+            .logs()
+            .iter()
+            .any(|l| l == "sink good (delta): already delivered by an earlier attempt"),
+        "{:?}",
+        calls[1].logs()
+    );
     let last = calls[2].logs();
-    assert!(last.iter().any(|l| l.starts_with("dead-lettered 20 changes from `bad`")), "{last:?}");
+    assert!(
+        last.iter()
+            .any(|l| l.starts_with("dead-lettered 20 changes from `bad`")),
+        "{last:?}"
+    );
     assert_eq!(read_table(&app.table("tables/good")).await.rows.len(), 20);
 
     let pending = app.dead_letters();
@@ -131,7 +238,10 @@ async fn a_failing_sink_is_retried_then_dead_lettered_then_replayed() {
     assert_eq!(record["kind"], json!("sink_failure"));
     assert_eq!(record["host_retry_count"], json!(2));
     assert_eq!(record["changes"].as_array().unwrap().len(), 20);
-    assert!(record["error"].as_str().unwrap().contains("delta"), "{record}");
+    assert!(
+        record["error"].as_str().unwrap().contains("delta"),
+        "{record}"
+    );
 
     // While the sink is still broken, replay fails and keeps the record.
     let out = app.run(&["replay"], &[]);
@@ -140,26 +250,48 @@ async fn a_failing_sink_is_retried_then_dead_lettered_then_replayed() {
     // Fix the sink; replay delivers, and moves the record to replayed/.
     std::fs::remove_file(app.table("tables/bad")).unwrap();
     let out = app.run(&["replay"], &[]);
-    assert!(out.status.success(), "{}{}", common::stdout(&out), common::stderr(&out));
-    assert!(common::stdout(&out).contains("replayed 1 records (20 changes)"), "{}", common::stdout(&out));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    assert!(
+        common::stdout(&out).contains("replayed 1 records (20 changes)"),
+        "{}",
+        common::stdout(&out)
+    );
     assert!(app.dead_letters().is_empty());
     let bad = read_table(&app.table("tables/bad")).await;
     assert_eq!(bad.rows.len(), 20);
     // Replaying again is harmless: nothing pending; and re-delivering the batch doubles nothing.
     assert!(common::stdout(&app.run(&["replay"], &[])).contains("nothing to replay"));
     host.invoke("orders", &body).await.unwrap();
-    assert_eq!(read_table(&app.table("tables/bad")).await.summary().duplicate_rows, 0);
+    assert_eq!(
+        read_table(&app.table("tables/bad"))
+            .await
+            .summary()
+            .duplicate_rows,
+        0
+    );
     assert_eq!(read_table(&app.table("tables/bad")).await.rows.len(), 20);
 }
 
 #[tokio::test]
 async fn without_a_retry_policy_the_first_failure_dead_letters() {
     let app = TestApp::new();
-    app.function("orders", "documents", None).config(&toml(200, &["bad"]));
+    app.function("orders", "documents", None)
+        .config(&toml(200, &["bad"]));
     std::fs::create_dir_all(app.table("tables")).unwrap();
     std::fs::write(app.table("tables/bad"), "blocked").unwrap();
     let host = app.start().await;
-    let call = host.invoke("orders", &fixture("host-requests/cosmos-trigger-request-1.json")).await.unwrap();
+    let call = host
+        .invoke(
+            "orders",
+            &fixture("host-requests/cosmos-trigger-request-1.json"),
+        )
+        .await
+        .unwrap();
     assert_eq!(call.status, 200, "{:?}", call.logs());
     assert_eq!(app.dead_letters().len(), 1);
 }
@@ -167,44 +299,91 @@ async fn without_a_retry_policy_the_first_failure_dead_letters() {
 #[tokio::test]
 async fn retry_forever_blocks_instead_of_dead_lettering() {
     let app = TestApp::new();
-    app.function("orders", "documents", Some(-1)).config(&toml(100, &["bad"]));
+    app.function("orders", "documents", Some(-1))
+        .config(&toml(100, &["bad"]));
     std::fs::create_dir_all(app.table("tables")).unwrap();
     std::fs::write(app.table("tables/bad"), "blocked").unwrap();
     let host = app.start().await;
     let body = fixture("host-requests/cosmos-trigger-request-1.json");
-    let calls = host.invoke_with_retries("orders", &body, -1, 4).await.unwrap();
+    let calls = host
+        .invoke_with_retries("orders", &body, -1, 4)
+        .await
+        .unwrap();
     assert_eq!(calls.len(), 5);
     assert!(calls.iter().all(|c| c.status == 500));
-    assert!(calls[4].logs()[0].contains("attempt 5 of unlimited"), "{:?}", calls[4].logs());
-    assert!(app.dead_letters().is_empty(), "maxRetryCount -1 never dead-letters transient failures");
+    assert!(
+        calls[4].logs()[0].contains("attempt 5 of unlimited"),
+        "{:?}",
+        calls[4].logs()
+    );
+    assert!(
+        app.dead_letters().is_empty(),
+        "maxRetryCount -1 never dead-letters transient failures"
+    );
     // Once the sink recovers, the next re-delivery goes through.
     std::fs::remove_file(app.table("tables/bad")).unwrap();
-    let call = host.invoke("orders", &with_retry_context(&body, 5, -1)).await.unwrap();
+    let call = host
+        .invoke("orders", &with_retry_context(&body, 5, -1))
+        .await
+        .unwrap();
     assert_eq!(call.status, 200);
 }
 
 #[tokio::test]
 async fn malformed_input_is_dead_lettered_with_the_reason_never_dropped() {
     let app = TestApp::new();
-    app.function("orders", "documents", Some(5)).config(&toml(500, &["changelog"]));
+    app.function("orders", "documents", Some(5))
+        .config(&toml(500, &["changelog"]));
     let host = app.start().await;
     let deep = (0..100_000).map(|_| "[").collect::<String>();
     let bad_bodies: Vec<(&str, Vec<u8>, &str)> = vec![
         ("not json", b"{this is not json".to_vec(), "not JSON"),
-        ("invalid utf-8", b"{\"Data\": {\"documents\": \"\xff\xfe\"}}".to_vec(), "not JSON"),
+        (
+            "invalid utf-8",
+            b"{\"Data\": {\"documents\": \"\xff\xfe\"}}".to_vec(),
+            "not JSON",
+        ),
         ("no Data", br#"{"Metadata": {}}"#.to_vec(), "no `Data`"),
-        ("wrong binding", br#"{"Data": {"docs": "[]"}}"#.to_vec(), "no `documents` binding"),
-        ("documents is an object", br#"{"Data": {"documents": {"id": "x"}}}"#.to_vec(), "not a JSON array"),
-        ("documents is a number string", br#"{"Data": {"documents": "42"}}"#.to_vec(), "not a JSON array"),
-        ("deep nesting", format!(r#"{{"Data": {{"documents": "{deep}"}}}}"#).into_bytes(), "not a JSON array"),
+        (
+            "wrong binding",
+            br#"{"Data": {"docs": "[]"}}"#.to_vec(),
+            "no `documents` binding",
+        ),
+        (
+            "documents is an object",
+            br#"{"Data": {"documents": {"id": "x"}}}"#.to_vec(),
+            "not a JSON array",
+        ),
+        (
+            "documents is a number string",
+            br#"{"Data": {"documents": "42"}}"#.to_vec(),
+            "not a JSON array",
+        ),
+        (
+            "deep nesting",
+            format!(r#"{{"Data": {{"documents": "{deep}"}}}}"#).into_bytes(),
+            "not a JSON array",
+        ),
     ];
     for (label, body, expect) in &bad_bodies {
         let call = host.invoke_raw("orders", body.clone()).await.unwrap();
-        assert_eq!(call.status, 200, "{label}: dead-lettered, not retried forever");
+        assert_eq!(
+            call.status, 200,
+            "{label}: dead-lettered, not retried forever"
+        );
         let logs = call.logs();
-        assert!(logs[0].contains("malformed batch dead-lettered") && logs[0].contains(expect), "{label}: {logs:?}");
+        assert!(
+            logs[0].contains("malformed batch dead-lettered") && logs[0].contains(expect),
+            "{label}: {logs:?}"
+        );
     }
-    assert_eq!(app.dead_letters().iter().filter(|k| k.ends_with("malformed_batch.json")).count(), bad_bodies.len());
+    assert_eq!(
+        app.dead_letters()
+            .iter()
+            .filter(|k| k.ends_with("malformed_batch.json"))
+            .count(),
+        bad_bodies.len()
+    );
 
     // Bad items inside a good batch: the good ones land, the bad ones are dead-lettered raw.
     let mut docs = samples::order_batches(1, 1, 3, 2).remove(0);
@@ -213,38 +392,102 @@ async fn malformed_input_is_dead_lettered_with_the_reason_never_dropped() {
     docs.push(json!("a string"));
     docs.push(json!({"id": "bad-lsn", "_lsn": "seven"}));
     docs.push(json!({"metadata": {"operationType": "delete", "lsn": 9}}));
-    let call = host.invoke("orders", &cosmos_trigger_body("documents", "orders", &docs, None)).await.unwrap();
+    let call = host
+        .invoke(
+            "orders",
+            &cosmos_trigger_body("documents", "orders", &docs, None),
+        )
+        .await
+        .unwrap();
     assert_eq!(call.status, 200);
-    assert!(call.logs()[0].contains("3 changes (0 deletes, 5 unreadable)"), "{:?}", call.logs());
-    assert_eq!(read_table(&app.table("tables/changelog")).await.rows.len(), 3);
-    let key = app.dead_letters().into_iter().find(|k| k.ends_with("malformed_items.json")).unwrap();
+    assert!(
+        call.logs()[0].contains("3 changes (0 deletes, 5 unreadable)"),
+        "{:?}",
+        call.logs()
+    );
+    assert_eq!(
+        read_table(&app.table("tables/changelog")).await.rows.len(),
+        3
+    );
+    let key = app
+        .dead_letters()
+        .into_iter()
+        .find(|k| k.ends_with("malformed_items.json"))
+        .unwrap();
     let record = app.dead_letter(&key);
     assert_eq!(record["items"].as_array().unwrap().len(), 5);
-    let reasons: Vec<&str> = record["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    let reasons: Vec<&str> = record["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
     assert_eq!(reasons[0], "item 3: the document has no `id`");
-    assert_eq!(reasons[3], "item 6 (id `bad-lsn`): `_lsn` must be an integer, found a string");
+    assert_eq!(
+        reasons[3],
+        "item 6 (id `bad-lsn`): `_lsn` must be an integer, found a string"
+    );
     assert_eq!(record["items"][1], json!({"id": 17}), "kept raw");
 
     // The process survived all of it.
-    let ok = host.invoke("orders", &fixture("host-requests/cosmos-trigger-request-2.json")).await.unwrap();
+    let ok = host
+        .invoke(
+            "orders",
+            &fixture("host-requests/cosmos-trigger-request-2.json"),
+        )
+        .await
+        .unwrap();
     assert_eq!(ok.status, 200);
 }
 
 #[tokio::test]
 async fn replay_delivers_a_file_of_host_format_batches() {
     let app = TestApp::new();
-    app.function("orders", "documents", Some(1)).config(&toml(500, &["changelog"]));
+    app.function("orders", "documents", Some(1))
+        .config(&toml(500, &["changelog"]));
     let lines: Vec<String> = samples::order_batches(1, 3, 10, 3)
         .iter()
         .map(|docs| cosmos_trigger_body("documents", "orders", docs, None))
         .chain([fixture("host-requests/cosmos-trigger-request-1.json")])
         .collect();
     std::fs::write(app.path().join("batches.ndjson"), lines.join("\n")).unwrap();
-    let out = app.run(&["replay", "--function", "orders", "--batches", "batches.ndjson"], &[]);
+    let out = app.run(
+        &[
+            "replay",
+            "--function",
+            "orders",
+            "--batches",
+            "batches.ndjson",
+        ],
+        &[],
+    );
     assert!(out.status.success(), "{}", common::stderr(&out));
-    assert!(common::stdout(&out).contains("4 batches: 4 delivered, 0 failed"), "{}", common::stdout(&out));
-    assert_eq!(read_table(&app.table("tables/changelog")).await.rows.len(), 31);
+    assert!(
+        common::stdout(&out).contains("4 batches: 4 delivered, 0 failed"),
+        "{}",
+        common::stdout(&out)
+    );
+    assert_eq!(
+        read_table(&app.table("tables/changelog")).await.rows.len(),
+        31
+    );
     // Same file again: idempotent.
-    assert!(app.run(&["replay", "--function", "orders", "--batches", "batches.ndjson"], &[]).status.success());
-    assert_eq!(read_table(&app.table("tables/changelog")).await.rows.len(), 31);
+    assert!(
+        app.run(
+            &[
+                "replay",
+                "--function",
+                "orders",
+                "--batches",
+                "batches.ndjson"
+            ],
+            &[]
+        )
+        .status
+        .success()
+    );
+    assert_eq!(
+        read_table(&app.table("tables/changelog")).await.rows.len(),
+        31
+    );
 }
