@@ -174,4 +174,137 @@ async fn main() {
         "| peak RSS during the end-to-end run | {:.1} MB |",
         peak as f64 / 1024.0
     );
+
+    redis_invalidation().await;
+}
+
+/// Redis invalidation of 1000-change batches through the sink (the real client path) against a
+/// local redis-server, next to `redis-benchmark` pipelining the same command.
+async fn redis_invalidation() {
+    use fanout::sinks::{BuildContext, SinkConfig};
+    let Some(server_bin) = which("redis-server") else {
+        println!(
+            "| Redis invalidation | skipped: redis-server not installed (tests/setup.sh installs it) |"
+        );
+        return;
+    };
+    let port = fanout::hostsim::free_port().unwrap();
+    let mut server = std::process::Command::new(server_bin)
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let config: SinkConfig = toml::from_str(&format!(
+        "type = \"redis\"\nurl = \"redis://127.0.0.1:{port}\"\nkeys = [\"order:{{id}}\"]"
+    ))
+    .unwrap();
+    let pk = fanout::change::PartitionKeyPaths::parse(&["/customerId"]).unwrap();
+    let sink = config
+        .build(
+            "cache",
+            &BuildContext {
+                app_root: Path::new("."),
+                partition_key: &pk,
+            },
+        )
+        .unwrap();
+    let n = fanout::change::Normalizer::new(pk.clone(), None);
+    let batches: Vec<Vec<fanout::change::Change>> = samples::order_batches(1, 100, BATCH, 500)
+        .into_iter()
+        .map(|docs| {
+            docs.into_iter()
+                .enumerate()
+                .map(|(i, d)| n.normalize(i, d).unwrap())
+                .collect()
+        })
+        .collect();
+    let ctx = BatchContext {
+        function: "orders".into(),
+        invocation_id: "bench".into(),
+        fingerprint: "fp".into(),
+        received_at: chrono::Utc::now(),
+    };
+    let reads = || -> u64 {
+        let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let info: String = redis::cmd("INFO").arg("stats").query(&mut con).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_reads_processed:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // Warm up the connection, then measure.
+    sink.deliver(&ctx, &batches[0].iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let reads_before = reads();
+    let started = Instant::now();
+    for batch in &batches {
+        sink.deliver(&ctx, &batch.iter().collect::<Vec<_>>())
+            .await
+            .unwrap();
+    }
+    let elapsed = started.elapsed();
+    // One read event belongs to the second INFO call itself.
+    let reads_per_batch = (reads() - reads_before).saturating_sub(1) as f64 / batches.len() as f64;
+    println!(
+        "| Redis invalidation, sink, {} x {BATCH}-change batches (1 UNLINK each) | {:.0} changes/s, 1 pipeline per batch ({:.1} server read events per batch) |",
+        batches.len(),
+        (batches.len() * BATCH) as f64 / elapsed.as_secs_f64(),
+        reads_per_batch
+    );
+    if let Some(bench) = which("redis-benchmark") {
+        let out = std::process::Command::new(bench)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-n",
+                "100000",
+                "-P",
+                "1000",
+                "-c",
+                "1",
+                "-q",
+                "UNLINK",
+                "order:__rand_int__",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .split('\r')
+            .rfind(|l| l.contains("requests per second"))
+            .unwrap_or("?")
+            .trim()
+            .to_string();
+        println!("| redis-benchmark -P 1000 -c 1 UNLINK (reference, same server) | {line} |");
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
 }

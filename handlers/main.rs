@@ -53,6 +53,8 @@ enum Command {
         /// Table location (path or URL). Default: every delta sink in the config.
         table: Option<String>,
     },
+    /// Create or update the Azure AI Search indexes the config names, from their definitions.
+    SearchIndex,
     /// Quickstart: start the handler as the host would, post sample Cosmos trigger batches in
     /// the host's exact wire format, and summarize what landed in the local Delta table.
     Demo {
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
                 dry_run,
             } => commands::replay::run(&ctx, function, sink, batches, dry_run).await,
             Command::Changelog { table } => commands::changelog::run(&ctx, table).await,
+            Command::SearchIndex => commands::search_index::run(&ctx).await,
             Command::Demo { batches } => commands::demo::run(&ctx, batches).await,
         }
     });

@@ -4,6 +4,7 @@
 #   - A Python virtualenv (tests/.tools/venv) with `deltalake` + `pyarrow` (the independent
 #     Delta reader the tests check tables with) and pycep-parser, checkov, pytest (infra tests).
 #   - Azurite (npm): a real Azure Blob endpoint for the az:// table and dead-letter tests.
+#   - Prism (npm): a mock that validates requests against the AI Search OpenAPI spec.
 #   - redis-server (Debian): the real Redis the Redis sink tests start on free ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,11 @@ if [ ! -x "$TOOLS/node_modules/.bin/azurite-blob" ]; then
   log "installing Azurite into $TOOLS"
   (cd "$TOOLS" && npm install --silent --no-audit --no-fund --prefix . azurite@3 >/dev/null)
 fi
+if [ ! -x "$TOOLS/node_modules/.bin/prism" ]; then
+  log "installing Prism (validates our AI Search requests against Microsoft's OpenAPI spec) into $TOOLS"
+  (cd "$TOOLS" && npm install --silent --no-audit --no-fund --prefix . @stoplight/prism-cli@5 >/dev/null)
+fi
+
 if ! command -v redis-server >/dev/null || ! command -v openssl >/dev/null; then
   log "installing redis-server and openssl (apt)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -25,6 +25,15 @@ pub fn run(ctx: &Context) -> Result<(), CommandError> {
         );
         for sink in &route.sinks {
             println!("    sink {} ({})", sink.name(), sink.kind());
+            if let Some(cfg) = config
+                .routes
+                .get(name)
+                .and_then(|r| r.sinks.get(sink.name()))
+            {
+                for w in cfg.warnings(&config.app_root) {
+                    println!("      warning: {w}");
+                }
+            }
         }
     }
     Ok(())

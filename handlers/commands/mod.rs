@@ -4,6 +4,7 @@ pub mod changelog;
 pub mod check;
 pub mod demo;
 pub mod replay;
+pub mod search_index;
 pub mod serve;
 
 use fanout::config::{AppConfig, CONFIG_FILE, ConfigError, resolve_app_root};

@@ -4,6 +4,7 @@
 //!
 //! A sink is idempotent: the same change delivered twice leaves the sink as if delivered once.
 
+pub mod azure_search;
 pub mod delta;
 pub mod entra;
 pub mod redis;
@@ -23,6 +24,7 @@ use std::time::Duration;
 pub enum SinkConfig {
     Delta(delta::DeltaConfig),
     Redis(redis::RedisConfig),
+    AzureSearch(azure_search::SearchConfig),
 }
 
 /// What a sink may know about its route when it is built.
@@ -37,6 +39,21 @@ impl SinkConfig {
         match self {
             SinkConfig::Delta(c) => c.validate(),
             SinkConfig::Redis(c) => c.validate(),
+            SinkConfig::AzureSearch(c) => c.validate(),
+        }
+    }
+
+    /// Things worth a look that do not stop start-up (e.g. a projected field the index lacks).
+    pub fn warnings(&self, app_root: &Path) -> Vec<String> {
+        match self {
+            SinkConfig::AzureSearch(c) => match azure_search::missing_fields(c, app_root) {
+                Ok(missing) => missing
+                    .into_iter()
+                    .map(|f| format!("the projection writes `{f}`, which the index definition does not have: the service will refuse those documents"))
+                    .collect(),
+                Err(e) => vec![e],
+            },
+            _ => Vec::new(),
         }
     }
 
@@ -44,6 +61,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Delta(_) => delta::KIND,
             SinkConfig::Redis(_) => redis::KIND,
+            SinkConfig::AzureSearch(_) => azure_search::KIND,
         }
     }
 
@@ -55,6 +73,11 @@ impl SinkConfig {
                 name,
                 c,
                 ctx.partition_key.segments().to_vec(),
+            )?)),
+            SinkConfig::AzureSearch(c) => Ok(Arc::new(azure_search::SearchSink::new(
+                name,
+                c,
+                ctx.app_root,
             )?)),
         }
     }

@@ -2,6 +2,8 @@
 //! emulated host (`fanout::hostsim`), read-back helpers, and real local services (Azurite).
 #![allow(dead_code)]
 
+pub mod search;
+
 use fanout::hostsim::EmulatedHost;
 use fanout::sinks::delta::{ChangelogSnapshot, read_changelog};
 use std::path::{Path, PathBuf};

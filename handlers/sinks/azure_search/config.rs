@@ -1,0 +1,109 @@
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+pub const DEFAULT_API_VERSION: &str = "2025-09-01";
+
+/// `type = "azure_search"`: `mergeOrUpload` / `delete` into an Azure AI Search index.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    /// `https://<service>.search.windows.net`
+    pub endpoint: String,
+    pub index: String,
+    #[serde(default = "default_api_version")]
+    pub api_version: String,
+    /// `entra` (default: managed identity, role Search Index Data Contributor) or `api_key`.
+    #[serde(default)]
+    pub auth: SearchAuth,
+    /// `auth = "api_key"`: the admin key, from an app setting (`"${SEARCH_API_KEY}"`).
+    pub api_key: Option<String>,
+    /// The checked-in index definition (REST JSON: `{"name", "fields": [...]}`), relative to the
+    /// app root. Gives the EDM types values are coerced to and the key field; `fanout
+    /// search-index` creates or updates the index from it.
+    pub index_definition: Option<String>,
+    /// Index field -> document path (`/address/city`). Empty: every top-level document field
+    /// the index has (all non-system fields when there is no index definition).
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    /// The index's key field; default: the definition's key field, else `id`.
+    pub key_field: Option<String>,
+    /// How document ids become keys (keys allow only letters, digits, `_`, `-`, `=`):
+    /// `base64url` (default; every id, unpadded URL-safe base64, collision-free) or `none`
+    /// (ids used as they are; an id with other characters is refused).
+    #[serde(default)]
+    pub key_encoding: KeyEncoding,
+    /// Most actions per request (the service takes at most 1000).
+    #[serde(default = "default_max_actions")]
+    pub max_actions: usize,
+    /// Most bytes per request body (the service refuses about 16 MB).
+    #[serde(default = "default_max_bytes")]
+    pub max_request_bytes: usize,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_api_version() -> String {
+    DEFAULT_API_VERSION.into()
+}
+fn default_max_actions() -> usize {
+    1000
+}
+fn default_max_bytes() -> usize {
+    15 * 1024 * 1024
+}
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchAuth {
+    #[default]
+    Entra,
+    ApiKey,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyEncoding {
+    #[default]
+    Base64url,
+    None,
+}
+
+impl SearchConfig {
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !(self.endpoint.starts_with("https://") || self.endpoint.starts_with("http://")) {
+            problems.push(format!("`endpoint` must be an https:// URL such as https://<service>.search.windows.net, got `{}`", self.endpoint));
+        }
+        if self.index.is_empty()
+            || !self
+                .index
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            problems.push(format!(
+                "`index` `{}` is not a valid index name (lowercase letters, digits, dashes)",
+                self.index
+            ));
+        }
+        if self.auth == SearchAuth::ApiKey && self.api_key.as_deref().unwrap_or("").is_empty() {
+            problems.push("`auth = \"api_key\"` needs `api_key = \"${SEARCH_API_KEY}\"` (from an app setting)".into());
+        }
+        if !(1..=1000).contains(&self.max_actions) {
+            problems.push(format!(
+                "`max_actions` must be 1..=1000, got {}",
+                self.max_actions
+            ));
+        }
+        for (field, path) in &self.fields {
+            if !path.starts_with('/') {
+                problems.push(format!(
+                    "`fields.{field}` = `{path}` must be a `/`-path such as `/address/city`"
+                ));
+            }
+        }
+        problems
+    }
+}

@@ -1,0 +1,201 @@
+//! The HTTP service: `POST {endpoint}/indexes('{index}')/docs/search.index`, with api-key or
+//! Entra auth, and the answers mapped to what the sink does next.
+
+use super::config::{SearchAuth, SearchConfig};
+use crate::sinks::entra::EntraToken;
+use serde::Deserialize;
+use std::time::Duration;
+
+pub const SEARCH_SCOPE: &str = "https://search.azure.com/.default";
+
+/// Per-document result (`IndexingResult` in the spec).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ItemResult {
+    pub key: String,
+    #[serde(default)]
+    pub status: bool,
+    #[serde(rename = "errorMessage", default)]
+    pub error_message: Option<String>,
+    #[serde(rename = "statusCode", default)]
+    pub status_code: u16,
+}
+
+#[derive(Deserialize)]
+struct IndexDocumentsResult {
+    value: Vec<ItemResult>,
+}
+
+/// What a request came back with.
+#[derive(Debug)]
+pub enum Answer {
+    /// 200 or 207: per-document results.
+    Results(Vec<ItemResult>),
+    /// 413: the request is too large; split it.
+    TooLarge,
+    /// 429, 503, 5xx, network: retry the whole request later.
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// 400, 404 (no such index), ...: retrying the same request cannot help.
+    Permanent { message: String },
+}
+
+pub struct SearchClient {
+    http: reqwest::Client,
+    index_url: String,
+    docs_url: String,
+    auth: Auth,
+}
+
+enum Auth {
+    ApiKey(String),
+    Entra(EntraToken),
+}
+
+impl SearchClient {
+    pub fn new(config: &SearchConfig) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .user_agent(concat!("fanout/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let endpoint = config.endpoint.trim_end_matches('/');
+        let auth = match config.auth {
+            SearchAuth::ApiKey => Auth::ApiKey(config.api_key.clone().unwrap_or_default()),
+            SearchAuth::Entra => Auth::Entra(EntraToken::from_env(SEARCH_SCOPE)?),
+        };
+        Ok(Self {
+            http,
+            index_url: format!(
+                "{endpoint}/indexes('{}')?api-version={}",
+                config.index, config.api_version
+            ),
+            docs_url: format!(
+                "{endpoint}/indexes('{}')/docs/search.index?api-version={}",
+                config.index, config.api_version
+            ),
+            auth,
+        })
+    }
+
+    async fn authorize(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        Ok(match &self.auth {
+            Auth::ApiKey(key) => req.header("api-key", key),
+            Auth::Entra(token) => req.bearer_auth(token.token().await?.secret),
+        })
+    }
+
+    /// Sends one batch of actions.
+    pub async fn index(&self, body: Vec<u8>) -> Answer {
+        let req = self
+            .http
+            .post(&self.docs_url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .header("x-ms-client-request-id", uuid::Uuid::new_v4().to_string());
+        let req = match self.authorize(req).await {
+            Ok(r) => r,
+            Err(message) => {
+                return Answer::Transient {
+                    message,
+                    retry_after: None,
+                };
+            }
+        };
+        let response = match req.body(body).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Answer::Transient {
+                    message: format!("search: {}", without_url(&e)),
+                    retry_after: None,
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = retry_after(response.headers());
+        let text = response.text().await.unwrap_or_default();
+        match status {
+            200 | 207 => match serde_json::from_str::<IndexDocumentsResult>(&text) {
+                Ok(r) => Answer::Results(r.value),
+                Err(e) => Answer::Transient {
+                    message: format!("search: unreadable {status} answer: {e}"),
+                    retry_after: None,
+                },
+            },
+            413 => Answer::TooLarge,
+            408 | 429 | 500 | 502 | 503 | 504 => Answer::Transient {
+                message: format!("search: HTTP {status}: {}", error_message(&text)),
+                retry_after,
+            },
+            401 | 403 => Answer::Transient {
+                message: format!(
+                    "search: HTTP {status} (check the identity's Search Index Data Contributor role or the api key): {}",
+                    error_message(&text)
+                ),
+                retry_after,
+            },
+            _ => Answer::Permanent {
+                message: format!("search: HTTP {status}: {}", error_message(&text)),
+            },
+        }
+    }
+
+    /// Creates or updates the index from its definition (`PUT /indexes('{name}')`).
+    pub async fn put_index(&self, definition: &serde_json::Value) -> Result<u16, String> {
+        let req = self
+            .http
+            .put(&self.index_url)
+            .header("content-type", "application/json")
+            .header("prefer", "return=minimal");
+        let response = self
+            .authorize(req)
+            .await?
+            .json(definition)
+            .send()
+            .await
+            .map_err(|e| without_url(&e))?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            Ok(status)
+        } else {
+            Err(format!(
+                "HTTP {status}: {}",
+                error_message(&response.text().await.unwrap_or_default())
+            ))
+        }
+    }
+}
+
+fn without_url(e: &reqwest::Error) -> String {
+    e.to_string()
+}
+
+fn error_message(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| text.chars().take(300).collect())
+}
+
+/// `retry-after-ms` / `x-ms-retry-after-ms` (milliseconds) or `Retry-After` (seconds).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = get("retry-after-ms")
+        .or_else(|| get("x-ms-retry-after-ms"))
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        return Some(Duration::from_millis(ms));
+    }
+    get("retry-after")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
