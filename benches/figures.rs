@@ -80,9 +80,14 @@ async fn main() {
     let mut startups = Vec::new();
     let mut idle_rss = Vec::new();
     for _ in 0..ROUNDS {
-        let mut host = EmulatedHost::start(binary, dir.path(), &[("FANOUT_LOG", "warn")])
-            .await
-            .unwrap();
+        let mut host = EmulatedHost::start_polling(
+            binary,
+            dir.path(),
+            &[("FANOUT_LOG", "warn")],
+            Duration::from_millis(1),
+        )
+        .await
+        .unwrap();
         startups.push(host.startup);
         tokio::time::sleep(Duration::from_millis(100)).await;
         idle_rss.push(rss_kb(host.pid().unwrap()).unwrap_or(0));

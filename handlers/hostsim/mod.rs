@@ -109,11 +109,23 @@ pub fn free_port() -> std::io::Result<u16> {
 }
 
 impl EmulatedHost {
-    /// Starts `binary` in `app_root` like the host does and waits until it answers on `/`.
+    /// Starts `binary` in `app_root` like the host does and waits until it answers on `/`,
+    /// polling every 25 ms as the host does.
     pub async fn start(
         binary: &Path,
         app_root: &Path,
         env: &[(&str, &str)],
+    ) -> Result<Self, HostError> {
+        Self::start_polling(binary, app_root, env, Duration::from_millis(25)).await
+    }
+
+    /// As [`EmulatedHost::start`], polling `/` at `interval` (the benchmarks poll every 1 ms to
+    /// measure the start-up itself, not the host's polling cadence).
+    pub async fn start_polling(
+        binary: &Path,
+        app_root: &Path,
+        env: &[(&str, &str)],
+        interval: Duration,
     ) -> Result<Self, HostError> {
         let port = free_port().map_err(HostError::Port)?;
         let mut cmd = Command::new(binary);
@@ -134,7 +146,9 @@ impl EmulatedHost {
             client: reqwest::Client::new(),
             startup: Duration::ZERO,
         };
-        host.startup = host.wait_ready(started, Duration::from_secs(30)).await?;
+        host.startup = host
+            .wait_ready(started, Duration::from_secs(30), interval)
+            .await?;
         Ok(host)
     }
 
@@ -142,6 +156,7 @@ impl EmulatedHost {
         &mut self,
         started: Instant,
         limit: Duration,
+        interval: Duration,
     ) -> Result<Duration, HostError> {
         let url = format!("http://127.0.0.1:{}/", self.port);
         loop {
@@ -160,7 +175,7 @@ impl EmulatedHost {
             if started.elapsed() > limit {
                 return Err(HostError::NotReady(limit, String::new()));
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(interval).await;
         }
     }
 
