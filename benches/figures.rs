@@ -113,25 +113,8 @@ async fn main() {
         table_url("t", table_dir.path()).unwrap(),
         Default::default(),
     );
-    let batches: Vec<Vec<fanout::change::Change>> = samples::order_batches(1, BATCHES, BATCH, 500)
-        .into_iter()
-        .map(|docs| {
-            let n = fanout::change::Normalizer::new(
-                fanout::change::PartitionKeyPaths::parse(&["/customerId"]).unwrap(),
-                None,
-            );
-            docs.into_iter()
-                .enumerate()
-                .map(|(i, d)| n.normalize(i, d).unwrap())
-                .collect()
-        })
-        .collect();
-    let ctx = BatchContext {
-        function: "orders".into(),
-        invocation_id: "bench".into(),
-        fingerprint: "fp".into(),
-        received_at: chrono::Utc::now(),
-    };
+    let batches = normalized_batches(BATCHES);
+    let ctx = bench_context();
     let started = Instant::now();
     let mut per_batch = Vec::new();
     for batch in &batches {
@@ -225,22 +208,8 @@ async fn redis_invalidation() {
             },
         )
         .unwrap();
-    let n = fanout::change::Normalizer::new(pk.clone(), None);
-    let batches: Vec<Vec<fanout::change::Change>> = samples::order_batches(1, 100, BATCH, 500)
-        .into_iter()
-        .map(|docs| {
-            docs.into_iter()
-                .enumerate()
-                .map(|(i, d)| n.normalize(i, d).unwrap())
-                .collect()
-        })
-        .collect();
-    let ctx = BatchContext {
-        function: "orders".into(),
-        invocation_id: "bench".into(),
-        fingerprint: "fp".into(),
-        received_at: chrono::Utc::now(),
-    };
+    let batches = normalized_batches(100);
+    let ctx = bench_context();
     let reads = || -> u64 {
         let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}"))
             .unwrap()
@@ -304,6 +273,32 @@ async fn redis_invalidation() {
     }
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// `count` batches of BATCH order changes, normalized as the pipeline would.
+fn normalized_batches(count: usize) -> Vec<Vec<fanout::change::Change>> {
+    let n = fanout::change::Normalizer::new(
+        fanout::change::PartitionKeyPaths::parse(&["/customerId"]).unwrap(),
+        None,
+    );
+    samples::order_batches(1, count, BATCH, 500)
+        .into_iter()
+        .map(|docs| {
+            docs.into_iter()
+                .enumerate()
+                .map(|(i, d)| n.normalize(i, d).unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+fn bench_context() -> BatchContext {
+    BatchContext {
+        function: "orders".into(),
+        invocation_id: "bench".into(),
+        fingerprint: "fp".into(),
+        received_at: chrono::Utc::now(),
+    }
 }
 
 fn which(name: &str) -> Option<std::path::PathBuf> {

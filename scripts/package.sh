@@ -22,14 +22,14 @@ if [ "${FANOUT_NATIVE:-0}" = 1 ]; then
   BIN="target/$PROFILE/fanout"
   GLIBC=$(ldd --version | head -1 | grep -o '[0-9]\+\.[0-9]\+$')
 else
-  if [ ! -x "$TOOLS/venv/bin/python-zig" ] && ! "$TOOLS/venv/bin/python" -c 'import ziglang' 2>/dev/null; then
+  if ! "$TOOLS/venv/bin/python" -c "import ziglang" 2>/dev/null; then
     log "installing zig (PyPI ziglang) into $TOOLS/venv"
     [ -x "$TOOLS/venv/bin/python" ] || python3 -m venv "$TOOLS/venv"
     "$TOOLS/venv/bin/python" -m pip install --quiet --disable-pip-version-check 'ziglang>=0.13,<0.18'
   fi
   if [ ! -x "$TOOLS/bin/cargo-zigbuild" ]; then
     log "installing cargo-zigbuild into $TOOLS"
-    cargo install --quiet --locked --root "$TOOLS" cargo-zigbuild@0.24
+    cargo install --quiet --locked --root "$TOOLS" cargo-zigbuild@0.24.1
   fi
   # cargo-zigbuild finds zig through `python -m ziglang` when CARGO_ZIGBUILD_ZIG_PATH is unset.
   export PATH="$PWD/$TOOLS/bin:$PWD/$TOOLS/venv/bin:$PATH"

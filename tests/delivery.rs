@@ -88,9 +88,7 @@ async fn changelog_rows_and_idempotent_redelivery() {
     let call = host.invoke("orders", &again).await.unwrap();
     assert_eq!(call.status, 200);
     assert!(
-        call.logs()
-            .iter()
-            .any(|l| l.contains("0 rows appended, 50 already present")),
+        call.logged("0 rows appended, 50 already present"),
         "{:?}",
         call.logs()
     );
@@ -105,9 +103,7 @@ async fn changelog_rows_and_idempotent_redelivery() {
         .await
         .unwrap();
     assert!(
-        call.logs()
-            .iter()
-            .any(|l| l.contains("10 rows appended, 50 already present")),
+        call.logged("10 rows appended, 50 already present"),
         "{:?}",
         call.logs()
     );

@@ -73,9 +73,7 @@ async fn invalidates_every_templated_key_on_upserts_and_deletes() {
         .unwrap();
     assert_eq!(call.status, 200, "{:?}", call.logs());
     assert!(
-        call.logs()
-            .iter()
-            .any(|l| l.contains("4 keys invalidated for 1 changes in 1 pipeline")),
+        call.logged("4 keys invalidated for 1 changes in 1 pipeline"),
         "{:?}",
         call.logs()
     );
@@ -196,9 +194,7 @@ async fn refresh_never_lets_an_older_change_overwrite_a_newer_one() {
         .await
         .unwrap();
     assert!(
-        call.logs()
-            .iter()
-            .any(|l| l.contains("0 keys written, 1 older changes skipped")),
+        call.logged("0 keys written, 1 older changes skipped"),
         "{:?}",
         call.logs()
     );
@@ -331,11 +327,7 @@ async fn tls_connection_with_a_private_ca() {
         .await
         .unwrap();
     assert_eq!(call.status, 200, "{:?}", call.logs());
-    assert!(
-        call.logs().iter().any(|l| l.contains("2 keys invalidated")),
-        "{:?}",
-        call.logs()
-    );
+    assert!(call.logged("2 keys invalidated"), "{:?}", call.logs());
     assert!(app.dead_letters().is_empty());
     // Without the CA the server's certificate is refused: the batch is not reported as done.
     let app2 = app_with(
@@ -352,9 +344,7 @@ async fn tls_connection_with_a_private_ca() {
         .await
         .unwrap();
     assert!(
-        call.logs()
-            .iter()
-            .any(|l| l.contains("dead-lettered 1 change from `cache`")),
+        call.logged("dead-lettered 1 change from `cache`"),
         "{:?}",
         call.logs()
     );

@@ -95,11 +95,7 @@ async fn every_request_conforms_to_microsofts_openapi_spec() {
             .await
             .unwrap();
         assert_eq!(call.status, 200, "{:?}", call.logs());
-        assert!(
-            call.logs().iter().any(|l| l.contains("documents indexed")),
-            "{:?}",
-            call.logs()
-        );
+        assert!(call.logged("documents indexed"), "{:?}", call.logs());
     }
     let state = gate.state.lock().unwrap();
     assert!(

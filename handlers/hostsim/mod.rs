@@ -72,6 +72,11 @@ impl HostCall {
             .unwrap_or_default()
     }
 
+    /// True when some Logs line contains `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.logs().iter().any(|l| l.contains(needle))
+    }
+
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
     }
