@@ -46,7 +46,7 @@ log "binary needs glibc >= $need (baseline $GLIBC)"
 
 rm -rf "$OUT" dist/fanout-app.zip
 mkdir -p "$OUT"
-cp host.json fanout.toml "$OUT/"
+cp host.json fanout.toml fanout.azure.toml "$OUT/"
 for f in */function.json; do
   d=$(dirname "$f")
   case "$d" in target|tests|infra|docs|handlers|dist|scripts|benches) continue ;; esac

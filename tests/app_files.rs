@@ -241,3 +241,60 @@ fn serving_without_a_port_explains_itself() {
         common::stderr(&out)
     );
 }
+
+#[test]
+fn the_azure_config_is_valid_and_every_setting_it_needs_is_set_by_the_templates() {
+    let config = std::fs::read_to_string(repo_root().join("fanout.azure.toml")).unwrap();
+    let bicep =
+        std::fs::read_to_string(repo_root().join("infra/modules/functionapp.bicep")).unwrap();
+    let code: String = config
+        .lines()
+        .map(|l| l.split('#').next().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut env: Vec<(String, String)> = Vec::new();
+    for part in code.split("${").skip(1) {
+        let expr = part.split('}').next().unwrap();
+        if expr.contains(":-") {
+            continue; // has a default
+        }
+        assert!(
+            bicep.contains(&format!("name: '{expr}'")),
+            "fanout.azure.toml needs `{expr}`, which infra/modules/functionapp.bicep does not set"
+        );
+        let value = match expr {
+            "FANOUT_DEAD_LETTER_URL" => "abfss://deadletter@acct.dfs.core.windows.net/fanout",
+            "ORDERS_CHANGELOG_TABLE" => "abfss://lake@acct.dfs.core.windows.net/orders_changelog",
+            "REDIS_URL" => "rediss://example.redis.azure.net:10000",
+            "SEARCH_ENDPOINT" => "https://example.search.windows.net",
+            _ => "00000000-0000-0000-0000-000000000000",
+        };
+        env.push((expr.to_string(), value.to_string()));
+    }
+    assert!(env.len() >= 5, "{env:?}");
+    assert!(
+        bicep.contains("value: 'fanout.azure.toml'"),
+        "the templates select this config with FANOUT_CONFIG"
+    );
+    let out = std::process::Command::new(common::binary())
+        .args(["check-config", "--app-root"])
+        .arg(repo_root())
+        .env("FANOUT_CONFIG", "fanout.azure.toml")
+        .env("AZURE_CLIENT_ID", "00000000-0000-0000-0000-000000000000")
+        .envs(env)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", common::stdout(&out), common::stderr(&out));
+    assert!(out.status.success(), "{text}");
+    for sink in [
+        "sink changelog (delta)",
+        "sink cache (redis)",
+        "sink search (azure_search)",
+    ] {
+        assert!(text.contains(sink), "{text}");
+    }
+    assert!(
+        !text.contains("warning:"),
+        "the projection must match the index definition: {text}"
+    );
+}

@@ -198,6 +198,12 @@ var commonAppSettings = [
     name: 'FANOUT_LOG_FORMAT'
     value: 'json'
   }
+  {
+    // The routing config with every sink wired to the settings above (fanout.toml is the
+    // local, Delta-only quickstart config).
+    name: 'FANOUT_CONFIG'
+    value: 'fanout.azure.toml'
+  }
 ]
 
 // Elastic Premium only (Flex refuses these settings).

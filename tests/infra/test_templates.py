@@ -73,6 +73,7 @@ REQUIRED_APP_SETTINGS = [
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
     "FANOUT_LOG_FORMAT",
+    "FANOUT_CONFIG",
 ]
 
 REQUIRED_OUTPUTS = [
@@ -938,6 +939,7 @@ def test_app_settings_identical_and_correct(plan_kind):
     assert settings["APPLICATIONINSIGHTS_CONNECTION_STRING"] == Ref(resource_id(appi["type"], [appi["name"]]), ("ConnectionString",))
     assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == f"ClientId={client_id};Authorization=AAD"
     assert settings["FANOUT_LOG_FORMAT"] == "json"
+    assert settings["FANOUT_CONFIG"] == "fanout.azure.toml"
     # no secrets: nothing looks like a key or a connection string with a key
     for name, value in settings.items():
         assert "AccountKey=" not in to_str(value) and "SharedAccessKey" not in to_str(value), name
