@@ -76,6 +76,28 @@ fn stages(c: &mut Criterion) {
             )
         })
     });
+    let search_config: fanout::sinks::SinkConfig = toml::from_str(
+        r#"type = "azure_search"
+endpoint = "http://127.0.0.1:9"
+index = "orders"
+auth = "api_key"
+api_key = "k"
+index_definition = "infra/search/orders.json"
+fields = { id = "/id", customerId = "/customerId", status = "/status", total = "/total", skus = "/lines/sku" }"#,
+    )
+    .unwrap();
+    let fanout::sinks::SinkConfig::AzureSearch(search_config) = search_config else {
+        unreachable!()
+    };
+    let search = fanout::sinks::azure_search::SearchSink::new(
+        "search",
+        &search_config,
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+    )
+    .unwrap();
+    group.bench_function(BenchmarkId::new("search_serialize", 100), |b| {
+        b.iter(|| black_box(search.request_bodies(black_box(&refs))))
+    });
     group.finish();
 }
 

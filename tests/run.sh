@@ -9,3 +9,6 @@ echo "== infra templates (pytest: Bicep <-> ARM in step, checkov) =="
 tests/.tools/venv/bin/python -m pytest tests/infra -q -p no:cacheprovider
 echo "== Rust tests =="
 cargo test --locked --lib --bins --tests 2>&1
+echo "== deployable package (glibc 2.28 baseline) =="
+bash scripts/package.sh
+bash tests/check_package.sh

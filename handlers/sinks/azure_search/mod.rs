@@ -66,6 +66,19 @@ impl SearchSink {
     }
 }
 
+impl SearchSink {
+    /// The request bodies these changes become (projection, coercion, key encoding, packing),
+    /// without sending them; and how many changes were refused. For benchmarks and dry runs.
+    pub fn request_bodies(&self, changes: &[&Change]) -> (Vec<Vec<u8>>, usize) {
+        let (actions, rejected) = self.actions.build(changes);
+        let bodies = chunk(actions, self.max_actions, self.max_bytes)
+            .iter()
+            .map(|b| request::body(b))
+            .collect();
+        (bodies, rejected.len())
+    }
+}
+
 /// Fields the projection names that the index lacks (for `check-config` warnings).
 pub fn missing_fields(config: &SearchConfig, app_root: &Path) -> Result<Vec<String>, String> {
     let Some(path) = &config.index_definition else {
