@@ -487,3 +487,42 @@ async fn replay_delivers_a_file_of_host_format_batches() {
         31
     );
 }
+
+#[tokio::test]
+async fn an_unreadable_retry_context_is_treated_as_the_last_attempt() {
+    let app = TestApp::new();
+    app.function("orders", "documents", Some(5))
+        .config(&toml(200, &["bad"]));
+    std::fs::create_dir_all(app.table("tables")).unwrap();
+    std::fs::write(app.table("tables/bad"), "blocked").unwrap();
+    let host = app.start().await;
+    let body = fixture("host-requests/cosmos-trigger-request-1.json").replace(
+        r#""Metadata":{"#,
+        r#""Metadata":{"RetryContext":{"RetryCount":"unknown"},"#,
+    );
+    assert!(
+        body.contains("RetryCount"),
+        "the fixture's Metadata was found"
+    );
+    let call = host.invoke("orders", &body).await.unwrap();
+    // We cannot tell whether the trigger checkpoints after this: dead-letter, answer 200.
+    assert_eq!(call.status, 200, "{:?}", call.logs());
+    assert_eq!(app.dead_letters().len(), 1);
+    // A string-encoded RetryContext (some host versions) is read normally.
+    let body = fixture("host-requests/cosmos-trigger-request-2.json").replace(
+        r#""Metadata":{"#,
+        r#""Metadata":{"RetryContext":"{\"RetryCount\":1,\"MaxRetryCount\":5}","#,
+    );
+    let call = host.invoke("orders", &body).await.unwrap();
+    assert_eq!(
+        call.status,
+        500,
+        "attempt 2 of 6 fails and asks for a retry: {:?}",
+        call.logs()
+    );
+    assert!(
+        call.logs()[0].contains("attempt 2 of 6"),
+        "{:?}",
+        call.logs()
+    );
+}

@@ -41,7 +41,7 @@ fn captured_single_document_body() {
         request.sys.rand_guid.as_deref(),
         Some("0d00378b-6426-4af1-9fc0-0793f4ce3745")
     );
-    assert!(request.retry.is_none());
+    assert_eq!(request.retry, fanout::host::RetryState::FirstOrUnknown);
     let changes = normalize(&body, "/customerId");
     assert_eq!(changes.len(), 1);
     let c = &changes[0];
@@ -194,7 +194,7 @@ async fn serves_readiness_invocations_and_clear_errors() {
 }
 
 #[tokio::test]
-async fn request_size_limit() {
+async fn an_oversized_body_is_dead_lettered_whole_and_replayable() {
     let app = TestApp::new();
     app.function("orders", "documents", None)
         .config(&format!("[server]\nmax_body_bytes = 4096\n{ORDERS_TOML}"));
@@ -202,18 +202,27 @@ async fn request_size_limit() {
     let big: Vec<serde_json::Value> = (0..20)
         .map(|i| json!({"id": format!("o{i}"), "pad": "x".repeat(500)}))
         .collect();
-    let call = host
-        .invoke(
-            "orders",
-            &cosmos_trigger_body("documents", "orders", &big, None),
-        )
-        .await
-        .unwrap();
-    assert_eq!(call.status, 413);
+    let body = cosmos_trigger_body("documents", "orders", &big, None);
+    let call = host.invoke("orders", &body).await.unwrap();
+    // Not refused (the trigger would checkpoint it away): kept, byte for byte.
+    assert_eq!(call.status, 200, "{:?}", call.logs());
     assert!(
-        call.logs()[0].contains("max_body_bytes"),
+        call.logged("exceeds server.max_body_bytes (4096)"),
         "{:?}",
         call.logs()
+    );
+    let pending = app.dead_letters();
+    let stored = pending
+        .iter()
+        .find(|k| k.ends_with("-oversized.body"))
+        .expect("the body is stored");
+    let stored =
+        std::fs::read_to_string(app.path().join(".fanout/dead-letter/pending").join(stored))
+            .unwrap();
+    assert_eq!(stored, body);
+    assert!(
+        pending.iter().any(|k| k.ends_with("malformed_batch.json")),
+        "{pending:?}"
     );
     // The server is still healthy afterwards.
     let small = host
@@ -224,6 +233,22 @@ async fn request_size_limit() {
         .await
         .unwrap();
     assert_eq!(small.status, 200);
+    // Replay (offline, no request limit) delivers it and moves record and body to replayed/.
+    let out = app.run(&["replay"], &[]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    assert!(app.dead_letters().is_empty(), "{:?}", app.dead_letters());
+    assert_eq!(
+        common::read_table(&app.table("tables/orders"))
+            .await
+            .rows
+            .len(),
+        21
+    );
 }
 
 #[tokio::test]

@@ -154,9 +154,16 @@ impl Normalizer {
                     Some(Value::String(id)) if !id.is_empty() => id.clone(),
                     _ => return Err((None, "a delete item has no `metadata.id` string".into())),
                 };
+                // `{}` is the legitimate "none" partition; a missing key is not: guessing
+                // would delete the wrong key in partition-keyed sinks.
                 let partition_key = match metadata.get("partitionKey") {
                     Some(Value::Object(pk)) => self.partition_key.extract_from_metadata(pk),
-                    _ => self.partition_key.extract(&Map::new()),
+                    _ => {
+                        return Err((
+                            Some(id),
+                            "a delete item has no `metadata.partitionKey` object".into(),
+                        ));
+                    }
                 };
                 let ttl_expired =
                     metadata.get("timeToLiveExpired").and_then(Value::as_bool) == Some(true);
@@ -235,8 +242,11 @@ impl Header {
 /// All-versions-and-deletes items are `{"current": {...}, "metadata": {"operationType": ...}}`;
 /// anything else is a latest-version document.
 pub fn shape(item: &Map<String, Value>) -> ChangeShape {
+    // All-versions-and-deletes items never carry a top-level `id`; latest-version documents
+    // always do. Checking both keeps a user document that happens to have a `metadata`
+    // field with an `operationType` from being read as a change to another document.
     match item.get("metadata") {
-        Some(Value::Object(m)) if m.contains_key("operationType") => {
+        Some(Value::Object(m)) if m.contains_key("operationType") && !item.contains_key("id") => {
             ChangeShape::AllVersionsAndDeletes
         }
         _ => ChangeShape::LatestVersion,
@@ -373,6 +383,29 @@ mod tests {
             .unwrap();
         assert_eq!(ttl.delete_kind, Some(DeleteKind::TtlExpired));
         assert!(ttl.partition_key.is_none());
+    }
+
+    #[test]
+    fn a_user_document_with_a_metadata_field_is_not_an_all_versions_item() {
+        let doc = json!({"id": "log-1", "customerId": "c1", "_lsn": 5,
+            "metadata": {"operationType": "delete", "id": "order-7", "partitionKey": {"customerId": "c1"}}});
+        let c = normalizer().normalize(0, doc).unwrap();
+        assert_eq!((c.operation, c.id.as_str()), (Operation::Upsert, "log-1"));
+    }
+
+    #[test]
+    fn a_delete_without_its_partition_key_is_unreadable_not_a_guess() {
+        let e = normalizer()
+            .normalize(
+                0,
+                json!({"metadata": {"operationType": "delete", "lsn": 9, "id": "o1"}}),
+            )
+            .unwrap_err();
+        assert!(
+            e.error.reason.contains("metadata.partitionKey"),
+            "{}",
+            e.error
+        );
     }
 
     #[test]

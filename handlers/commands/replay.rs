@@ -109,7 +109,14 @@ pub async fn run(
             ));
         } else {
             match pipeline.replay_record(&record).await {
-                Ok(detail) => match store.mark_replayed(key).await {
+                Ok(detail) => match async {
+                    if let Some(body) = &record.raw_body_object {
+                        store.mark_replayed(body).await?;
+                    }
+                    store.mark_replayed(key).await
+                }
+                .await
+                {
                     Ok(()) => {
                         replayed += 1;
                         changes += record.size();

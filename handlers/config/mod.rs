@@ -21,8 +21,9 @@ use std::time::Duration;
 
 /// The config file's name at the app root.
 pub const CONFIG_FILE: &str = "fanout.toml";
-/// Default request-size limit: generously above `maxItemsPerInvocation` x 2 MB documents.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
+/// Default request-size limit. Decoding holds a few copies of a body, so this keeps a batch
+/// well inside a Consumption instance's memory; a larger body is dead-lettered, not refused.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 100 * 1024 * 1024;
 /// Dead-letter store used when the config names none: a folder under the app root.
 pub const DEFAULT_DEAD_LETTER_URL: &str = ".fanout/dead-letter";
 

@@ -91,6 +91,10 @@ pub struct DeadLetterRecord {
     /// MalformedBatch: the request body (lossy UTF-8 if it was not valid UTF-8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw_body: Option<String>,
+    /// MalformedBatch too large to hold: the body, byte for byte, in this object (a key under
+    /// `pending/`, beside the record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_body_object: Option<String>,
 }
 
 impl DeadLetterRecord {
@@ -230,6 +234,7 @@ impl DeadLetterStore {
             })
             .try_collect()
             .await?;
+        // Records only: stored request bodies (`.body`) belong to their record.
         keys.retain(|k| k.ends_with(".json"));
         keys.sort();
         Ok(keys)
@@ -246,6 +251,53 @@ impl DeadLetterStore {
             key: key.to_string(),
             source,
         })
+    }
+
+    /// Streams a request body into `pending/{key}` without holding it in memory; returns its size.
+    pub async fn put_body_stream<S>(
+        &self,
+        key: &str,
+        head: Vec<bytes::Bytes>,
+        mut rest: S,
+    ) -> Result<u64, DeadLetterError>
+    where
+        S: futures::Stream<Item = Result<bytes::Bytes, String>> + Unpin,
+    {
+        use futures::StreamExt;
+        let upload = self.store.put_multipart(&self.path(PENDING, key)).await?;
+        let mut writer = object_store::WriteMultipart::new(upload);
+        let mut size = 0u64;
+        for chunk in head {
+            size += chunk.len() as u64;
+            writer.put(chunk);
+        }
+        while let Some(chunk) = rest.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(DeadLetterError::Config {
+                        location: self.location.clone(),
+                        message: format!("request body broke off: {e}"),
+                    });
+                }
+            };
+            size += chunk.len() as u64;
+            writer.wait_for_capacity(4).await?;
+            writer.put(chunk);
+        }
+        writer.finish().await?;
+        Ok(size)
+    }
+
+    /// Reads an object under `pending/` (a stored request body).
+    pub async fn get_raw(&self, key: &str) -> Result<bytes::Bytes, DeadLetterError> {
+        Ok(self
+            .store
+            .get(&self.path(PENDING, key))
+            .await?
+            .bytes()
+            .await?)
     }
 
     /// Moves a record from `pending/` to `replayed/` once a replay delivered it.

@@ -5,7 +5,9 @@
 mod request;
 mod response;
 
-pub use request::{DecodeError, HostRequest, RetryContext, SysMetadata, decode_documents};
+pub use request::{
+    DecodeError, HostRequest, RetryContext, RetryState, SysMetadata, decode_documents,
+};
 pub use response::InvocationResponse;
 
 /// Header the host sets on every invocation.

@@ -38,12 +38,39 @@ struct RawRequest<'a> {
     metadata: Option<serde_json::Map<String, Value>>,
 }
 
+/// What `Metadata.RetryContext` says about this delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RetryState {
+    /// Absent: the first execution (the host adds it only on retries).
+    FirstOrUnknown,
+    Retry(RetryContext),
+    /// Present but not readable: the attempt number is unknown.
+    Unreadable,
+}
+
+impl RetryState {
+    pub fn context(&self) -> Option<&RetryContext> {
+        match self {
+            RetryState::Retry(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
 /// An invocation request with the trigger's documents decoded into feed items.
 #[derive(Debug)]
 pub struct HostRequest {
     pub items: Vec<Value>,
     pub sys: SysMetadata,
-    pub retry: Option<RetryContext>,
+    pub retry: RetryState,
+}
+
+/// `"{\"RetryCount\":1}"` -> `{"RetryCount":1}`; anything else unchanged.
+fn unwrap_string_encoded(v: Value) -> Value {
+    match v {
+        Value::String(s) => serde_json::from_str(&s).unwrap_or(Value::String(s)),
+        other => other,
+    }
 }
 
 /// Why a request body could not be decoded. Each says what was expected.
@@ -69,13 +96,21 @@ impl HostRequest {
         // Metadata is best effort, field by field: a malformed `sys` must neither lose the
         // documents nor the RetryContext that decides when to dead-letter.
         let mut metadata = raw.metadata.unwrap_or_default();
+        // Some host versions serialize each Metadata value to a JSON string: accept both.
         let sys = metadata
             .remove("sys")
+            .map(unwrap_string_encoded)
             .and_then(|v| serde_json::from_value(v).ok())
             .unwrap_or_default();
-        let retry = metadata
-            .remove("RetryContext")
-            .and_then(|v| serde_json::from_value(v).ok());
+        let retry = match metadata.remove("RetryContext").map(unwrap_string_encoded) {
+            None | Some(Value::Null) => RetryState::FirstOrUnknown,
+            Some(v) => match serde_json::from_value::<RetryContext>(v) {
+                Ok(ctx) => RetryState::Retry(ctx),
+                // Present but unreadable: we cannot tell which attempt this is. Err towards
+                // dead-lettering (treat it as the last) rather than losing the batch.
+                Err(_) => RetryState::Unreadable,
+            },
+        };
         let data = raw.data.ok_or(DecodeError::MissingData)?;
         let value = data
             .get(binding)
@@ -164,8 +199,27 @@ mod tests {
         let req = HostRequest::decode(body.to_string().as_bytes(), "documents").unwrap();
         assert_eq!(req.items.len(), 1);
         assert_eq!(req.sys.method_name.as_deref(), Some("orders"));
-        let retry = req.retry.unwrap();
+        let retry = req.retry.context().unwrap();
         assert_eq!((retry.retry_count, retry.max_retry_count), (2, 3));
+    }
+
+    #[test]
+    fn string_encoded_and_unreadable_retry_contexts() {
+        let body = |rc: &str| {
+            format!(r#"{{"Data": {{"documents": "[]"}}, "Metadata": {{"RetryContext": {rc}}}}}"#)
+        };
+        let encoded = HostRequest::decode(
+            body(r#""{\"RetryCount\":3,\"MaxRetryCount\":3}""#).as_bytes(),
+            "documents",
+        )
+        .unwrap();
+        assert_eq!(encoded.retry.context().map(|c| c.retry_count), Some(3));
+        let garbage =
+            HostRequest::decode(body(r#"{"RetryCount": "three"}"#).as_bytes(), "documents")
+                .unwrap();
+        assert_eq!(garbage.retry, RetryState::Unreadable);
+        let null = HostRequest::decode(body("null").as_bytes(), "documents").unwrap();
+        assert_eq!(null.retry, RetryState::FirstOrUnknown);
     }
 
     #[test]
@@ -207,6 +261,6 @@ mod tests {
         let decoded = HostRequest::decode(body, "documents").unwrap();
         assert_eq!(decoded.items.len(), 1);
         assert_eq!(decoded.sys, SysMetadata::default());
-        assert_eq!(decoded.retry.unwrap().retry_count, 1);
+        assert_eq!(decoded.retry.context().unwrap().retry_count, 1);
     }
 }

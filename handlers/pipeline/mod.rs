@@ -16,7 +16,7 @@ use crate::config::{AppConfig, FunctionDefinition, HostRetryPolicy, RetrySetting
 use crate::deadletter::{
     DeadLetterError, DeadLetterKind, DeadLetterRecord, DeadLetterStore, INPUT_SINK,
 };
-use crate::host::{DecodeError, HostRequest, InvocationResponse, RetryContext};
+use crate::host::{DecodeError, HostRequest, InvocationResponse, RetryContext, RetryState};
 use crate::sinks::{BatchContext, BuildContext, Sink, SinkError};
 use chrono::Utc;
 use futures::future::join_all;
@@ -190,7 +190,14 @@ impl Pipeline {
                 )
             });
         let attempt = match origin {
-            Origin::Host => Attempt::new(request.retry.as_ref(), route.function.retry),
+            Origin::Host if request.retry == RetryState::Unreadable => {
+                tracing::warn!(
+                    function,
+                    "RetryContext is unreadable: treating this delivery as the last attempt"
+                );
+                Attempt::LAST
+            }
+            Origin::Host => Attempt::new(request.retry.context(), route.function.retry),
             Origin::Replay => Attempt::LAST,
         };
         let mut changes = Vec::with_capacity(request.items.len());
@@ -253,6 +260,7 @@ impl Pipeline {
             reasons: Vec::new(),
             items: Vec::new(),
             raw_body: None,
+            raw_body_object: None,
         };
         if !unreadable.is_empty() && !already.contains(INPUT_SINK) {
             let mut r = record(
@@ -449,6 +457,7 @@ impl Pipeline {
             reasons: Vec::new(),
             items: Vec::new(),
             raw_body: Some(String::from_utf8_lossy(body).into_owned()),
+            raw_body_object: None,
         };
         match self.dead_letter.put(&record).await {
             Ok(key) => {
@@ -474,6 +483,88 @@ impl Pipeline {
                     dead_lettered: 0,
                 }
             }
+        }
+    }
+
+    /// A request body over the size limit: streamed into the dead-letter store as it arrives
+    /// (never held in memory) with a record saying why, and answered 2xx, so the batch is kept
+    /// rather than lost when the trigger checkpoints. `fanout replay` delivers it later.
+    pub async fn dead_letter_oversized<S>(
+        &self,
+        function: &str,
+        invocation_id: Option<String>,
+        head: Vec<bytes::Bytes>,
+        rest: S,
+        limit: usize,
+    ) -> Answer
+    where
+        S: futures::Stream<Item = Result<bytes::Bytes, String>> + Unpin,
+    {
+        let invocation_id = invocation_id.unwrap_or_else(|| {
+            format!(
+                "local-{}",
+                Utc::now().timestamp_nanos_opt().unwrap_or_default()
+            )
+        });
+        let fingerprint = hex::encode(&Sha256::digest(invocation_id.as_bytes())[..16]);
+        let body_key = format!("{}/{INPUT_SINK}/{fingerprint}-oversized.body", function);
+        let stored = self
+            .dead_letter
+            .put_body_stream(&body_key, head, rest)
+            .await;
+        let size = match stored {
+            Ok(size) => size,
+            Err(e) => {
+                let line = format!(
+                    "fanout {function}: request body over server.max_body_bytes ({limit}) and the dead-letter store failed: {e}"
+                );
+                tracing::error!(function, %e, "oversized batch could not be dead-lettered");
+                return Answer {
+                    status: 500,
+                    response: InvocationResponse::with_logs(vec![line]),
+                    dead_lettered: 0,
+                };
+            }
+        };
+        let error = format!(
+            "the request body ({size} bytes) exceeds server.max_body_bytes ({limit}); it is stored as {body_key}"
+        );
+        let record = DeadLetterRecord {
+            kind: DeadLetterKind::MalformedBatch,
+            function: function.to_string(),
+            sink: INPUT_SINK.to_string(),
+            invocation_id,
+            batch_fingerprint: format!("{fingerprint}-oversized"),
+            error: error.clone(),
+            attempts: 1,
+            host_retry_count: 0,
+            dead_lettered_at: Utc::now(),
+            changes: Vec::new(),
+            reasons: Vec::new(),
+            items: Vec::new(),
+            raw_body: None,
+            raw_body_object: Some(body_key),
+        };
+        match self.dead_letter.put(&record).await {
+            Ok(key) => {
+                tracing::warn!(function, size, key, "oversized batch dead-lettered");
+                let line = format!(
+                    "fanout {function}: batch dead-lettered to {}/pending/{key}: {error}; raise the limit and run `fanout replay`",
+                    self.dead_letter.location()
+                );
+                Answer {
+                    status: 200,
+                    response: InvocationResponse::with_logs(vec![line]),
+                    dead_lettered: 1,
+                }
+            }
+            Err(e) => Answer {
+                status: 500,
+                response: InvocationResponse::with_logs(vec![format!(
+                    "fanout {function}: {error}; the dead-letter record failed: {e}"
+                )]),
+                dead_lettered: 0,
+            },
         }
     }
 
@@ -505,7 +596,20 @@ impl Pipeline {
                 (record.changes.clone(), vec![sink])
             }
             DeadLetterKind::MalformedItems | DeadLetterKind::MalformedBatch => {
-                let items = match &record.raw_body {
+                let stored_body = match &record.raw_body_object {
+                    Some(key) => Some(
+                        String::from_utf8_lossy(
+                            &self
+                                .dead_letter
+                                .get_raw(key)
+                                .await
+                                .map_err(|e| e.to_string())?,
+                        )
+                        .into_owned(),
+                    ),
+                    None => record.raw_body.clone(),
+                };
+                let items = match &stored_body {
                     Some(body) if record.kind == DeadLetterKind::MalformedBatch => {
                         HostRequest::decode(body.as_bytes(), &route.function.binding)
                             .map_err(|e| format!("still malformed: {e}"))?
