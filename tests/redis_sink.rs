@@ -349,3 +349,70 @@ async fn tls_connection_with_a_private_ca() {
         call.logs()
     );
 }
+
+#[tokio::test]
+async fn cluster_mode_reaches_keys_in_every_slot() {
+    let cluster = common::RedisCluster::start();
+    let app = app_with(
+        &format!(
+            "url = \"{}\"\ncluster = true\nkeys = [\"order:{{id}}\", \"customer:{{customerId}}:orders\", \"{{{{tenant:{{customerId}}}}}}:recent\"]",
+            cluster.url()
+        ),
+        Some(1),
+        3000,
+    );
+    let host = app.start().await;
+    let mut con = cluster.client();
+    let docs = samples::order_batches(1, 1, 40, 6).remove(0);
+    let mut keys = Vec::new();
+    for d in &docs {
+        let (id, customer) = (d["id"].as_str().unwrap(), d["customerId"].as_str().unwrap());
+        keys.push(format!("order:{id}"));
+        keys.push(format!("customer:{customer}:orders"));
+        keys.push(format!("{{tenant:{customer}}}:recent"));
+    }
+    let slots: std::collections::HashSet<u16> = keys
+        .iter()
+        .map(|k| fanout::sinks::redis::cluster_slot(k))
+        .collect();
+    assert!(slots.len() > 20, "the keys spread over many slots");
+    for k in &keys {
+        let _: () = con.set(k, "cached").unwrap();
+    }
+    let call = host
+        .invoke(
+            "orders",
+            &cosmos_trigger_body("documents", "orders", &docs, None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(call.status, 200, "{:?}", call.logs());
+    assert!(
+        call.logged("keys invalidated for 40 changes pipelined per node"),
+        "{:?}",
+        call.logs()
+    );
+    for k in &keys {
+        assert!(!con.exists::<_, bool>(k).unwrap(), "{k} still cached");
+    }
+    // Refresh mode in the cluster too: the script is loaded on every primary.
+    let app2 = app_with(
+        &format!(
+            "url = \"{}\"\ncluster = true\nmode = \"refresh\"\nkey = \"order:{{id}}\"",
+            cluster.url()
+        ),
+        None,
+        3000,
+    );
+    let host2 = app2.start().await;
+    let call = host2
+        .invoke(
+            "orders",
+            &cosmos_trigger_body("documents", "orders", &docs, None),
+        )
+        .await
+        .unwrap();
+    assert!(call.logged("40 keys written"), "{:?}", call.logs());
+    let v: String = con.get("order:order-1").unwrap();
+    assert!(v.contains("customer-1"), "{v}");
+}

@@ -38,6 +38,7 @@ index = "orders"
 auth = "api_key"
 api_key = "${{SEARCH_API_KEY:-test-admin-key}}"
 index_definition = "infra/search/orders.json"
+key = "id"
 {extra}
 
 [functions.orders.sinks.search.fields]
@@ -231,6 +232,57 @@ async fn partial_failures_splitting_throttling_and_the_resulting_index() {
             .unwrap()
             .contains("The value of field 'total' is invalid"),
         "{record}"
+    );
+}
+
+#[tokio::test]
+async fn by_default_keys_include_the_partition_key_and_a_refused_change_keeps_its_predecessors() {
+    let fake = SearchFake::start("key").await;
+    let app = app(&fake.endpoint(), None, 2000, "");
+    // The default key source: drop the test's `key = "id"` line.
+    let toml = std::fs::read_to_string(app.path().join("fanout.toml"))
+        .unwrap()
+        .replace("key = \"id\"\n", "");
+    app.config(&toml);
+    let host = app.start().await;
+    // Same id in two partitions: two documents, not one overwriting the other.
+    let a = samples::order("profile", "tenant-a", 1, 1_744_170_000, 1.0, false);
+    let b = samples::order("profile", "tenant-b", 2, 1_744_170_001, 2.0, false);
+    // A delete followed by a create that cannot be coerced: the delete is still sent.
+    let mut del = samples::order("o9", "tenant-a", 3, 1_744_170_002, 3.0, true);
+    del["deleted"] = json!(true);
+    let mut bad = samples::order("o9", "tenant-a", 4, 1_744_170_003, 3.0, false);
+    bad["total"] = json!("n/a");
+    fake.state.lock().unwrap().index.insert(
+        encode_key(r#"["tenant-a","o9"]"#, KeyEncoding::Base64url).unwrap(),
+        json!({"total": 9.0}).as_object().unwrap().clone(),
+    );
+    let call = host
+        .invoke(
+            "orders",
+            &cosmos_trigger_body("documents", "orders", &[a, b, del, bad], None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(call.status, 200, "{:?}", call.logs());
+    let s = fake.state.lock().unwrap();
+    let keys: Vec<String> = s
+        .index
+        .keys()
+        .map(|k| decode_key(k, KeyEncoding::Base64url).unwrap())
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(
+        keys.contains(&r#"["tenant-a","profile"]"#.to_string())
+            && keys.contains(&r#"["tenant-b","profile"]"#.to_string()),
+        "{keys:?}"
+    );
+    drop(s);
+    let record = app.dead_letter(&app.dead_letters()[0]);
+    assert_eq!(
+        record["changes"][0]["lsn"],
+        json!(4),
+        "only the refused create is dead-lettered: {record}"
     );
 }
 

@@ -27,6 +27,11 @@ pub struct SearchConfig {
     pub fields: BTreeMap<String, String>,
     /// The index's key field; default: the definition's key field, else `id`.
     pub key_field: Option<String>,
+    /// What identifies a document in the index: `partition_key_and_id` (default; Cosmos ids
+    /// are unique only within a logical partition) or `id` (only when ids are unique across
+    /// partitions, e.g. GUIDs, or the partition key is `/id`).
+    #[serde(default)]
+    pub key: KeySource,
     /// How document ids become keys (keys allow only letters, digits, `_`, `-`, `=`):
     /// `base64url` (default; every id, unpadded URL-safe base64, collision-free) or `none`
     /// (ids used as they are; an id with other characters is refused).
@@ -65,6 +70,14 @@ pub enum SearchAuth {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
+pub enum KeySource {
+    #[default]
+    PartitionKeyAndId,
+    Id,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum KeyEncoding {
     #[default]
     Base64url,
@@ -90,6 +103,9 @@ impl SearchConfig {
         }
         if self.auth == SearchAuth::ApiKey && self.api_key.as_deref().unwrap_or("").is_empty() {
             problems.push("`auth = \"api_key\"` needs `api_key = \"${SEARCH_API_KEY}\"` (from an app setting)".into());
+        }
+        if self.key == KeySource::PartitionKeyAndId && self.key_encoding == KeyEncoding::None {
+            problems.push("`key_encoding = \"none\"` works only with `key = \"id\"`: a partition key and id together always need encoding".into());
         }
         if !(1..=1000).contains(&self.max_actions) {
             problems.push(format!(

@@ -9,9 +9,9 @@ mod project;
 mod request;
 mod service;
 
-pub use config::{DEFAULT_API_VERSION, KeyEncoding, SearchAuth, SearchConfig};
+pub use config::{DEFAULT_API_VERSION, KeyEncoding, KeySource, SearchAuth, SearchConfig};
 pub use index::{FieldDefinition, IndexDefinition};
-pub use project::{coerce, decode_key, encode_key};
+pub use project::{coerce, decode_key, encode_key, key_material};
 pub use service::{SEARCH_SCOPE, SearchClient};
 
 use super::{BatchContext, Delivery, Rejected, Sink, SinkError};
@@ -55,6 +55,7 @@ impl SearchSink {
             name: name.to_string(),
             client: SearchClient::new(config).map_err(SinkError::permanent)?,
             actions: ActionBuilder {
+                key_source: config.key,
                 mappings: project::mappings(&config.fields, &types),
                 key_field,
                 key_encoding: config.key_encoding,
@@ -77,6 +78,21 @@ impl SearchSink {
             .collect();
         (bodies, rejected.len())
     }
+}
+
+/// The service refused an action: its change, and the earlier changes it replaced in this
+/// batch (never sent), go to the dead-letter store together.
+fn reject_with_superseded(rejected: &mut Vec<Rejected>, action: &request::Action, reason: String) {
+    for &index in &action.superseded {
+        rejected.push(Rejected {
+            index,
+            reason: format!("superseded in this batch by a change the service refused: {reason}"),
+        });
+    }
+    rejected.push(Rejected {
+        index: action.change,
+        reason,
+    });
 }
 
 /// Fields the projection names that the index lacks (for `check-config` warnings).
@@ -133,15 +149,13 @@ impl Sink for SearchSink {
                                 pending.push(a.change)
                             }
                             Some(r) if matches!(r.status_code, 400 | 404) => {
-                                rejected.push(Rejected {
-                                    index: a.change,
-                                    reason: format!(
-                                        "search refused `{}` ({}): {}",
-                                        changes[a.change].id,
-                                        r.status_code,
-                                        r.error_message.as_deref().unwrap_or("no message")
-                                    ),
-                                })
+                                let reason = format!(
+                                    "search refused `{}` ({}): {}",
+                                    changes[a.change].id,
+                                    r.status_code,
+                                    r.error_message.as_deref().unwrap_or("no message")
+                                );
+                                reject_with_superseded(&mut rejected, a, reason);
                             }
                             _ => pending.push(a.change),
                         }
@@ -153,18 +167,25 @@ impl Sink for SearchSink {
                     queue.push_front(second);
                     queue.push_front(first);
                 }
-                Answer::TooLarge => rejected.push(Rejected {
-                    index: batch[0].change,
-                    reason: format!(
+                Answer::TooLarge => {
+                    let reason = format!(
                         "document `{}` alone is larger than the service accepts (413)",
                         changes[batch[0].change].id
-                    ),
-                }),
+                    );
+                    reject_with_superseded(&mut rejected, &batch[0], reason);
+                }
+                // A whole-request 400 is usually one bad document: halve until it stands alone,
+                // so the good ones still reach the index.
+                Answer::Permanent { .. } if batch.len() > 1 => {
+                    let mut first = batch;
+                    let second = first.split_off(first.len() / 2);
+                    queue.push_front(second);
+                    queue.push_front(first);
+                }
                 Answer::Permanent { message } => {
-                    rejected.extend(batch.iter().map(|a| Rejected {
-                        index: a.change,
-                        reason: message.clone(),
-                    }));
+                    for a in &batch {
+                        reject_with_superseded(&mut rejected, a, message.clone());
+                    }
                 }
                 Answer::Transient {
                     message,

@@ -9,6 +9,24 @@ use serde_json::{Map, Number, Value};
 
 const SYSTEM_PROPERTIES: [&str; 6] = ["_rid", "_self", "_etag", "_attachments", "_ts", "_lsn"];
 
+/// The text a document's key encodes: the id, or (default) the partition key and the id as a
+/// JSON array, `["c1","order-1"]` (`{}` for an undefined component), which is unambiguous.
+pub fn key_material(change: &crate::change::Change, source: super::config::KeySource) -> String {
+    match source {
+        super::config::KeySource::Id => change.id.clone(),
+        super::config::KeySource::PartitionKeyAndId => {
+            let mut parts: Vec<Value> = change
+                .partition_key
+                .0
+                .iter()
+                .map(|c| c.clone().unwrap_or_else(|| Value::Object(Map::new())))
+                .collect();
+            parts.push(Value::String(change.id.clone()));
+            Value::Array(parts).to_string()
+        }
+    }
+}
+
 /// A document id as an index key. Keys allow letters, digits, `_`, `-` and `=`.
 pub fn encode_key(id: &str, encoding: KeyEncoding) -> Result<String, String> {
     match encoding {
@@ -79,6 +97,11 @@ pub fn project(
 ) -> Result<Map<String, Value>, String> {
     let mut out = Map::new();
     if mappings.is_empty() {
+        // mergeOrUpload keeps fields a request omits: send null for every index field the
+        // document no longer has, so a dropped field does not linger in the index.
+        for name in types.keys() {
+            out.insert(name.clone(), Value::Null);
+        }
         for (name, value) in doc {
             if SYSTEM_PROPERTIES.contains(&name.as_str()) {
                 continue;

@@ -1,7 +1,7 @@
 //! Request building: changes -> index actions -> request bodies within the service's limits.
 
-use super::config::KeyEncoding;
-use super::project::{FieldMapping, encode_key, project};
+use super::config::{KeyEncoding, KeySource};
+use super::project::{FieldMapping, encode_key, key_material, project};
 use crate::change::Change;
 use crate::sinks::Rejected;
 use serde_json::{Map, Value};
@@ -17,9 +17,12 @@ pub struct Action {
     pub body: Map<String, Value>,
     /// Serialized size, for packing requests.
     pub bytes: usize,
+    /// Earlier changes to the same document in this batch, replaced by this action.
+    pub superseded: Vec<usize>,
 }
 
 pub struct ActionBuilder {
+    pub key_source: KeySource,
     pub key_field: String,
     pub key_encoding: KeyEncoding,
     pub mappings: Vec<FieldMapping>,
@@ -28,31 +31,23 @@ pub struct ActionBuilder {
 
 impl ActionBuilder {
     /// One action per document key: when a batch holds several changes to one document, only
-    /// the last (newest in feed order) is sent; the service does not promise to apply actions on
-    /// one key in request order.
+    /// the last (newest in feed order) that could be built is sent; the service does not
+    /// promise to apply actions on one key in request order. The earlier ones ride along as
+    /// `superseded`, so that if the service refuses the last one they are dead-lettered with it.
     pub fn build(&self, changes: &[&Change]) -> (Vec<Action>, Vec<Rejected>) {
         let mut rejected = Vec::new();
-        let mut last: HashMap<String, usize> = HashMap::new();
-        let mut keyed = Vec::with_capacity(changes.len());
-        for (i, c) in changes.iter().enumerate() {
-            match encode_key(&c.id, self.key_encoding) {
-                Ok(key) => {
-                    last.insert(key.clone(), i);
-                    keyed.push((i, key));
+        let mut built: Vec<Action> = Vec::with_capacity(changes.len());
+        for (i, change) in changes.iter().enumerate() {
+            let key = match encode_key(&key_material(change, self.key_source), self.key_encoding) {
+                Ok(key) => key,
+                Err(reason) => {
+                    rejected.push(Rejected { index: i, reason });
+                    continue;
                 }
-                Err(reason) => rejected.push(Rejected { index: i, reason }),
-            }
-        }
-        let mut actions = Vec::with_capacity(last.len());
-        for (i, key) in keyed {
-            if last.get(&key) != Some(&i) {
-                continue; // superseded by a later change to the same document
-            }
-            let change = changes[i];
+            };
             let mut body = Map::new();
             if change.operation.is_delete() {
                 body.insert("@search.action".into(), Value::String("delete".into()));
-                body.insert(self.key_field.clone(), Value::String(key.clone()));
             } else {
                 let doc = change.document.as_ref().cloned().unwrap_or_default();
                 match project(&doc, &self.mappings, &self.types) {
@@ -62,7 +57,6 @@ impl ActionBuilder {
                             Value::String("mergeOrUpload".into()),
                         );
                         body.extend(projected);
-                        body.insert(self.key_field.clone(), Value::String(key.clone()));
                     }
                     Err(reason) => {
                         rejected.push(Rejected {
@@ -73,14 +67,41 @@ impl ActionBuilder {
                     }
                 }
             }
+            body.insert(self.key_field.clone(), Value::String(key.clone()));
             let bytes = serde_json::to_vec(&body).map(|v| v.len()).unwrap_or(0) + 1;
-            actions.push(Action {
+            built.push(Action {
                 change: i,
                 key,
                 is_delete: change.operation.is_delete(),
                 body,
                 bytes,
+                superseded: Vec::new(),
             });
+        }
+        // Keep the last built action per key, in feed order of those survivors.
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for (pos, a) in built.iter().enumerate() {
+            last.insert(a.key.as_str(), pos);
+        }
+        let keep: Vec<bool> = built
+            .iter()
+            .enumerate()
+            .map(|(pos, a)| last[a.key.as_str()] == pos)
+            .collect();
+        let mut superseded: HashMap<String, Vec<usize>> = HashMap::new();
+        for (a, k) in built.iter().zip(&keep) {
+            if !k {
+                superseded.entry(a.key.clone()).or_default().push(a.change);
+            }
+        }
+        let mut actions: Vec<Action> = built
+            .into_iter()
+            .zip(keep)
+            .filter(|(_, k)| *k)
+            .map(|(a, _)| a)
+            .collect();
+        for a in &mut actions {
+            a.superseded = superseded.remove(&a.key).unwrap_or_default();
         }
         (actions, rejected)
     }

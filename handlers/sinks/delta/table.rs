@@ -152,13 +152,22 @@ impl ChangelogTable {
     ) -> Result<AppendOutcome, DeltaTableError> {
         // Catch up with other writers (incremental: only new log entries are read).
         table.update_state().await?;
-        let app_id = batch_app_id(ctx, sink, first);
+        // Changes from the feed always carry an lsn. A batch with a change that has none (hand-
+        // made input) is identified by its whole fingerprint instead: only the exact same batch
+        // is recognised again, and nothing is skipped on a guess.
+        let lsn_less = changes.iter().any(|c| c.lsn.is_none());
+        let app_id = if lsn_less {
+            format!("fanout/{}/{sink}/batch-{}", ctx.function, ctx.fingerprint)
+        } else {
+            batch_app_id(ctx, sink, first)
+        };
         let recorded = table
             .snapshot()?
             .transaction_version(table.log_store().as_ref(), &app_id)
             .await?;
         let fresh: Vec<&Change> = match recorded {
             None => changes.to_vec(),
+            Some(_) if lsn_less => Vec::new(),
             Some(upto) => changes
                 .iter()
                 .copied()

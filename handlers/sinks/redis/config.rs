@@ -78,8 +78,8 @@ impl RedisConfig {
         let mut problems = Vec::new();
         if !(self.url.starts_with("redis://") || self.url.starts_with("rediss://")) {
             problems.push(format!(
-                "`url` must start with redis:// or rediss://, got `{}`",
-                self.url
+                "`url` must start with redis:// or rediss://, got `{}` (an Azure connection string is not a URL: use rediss://host:port and put the key in `password`)",
+                super::connection::redact(&self.url)
             ));
         }
         if self.url.contains('@') && self.auth != RedisAuth::None {

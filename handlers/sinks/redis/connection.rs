@@ -161,8 +161,13 @@ impl Connector {
     }
 }
 
-/// The URL without credentials, for messages and logs.
+/// The URL without credentials, for messages and logs. Also strips `password=...` from an
+/// Azure-style connection string pasted where a URL belongs.
 pub fn redact(url: &str) -> String {
+    if let Some(pos) = url.to_ascii_lowercase().find("password=") {
+        let end = url[pos..].find(',').map(|e| pos + e).unwrap_or(url.len());
+        return format!("{}password=***{}", &url[..pos], &url[end..]);
+    }
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.rsplit_once('@') {
             Some((_, host)) => format!("{scheme}://***@{host}"),

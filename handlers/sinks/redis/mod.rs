@@ -15,7 +15,7 @@ pub use request::REFRESH_SCRIPT;
 use super::{BatchContext, Delivery, Sink, SinkError};
 use crate::change::Change;
 use async_trait::async_trait;
-use connection::Connector;
+use connection::{Connection, Connector};
 use request::RequestBuilder;
 
 pub const KIND: &str = "redis";
@@ -52,9 +52,71 @@ fn classify(e: redis::RedisError) -> SinkError {
     {
         return SinkError::transient(message);
     }
-    match e.code() {
-        Some("WRONGTYPE") | Some("ERR") => SinkError::permanent(message),
-        _ => SinkError::transient(message),
+    // Server errors: the ones a retry can cure (a server loading, failing over, busy, or a
+    // token that expired) are transient; anything else the server refused for the data or the
+    // command (WRONGTYPE, OOM, CROSSSLOT, script errors, ...) is permanent. Codes of errors
+    // inside a pipeline are not always exposed by `code()`, so read them from the message.
+    const TRANSIENT: [&str; 10] = [
+        "LOADING",
+        "BUSY",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "MASTERDOWN",
+        "READONLY",
+        "NOAUTH",
+        "WRONGPASS",
+        "MOVED",
+        "ASK",
+    ];
+    let text = e.to_string();
+    let code = e.code().map(str::to_string).unwrap_or_default();
+    if TRANSIENT.iter().any(|t| {
+        code == *t
+            || text
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|w| w == *t)
+    }) {
+        SinkError::transient(message)
+    } else {
+        SinkError::permanent(message)
+    }
+}
+
+impl RedisSink {
+    /// Sends the batch's commands; returns the results of the counting ones, in order. One node:
+    /// one pipeline, one round trip. A cluster cannot take a pipeline across slots, so there the
+    /// commands go out concurrently and the multiplexed cluster connection pipelines them per
+    /// node; order between them does not matter (UNLINK is idempotent, refresh compares versions).
+    async fn execute(
+        &self,
+        conn: &mut Connection,
+        commands: &[(redis::Cmd, bool)],
+    ) -> redis::RedisResult<Vec<i64>> {
+        match conn {
+            Connection::Single(_) => {
+                let mut pipe = redis::pipe();
+                for (cmd, counts) in commands {
+                    pipe.add_command(cmd.clone());
+                    if !counts {
+                        pipe.ignore();
+                    }
+                }
+                pipe.query_async(conn).await
+            }
+            Connection::Cluster(cluster) => {
+                let sends = commands.iter().map(|(cmd, counts)| {
+                    let mut c = cluster.clone();
+                    async move {
+                        let v: redis::Value = cmd.query_async(&mut c).await?;
+                        Ok::<_, redis::RedisError>(
+                            counts.then(|| if let redis::Value::Int(n) = v { n } else { 0 }),
+                        )
+                    }
+                });
+                let results = futures::future::join_all(sends).await;
+                results.into_iter().filter_map(|r| r.transpose()).collect()
+            }
+        }
     }
 }
 
@@ -83,49 +145,47 @@ impl Sink for RedisSink {
             delivery.detail = "nothing to send".into();
             return Ok(delivery);
         }
-        match self.requests.mode() {
-            RedisMode::Invalidate => {
-                let result: Result<(), _> = req.pipeline.query_async(&mut conn).await;
-                if let Err(e) = result {
-                    if e.is_connection_dropped() || e.is_io_error() {
-                        self.connector.reset().await;
-                    }
-                    return Err(classify(e));
+        let mut result = self.execute(&mut conn, &req.commands).await;
+        if matches!(&result, Err(e) if e.code() == Some("NOSCRIPT") || e.to_string().to_ascii_uppercase().contains("NOSCRIPT"))
+        {
+            // First use, or the server restarted / failed over: load the script (on every
+            // primary, in a cluster) and resend. Every command is idempotent.
+            let load: Result<String, _> = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(REFRESH_SCRIPT)
+                .query_async(&mut conn)
+                .await;
+            load.map_err(classify)?;
+            result = self.execute(&mut conn, &req.commands).await;
+        }
+        let applied = match result {
+            Ok(applied) => applied,
+            Err(e) => {
+                if e.is_connection_dropped() || e.is_io_error() {
+                    self.connector.reset().await;
                 }
-                delivery.detail = format!(
-                    "{} keys invalidated for {} changes in 1 pipeline",
-                    req.keys_touched,
-                    req.sent.len()
-                );
+                return Err(classify(e));
             }
+        };
+        let round = if matches!(conn, Connection::Cluster(_)) {
+            "pipelined per node"
+        } else {
+            "in 1 pipeline"
+        };
+        delivery.detail = match self.requests.mode() {
+            RedisMode::Invalidate => format!(
+                "{} keys invalidated for {} changes {round}",
+                req.keys_touched,
+                req.sent.len()
+            ),
             RedisMode::Refresh => {
-                let mut result: Result<Vec<i64>, _> = req.pipeline.query_async(&mut conn).await;
-                if matches!(&result, Err(e) if e.code() == Some("NOSCRIPT")) {
-                    // First use, or the server restarted / failed over: load the script, resend.
-                    let load: Result<String, _> = redis::cmd("SCRIPT")
-                        .arg("LOAD")
-                        .arg(REFRESH_SCRIPT)
-                        .query_async(&mut conn)
-                        .await;
-                    load.map_err(classify)?;
-                    result = req.pipeline.query_async(&mut conn).await;
-                }
-                let applied = match result {
-                    Ok(applied) => applied,
-                    Err(e) => {
-                        if e.is_connection_dropped() || e.is_io_error() {
-                            self.connector.reset().await;
-                        }
-                        return Err(classify(e));
-                    }
-                };
                 let written = applied.iter().filter(|&&a| a == 1).count();
-                delivery.detail = format!(
+                format!(
                     "{written} keys written, {} older changes skipped (the key holds a newer one)",
                     applied.len() - written
-                );
+                )
             }
-        }
+        };
         Ok(delivery)
     }
 }

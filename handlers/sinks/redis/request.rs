@@ -46,7 +46,9 @@ const SYSTEM_PROPERTIES: [&str; 6] = ["_rid", "_self", "_etag", "_attachments", 
 
 /// What one batch turns into.
 pub struct BatchRequest {
-    pub pipeline: redis::Pipeline,
+    /// The commands, in feed order; `true` marks a command whose integer result counts
+    /// (refresh: 1 written, 0 skipped as older).
+    pub commands: Vec<(redis::Cmd, bool)>,
     /// Indices (into the batch) of the changes that have a command.
     pub sent: Vec<usize>,
     pub rejected: Vec<Rejected>,
@@ -102,9 +104,8 @@ impl RequestBuilder {
     }
 
     pub fn build(&self, changes: &[&Change]) -> BatchRequest {
-        let mut pipeline = redis::pipe();
         let mut req = BatchRequest {
-            pipeline: redis::pipe(),
+            commands: Vec::new(),
             sent: Vec::new(),
             rejected: Vec::new(),
             keys_touched: 0,
@@ -134,7 +135,8 @@ impl RequestBuilder {
                 RedisMode::Invalidate => {
                     // One UNLINK per key: keys of one change may live in different cluster slots.
                     for key in &keys {
-                        pipeline.cmd("UNLINK").arg(key).ignore();
+                        req.commands
+                            .push((redis::cmd("UNLINK").arg(key).clone(), false));
                         req.keys_touched += 1;
                     }
                 }
@@ -162,9 +164,8 @@ impl RequestBuilder {
                         };
                         ("set", Value::Object(doc).to_string(), ttl)
                     };
-                    pipeline
-                        .cmd("EVALSHA")
-                        .arg(&self.script_sha)
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(&self.script_sha)
                         .arg(2)
                         .arg(key)
                         .arg(&vkey)
@@ -174,6 +175,7 @@ impl RequestBuilder {
                         .arg(value)
                         .arg(if op == "set" { self.ttl_seconds } else { 0 })
                         .arg(ttl);
+                    req.commands.push((cmd, true));
                     req.keys_touched += 1;
                 }
             }
@@ -186,15 +188,16 @@ impl RequestBuilder {
                     "ts": change.ts,
                     "keys": keys,
                 });
-                pipeline
-                    .cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(message.to_string())
-                    .ignore();
+                req.commands.push((
+                    redis::cmd("PUBLISH")
+                        .arg(channel)
+                        .arg(message.to_string())
+                        .clone(),
+                    false,
+                ));
             }
             req.sent.push(index);
         }
-        req.pipeline = pipeline;
         req
     }
 
