@@ -201,6 +201,7 @@ async fn search_replay() {
             &BuildContext {
                 app_root: root,
                 partition_key: &pk,
+                function: &orders_function(),
             },
         )
         .unwrap();
@@ -272,6 +273,7 @@ async fn redis_invalidation() {
             &BuildContext {
                 app_root: Path::new("."),
                 partition_key: &pk,
+                function: &orders_function(),
             },
         )
         .unwrap();
@@ -357,6 +359,10 @@ fn normalized_batches(count: usize) -> Vec<Vec<fanout::change::Change>> {
                 .collect()
         })
         .collect()
+}
+
+fn orders_function() -> fanout::config::FunctionDefinition {
+    fanout::config::read_function(Path::new(env!("CARGO_MANIFEST_DIR")), "orders").unwrap()
 }
 
 fn bench_context() -> BatchContext {

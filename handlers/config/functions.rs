@@ -53,6 +53,8 @@ pub struct FunctionDefinition {
     pub database: Option<String>,
     pub container: Option<String>,
     pub retry: HostRetryPolicy,
+    /// Output bindings: (name, type), e.g. ("events", "eventHub").
+    pub outputs: Vec<(String, String)>,
 }
 
 #[derive(Deserialize)]
@@ -150,6 +152,17 @@ pub fn read_function(app_root: &Path, name: &str) -> Result<FunctionDefinition, 
                 max_retry_count: r.max_retry_count.unwrap_or(0),
             })
             .unwrap_or(HostRetryPolicy::NONE),
+        outputs: file
+            .bindings
+            .iter()
+            .filter(|b| b.get("direction").and_then(Value::as_str) == Some("out"))
+            .filter_map(|b| {
+                Some((
+                    b.get("name")?.as_str()?.to_string(),
+                    b.get("type")?.as_str()?.to_string(),
+                ))
+            })
+            .collect(),
     })
 }
 

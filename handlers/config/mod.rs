@@ -385,6 +385,20 @@ fn validate(
             for message in sink.validate() {
                 problem(&sink_at, message);
             }
+            if let SinkConfig::EventHubsBinding(b) = sink
+                && !function
+                    .outputs
+                    .iter()
+                    .any(|(n, t)| n == &b.binding && t.eq_ignore_ascii_case("eventHub"))
+            {
+                problem(
+                    &sink_at,
+                    format!(
+                        "{name}/function.json has no `eventHub` output binding named `{}`; add one (direction `out`) or fix `binding`",
+                        b.binding
+                    ),
+                );
+            }
         }
         // Everything above is checked even when the partition key is wrong, so one run of
         // check-config lists every problem.

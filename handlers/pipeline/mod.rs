@@ -111,6 +111,7 @@ impl Pipeline {
             let ctx = BuildContext {
                 app_root: &config.app_root,
                 partition_key: &route.partition_key,
+                function: &route.function,
             };
             for (sink_name, sink) in &route.sinks {
                 sinks.push(
@@ -344,7 +345,9 @@ impl Pipeline {
         }
         for run in &runs {
             let retrying = retry_sinks.iter().any(|r| r.sink == run.sink);
-            if !retrying && !failed_sinks.contains(run.sink.as_str()) {
+            // What the host delivers (output bindings) is discarded with a non-2xx answer:
+            // such a sink must run again on the re-delivery.
+            if !retrying && !failed_sinks.contains(run.sink.as_str()) && !run.host_delivers {
                 handled.insert(run.sink.clone());
             }
         }
@@ -426,9 +429,22 @@ impl Pipeline {
         for line in &logs[1..] {
             tracing::debug!(function, "{line}");
         }
+        let mut response = InvocationResponse::with_logs(logs);
+        for run in &runs {
+            for (binding, items) in &run.outputs {
+                // Always an array of strings: a single string would be base64-decoded by the host.
+                let array = response
+                    .outputs
+                    .entry(binding.clone())
+                    .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+                if let serde_json::Value::Array(a) = array {
+                    a.extend(items.iter().cloned().map(serde_json::Value::String));
+                }
+            }
+        }
         Answer {
             status: if ok { 200 } else { 500 },
-            response: InvocationResponse::with_logs(logs),
+            response,
             dead_lettered,
         }
     }

@@ -19,6 +19,9 @@ pub struct SinkRun {
     /// Changes refused for good, by index into the batch, with the sink's reason.
     pub rejected: Vec<(usize, String)>,
     pub result: SinkResult,
+    /// Output bindings for the host (see [`Sink::host_delivers`]).
+    pub outputs: std::collections::BTreeMap<String, Vec<String>>,
+    pub host_delivers: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +70,8 @@ pub async fn deliver_with_retry(
         elapsed: started.elapsed(),
         rejected,
         result,
+        outputs: Default::default(),
+        host_delivers: sink.host_delivers(),
     };
     loop {
         attempts += 1;
@@ -101,13 +106,15 @@ pub async fn deliver_with_retry(
                         .map(|r| (todo[r.index], r.reason.clone())),
                 );
                 if delivery.pending.is_empty() {
-                    return run(
+                    let mut done = run(
                         attempts,
                         rejected,
                         SinkResult::Delivered {
                             detail: delivery.detail,
                         },
                     );
+                    done.outputs = delivery.outputs;
+                    return done;
                 }
                 let n = delivery.pending.len();
                 todo = delivery.pending.iter().map(|&i| todo[i]).collect();

@@ -7,6 +7,7 @@
 pub mod azure_search;
 pub mod delta;
 pub mod entra;
+pub mod event_hubs;
 pub mod redis;
 
 use crate::change::Change;
@@ -25,12 +26,14 @@ pub enum SinkConfig {
     Delta(delta::DeltaConfig),
     Redis(redis::RedisConfig),
     AzureSearch(azure_search::SearchConfig),
+    EventHubsBinding(event_hubs::BindingConfig),
 }
 
 /// What a sink may know about its route when it is built.
 pub struct BuildContext<'a> {
     pub app_root: &'a Path,
     pub partition_key: &'a PartitionKeyPaths,
+    pub function: &'a crate::config::FunctionDefinition,
 }
 
 impl SinkConfig {
@@ -40,6 +43,7 @@ impl SinkConfig {
             SinkConfig::Delta(c) => c.validate(),
             SinkConfig::Redis(c) => c.validate(),
             SinkConfig::AzureSearch(c) => c.validate(),
+            SinkConfig::EventHubsBinding(c) => c.validate(),
         }
     }
 
@@ -62,6 +66,7 @@ impl SinkConfig {
             SinkConfig::Delta(_) => delta::KIND,
             SinkConfig::Redis(_) => redis::KIND,
             SinkConfig::AzureSearch(_) => azure_search::KIND,
+            SinkConfig::EventHubsBinding(_) => event_hubs::BINDING_KIND,
         }
     }
 
@@ -79,6 +84,15 @@ impl SinkConfig {
                 c,
                 ctx.app_root,
             )?)),
+            SinkConfig::EventHubsBinding(c) => {
+                let f = ctx.function;
+                let source = format!(
+                    "/cosmosdb/{}/{}",
+                    f.database.as_deref().unwrap_or("database"),
+                    f.container.as_deref().unwrap_or(&f.name)
+                );
+                Ok(Arc::new(event_hubs::BindingSink::new(name, c, source)))
+            }
         }
     }
 }
@@ -112,6 +126,8 @@ pub struct Delivery {
     pub pending: Vec<usize>,
     /// The service asked us to wait this long before retrying `pending`.
     pub retry_after: Option<Duration>,
+    /// Output bindings the host is to send after a 2xx answer: binding name -> serialized items.
+    pub outputs: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Delivery {
@@ -158,6 +174,11 @@ pub trait Sink: Send + Sync {
     fn name(&self) -> &str;
     /// The sink type, as in config (`delta`, ...).
     fn kind(&self) -> &'static str;
+    /// True when the host delivers what this sink produces (output bindings): it happens only
+    /// after a 2xx answer, so such a sink is never recorded as done for a batch answered 500.
+    fn host_delivers(&self) -> bool {
+        false
+    }
     /// Delivers changes, in order. Must be idempotent across re-deliveries of the same changes.
     async fn deliver(&self, ctx: &BatchContext, changes: &[&Change])
     -> Result<Delivery, SinkError>;

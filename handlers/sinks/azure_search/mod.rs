@@ -220,6 +220,7 @@ impl Sink for SearchSink {
             rejected,
             pending,
             retry_after,
+            ..Delivery::default()
         })
     }
 }
