@@ -5,6 +5,7 @@
 
 mod normalize;
 mod partition_key;
+pub mod projection;
 
 pub use normalize::{ChangeShape, NormalizeError, Normalizer, SoftDelete, Unreadable, shape};
 pub use partition_key::{PartitionKey, PartitionKeyPathError, PartitionKeyPaths};

@@ -7,7 +7,7 @@ use base64::Engine;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 use serde_json::{Map, Number, Value};
 
-const SYSTEM_PROPERTIES: [&str; 6] = ["_rid", "_self", "_etag", "_attachments", "_ts", "_lsn"];
+use crate::change::projection::{SYSTEM_PROPERTIES, parse_path};
 
 /// The text a document's key encodes: the id, or (default) the partition key and the id as a
 /// JSON array, `["c1","order-1"]` (`{}` for an undefined component), which is unambiguous.
@@ -78,11 +78,7 @@ pub fn mappings(
         .iter()
         .map(|(field, path)| FieldMapping {
             field: field.clone(),
-            path: path
-                .trim_start_matches('/')
-                .split('/')
-                .map(str::to_string)
-                .collect(),
+            path: parse_path(path),
             edm_type: types.get(field).cloned(),
         })
         .collect()

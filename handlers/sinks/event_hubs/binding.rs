@@ -9,6 +9,7 @@
 
 use super::cloudevent::EventFormat;
 use crate::change::Change;
+use crate::change::projection::FieldSelection;
 use crate::sinks::{BatchContext, Delivery, Rejected, Sink, SinkError};
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -67,16 +68,7 @@ impl BindingSink {
             format: EventFormat {
                 source: config.source.clone().unwrap_or(default_source),
                 type_prefix: config.type_prefix.clone(),
-                fields: config
-                    .fields
-                    .iter()
-                    .map(|f| {
-                        f.trim_start_matches('/')
-                            .split('/')
-                            .map(str::to_string)
-                            .collect()
-                    })
-                    .collect(),
+                fields: FieldSelection::new(&config.fields),
             },
             max_event_bytes: config.max_event_bytes,
         }

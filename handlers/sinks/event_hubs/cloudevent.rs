@@ -2,9 +2,10 @@
 //! Written with serde_json rather than the `cloudevents-sdk` crate: structured JSON is a
 //! dozen fields, and the SDK would pull its own HTTP/AMQP integrations into the build.
 
+use crate::change::projection::FieldSelection;
 use crate::change::{Change, Operation};
 use crate::sinks::BatchContext;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 /// Settings shared by every way out to Event Hubs.
 #[derive(Debug, Clone)]
@@ -13,12 +14,9 @@ pub struct EventFormat {
     pub source: String,
     /// `type` is `{type_prefix}.created|updated|deleted`.
     pub type_prefix: String,
-    /// Document fields to put in `data` (`/`-paths); empty: the document minus Cosmos system
-    /// properties.
-    pub fields: Vec<Vec<String>>,
+    /// Document fields to put in `data`; empty: the document minus Cosmos system properties.
+    pub fields: FieldSelection,
 }
-
-const SYSTEM_PROPERTIES: [&str; 6] = ["_rid", "_self", "_etag", "_attachments", "_ts", "_lsn"];
 
 impl EventFormat {
     /// The event id: unique per change and the same on every re-delivery (function, partition
@@ -77,34 +75,12 @@ impl EventFormat {
             );
         }
         let data = match &change.document {
-            Some(doc) => Value::Object(self.project(doc)),
+            Some(doc) => Value::Object(self.fields.project(doc)),
             // A hard delete has no body: the event says which document went.
             None => json!({"id": change.id, "partitionKey": change.partition_key.0}),
         };
         obj.insert("data".into(), data);
         event
-    }
-
-    fn project(&self, doc: &Map<String, Value>) -> Map<String, Value> {
-        if self.fields.is_empty() {
-            return doc
-                .iter()
-                .filter(|(k, _)| !SYSTEM_PROPERTIES.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-        }
-        let mut out = Map::new();
-        for path in &self.fields {
-            let value = path
-                .iter()
-                .skip(1)
-                .try_fold(doc.get(&path[0]), |v, seg| Some(v?.as_object()?.get(seg)))
-                .flatten();
-            if let Some(v) = value {
-                out.insert(path.join("."), v.clone());
-            }
-        }
-        out
     }
 }
 
@@ -127,7 +103,7 @@ mod tests {
         let format = EventFormat {
             source: "/cosmosdb/acct/shop/orders".into(),
             type_prefix: "com.example.order".into(),
-            fields: vec![],
+            fields: FieldSelection::default(),
         };
         let upsert = Change {
             operation: Operation::Upsert,

@@ -4,8 +4,9 @@
 use super::config::{RedisConfig, RedisMode};
 use super::keys::{KeyTemplate, version_key};
 use crate::change::Change;
+use crate::change::projection::FieldSelection;
 use crate::sinks::Rejected;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// Atomic, version-guarded write for refresh mode. KEYS: data key, version key. ARGV: op
 /// (`set`/`del`), lsn, ts, value, ttl, version ttl. Returns 1 when applied, 0 when the key
@@ -41,9 +42,6 @@ end
 return 1
 "#;
 
-/// Cosmos system properties dropped from a refreshed document when no `fields` are configured.
-const SYSTEM_PROPERTIES: [&str; 6] = ["_rid", "_self", "_etag", "_attachments", "_ts", "_lsn"];
-
 /// What one batch turns into.
 pub struct BatchRequest {
     /// The commands, in feed order; `true` marks a command whose integer result counts
@@ -58,7 +56,7 @@ pub struct BatchRequest {
 pub struct RequestBuilder {
     mode: RedisMode,
     templates: Vec<KeyTemplate>,
-    fields: Vec<Vec<String>>,
+    fields: FieldSelection,
     ttl_seconds: u64,
     tombstone_ttl_seconds: u64,
     channel: Option<String>,
@@ -81,16 +79,7 @@ impl RequestBuilder {
         Ok(Self {
             mode: config.mode,
             templates,
-            fields: config
-                .fields
-                .iter()
-                .map(|f| {
-                    f.trim_start_matches('/')
-                        .split('/')
-                        .map(str::to_string)
-                        .collect()
-                })
-                .collect(),
+            fields: FieldSelection::new(&config.fields),
             ttl_seconds: config.ttl_seconds,
             tombstone_ttl_seconds: config.tombstone_ttl_seconds,
             channel: config.channel.clone(),
@@ -155,7 +144,7 @@ impl RequestBuilder {
                         let doc = change
                             .document
                             .as_ref()
-                            .map(|d| self.project(d))
+                            .map(|d| self.fields.project(d))
                             .unwrap_or_default();
                         let ttl = if self.ttl_seconds == 0 {
                             0
@@ -199,49 +188,5 @@ impl RequestBuilder {
             req.sent.push(index);
         }
         req
-    }
-
-    fn project(&self, doc: &Map<String, Value>) -> Map<String, Value> {
-        if self.fields.is_empty() {
-            return doc
-                .iter()
-                .filter(|(k, _)| !SYSTEM_PROPERTIES.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-        }
-        let mut out = Map::new();
-        for path in &self.fields {
-            let mut current = Some(doc);
-            let mut value = None;
-            for (i, seg) in path.iter().enumerate() {
-                let v = current.and_then(|m| m.get(seg));
-                if i + 1 == path.len() {
-                    value = v;
-                } else {
-                    current = v.and_then(Value::as_object);
-                }
-            }
-            if let Some(v) = value {
-                insert_path(&mut out, path, v.clone());
-            }
-        }
-        out
-    }
-}
-
-fn insert_path(map: &mut Map<String, Value>, path: &[String], value: Value) {
-    match path {
-        [] => {}
-        [last] => {
-            map.insert(last.clone(), value);
-        }
-        [first, rest @ ..] => {
-            let entry = map
-                .entry(first.clone())
-                .or_insert_with(|| Value::Object(Map::new()));
-            if let Value::Object(inner) = entry {
-                insert_path(inner, rest, value);
-            }
-        }
     }
 }
