@@ -22,16 +22,26 @@ pub async fn run(ctx: &Context, table: Option<String>) -> Result<(), CommandErro
         }
     }
     for (location, options) in tables {
-        let url = table_url(&location, &ctx.app_root).map_err(CommandError::Usage)?;
-        let snapshot = read_changelog(url.clone(), options)
-            .await
-            .map_err(|e| CommandError::Failed(format!("cannot read {url}: {e}")))?;
-        print_summary(url.as_str(), &snapshot);
+        summarize_table(&location, options, &ctx.app_root).await?;
     }
     Ok(())
 }
 
-pub fn print_summary(url: &str, snapshot: &fanout::sinks::delta::ChangelogSnapshot) {
+/// Reads one changelog table and prints its summary.
+pub async fn summarize_table(
+    location: &str,
+    options: HashMap<String, String>,
+    app_root: &std::path::Path,
+) -> Result<(), CommandError> {
+    let url = table_url(location, app_root).map_err(CommandError::Usage)?;
+    let snapshot = read_changelog(url.clone(), options)
+        .await
+        .map_err(|e| CommandError::Failed(format!("cannot read {url}: {e}")))?;
+    print_summary(url.as_str(), &snapshot);
+    Ok(())
+}
+
+fn print_summary(url: &str, snapshot: &fanout::sinks::delta::ChangelogSnapshot) {
     let s = snapshot.summary();
     println!("changelog {url}");
     println!(

@@ -1,7 +1,6 @@
 use super::{CommandError, Context};
 use fanout::hostsim::{EmulatedHost, cosmos_trigger_body, samples, with_retry_context};
 use fanout::sinks::SinkConfig;
-use fanout::sinks::delta::{read_changelog, table_url};
 use std::time::Instant;
 
 /// The function the quickstart drives (its folder ships in the repo).
@@ -98,11 +97,12 @@ pub async fn run(ctx: &Context, batches: usize) -> Result<(), CommandError> {
     println!();
     for sink in route.sinks.values() {
         let SinkConfig::Delta(d) = sink else { continue };
-        let url = table_url(&d.table, &config.app_root).map_err(CommandError::Usage)?;
-        let snapshot = read_changelog(url.clone(), d.storage_options.clone().into_iter().collect())
-            .await
-            .map_err(|e| CommandError::Failed(format!("cannot read {url}: {e}")))?;
-        super::changelog::print_summary(url.as_str(), &snapshot);
+        super::changelog::summarize_table(
+            &d.table,
+            d.storage_options.clone().into_iter().collect(),
+            &config.app_root,
+        )
+        .await?;
     }
     let pending = pipeline
         .dead_letter()

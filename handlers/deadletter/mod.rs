@@ -98,6 +98,34 @@ pub struct DeadLetterRecord {
 }
 
 impl DeadLetterRecord {
+    /// A record with no payload yet, one attempt, the first delivery, dead-lettered now; the
+    /// caller fills in what it has (changes, items, body, attempts, retry count).
+    pub fn new(
+        kind: DeadLetterKind,
+        function: &str,
+        sink: &str,
+        invocation_id: String,
+        batch_fingerprint: String,
+        error: String,
+    ) -> Self {
+        Self {
+            kind,
+            function: function.to_string(),
+            sink: sink.to_string(),
+            invocation_id,
+            batch_fingerprint,
+            error,
+            attempts: 1,
+            host_retry_count: 0,
+            dead_lettered_at: Utc::now(),
+            changes: Vec::new(),
+            reasons: Vec::new(),
+            items: Vec::new(),
+            raw_body: None,
+            raw_body_object: None,
+        }
+    }
+
     /// The record's key relative to `pending/` or `replayed/`.
     pub fn key(&self) -> String {
         format!(

@@ -31,9 +31,14 @@ pub fn cosmos_trigger_body(
         }
     });
     if let Some((count, max)) = retry {
-        metadata["RetryContext"] = json!({"RetryCount": count, "MaxRetryCount": max, "Exception": {"Message": "Exception while executing function"}});
+        metadata["RetryContext"] = retry_context(count, max);
     }
     json!({ "Data": { binding: once }, "Metadata": metadata }).to_string()
+}
+
+/// `Metadata.RetryContext` as the host sends it on a retry.
+fn retry_context(retry_count: i64, max_retry_count: i64) -> Value {
+    json!({"RetryCount": retry_count, "MaxRetryCount": max_retry_count, "Exception": {"Message": "Exception while executing function"}})
 }
 
 /// Sets `Metadata.RetryContext` on an existing body, as the host does on a retry.
@@ -44,7 +49,7 @@ pub fn with_retry_context(body: &str, retry_count: i64, max_retry_count: i64) ->
         if let Some(meta) = meta.as_object_mut() {
             meta.insert(
                 "RetryContext".into(),
-                json!({"RetryCount": retry_count, "MaxRetryCount": max_retry_count, "Exception": {"Message": "Exception while executing function"}}),
+                retry_context(retry_count, max_retry_count),
             );
         }
         return v.to_string();

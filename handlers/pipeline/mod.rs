@@ -248,20 +248,16 @@ impl Pipeline {
         let mut records: Vec<DeadLetterRecord> = Vec::new();
         let mut retry_sinks: Vec<&SinkRun> = Vec::new();
         let record = |kind, sink: &str, error: String, attempts: u32| DeadLetterRecord {
-            kind,
-            function: function.to_string(),
-            sink: sink.to_string(),
-            invocation_id: ctx.invocation_id.clone(),
-            batch_fingerprint: ctx.fingerprint.clone(),
-            error,
             attempts,
             host_retry_count: attempt.retry_count,
-            dead_lettered_at: Utc::now(),
-            changes: Vec::new(),
-            reasons: Vec::new(),
-            items: Vec::new(),
-            raw_body: None,
-            raw_body_object: None,
+            ..DeadLetterRecord::new(
+                kind,
+                function,
+                sink,
+                ctx.invocation_id.clone(),
+                ctx.fingerprint.clone(),
+                error,
+            )
         };
         if !unreadable.is_empty() && !already.contains(INPUT_SINK) {
             let mut r = record(
@@ -460,20 +456,15 @@ impl Pipeline {
         h.update(body);
         let fingerprint = hex::encode(&h.finalize()[..16]);
         let record = DeadLetterRecord {
-            kind: DeadLetterKind::MalformedBatch,
-            function: function.to_string(),
-            sink: INPUT_SINK.to_string(),
-            invocation_id: invocation_id.unwrap_or_default(),
-            batch_fingerprint: fingerprint,
-            error: error.to_string(),
-            attempts: 1,
-            host_retry_count: 0,
-            dead_lettered_at: Utc::now(),
-            changes: Vec::new(),
-            reasons: Vec::new(),
-            items: Vec::new(),
             raw_body: Some(String::from_utf8_lossy(body).into_owned()),
-            raw_body_object: None,
+            ..DeadLetterRecord::new(
+                DeadLetterKind::MalformedBatch,
+                function,
+                INPUT_SINK,
+                invocation_id.unwrap_or_default(),
+                fingerprint,
+                error.to_string(),
+            )
         };
         match self.dead_letter.put(&record).await {
             Ok(key) => {
@@ -546,20 +537,15 @@ impl Pipeline {
             "the request body ({size} bytes) exceeds server.max_body_bytes ({limit}); it is stored as {body_key}"
         );
         let record = DeadLetterRecord {
-            kind: DeadLetterKind::MalformedBatch,
-            function: function.to_string(),
-            sink: INPUT_SINK.to_string(),
-            invocation_id,
-            batch_fingerprint: format!("{fingerprint}-oversized"),
-            error: error.clone(),
-            attempts: 1,
-            host_retry_count: 0,
-            dead_lettered_at: Utc::now(),
-            changes: Vec::new(),
-            reasons: Vec::new(),
-            items: Vec::new(),
-            raw_body: None,
             raw_body_object: Some(body_key),
+            ..DeadLetterRecord::new(
+                DeadLetterKind::MalformedBatch,
+                function,
+                INPUT_SINK,
+                invocation_id,
+                format!("{fingerprint}-oversized"),
+                error.clone(),
+            )
         };
         match self.dead_letter.put(&record).await {
             Ok(key) => {
