@@ -111,7 +111,7 @@ async fn main() {
     let table_dir = tempfile::tempdir().unwrap();
     let table = ChangelogTable::new(
         table_url("t", table_dir.path()).unwrap(),
-        Default::default(),
+        &fanout::sinks::delta::DeltaConfig::at("t"),
     );
     let batches = normalized_batches(BATCHES);
     let ctx = bench_context();

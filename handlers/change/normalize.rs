@@ -1,4 +1,5 @@
 use super::{Change, DeleteKind, Operation, PartitionKeyPaths};
+use super::projection::lookup;
 use serde_json::{Map, Value};
 
 /// Marks a latest-version document as deleted: `field` (a `/`-path) equal to `equals`.
@@ -277,12 +278,6 @@ fn integer_field(map: &Map<String, Value>, name: &str) -> Result<Option<i64>, St
             kind(other)
         )),
     }
-}
-
-fn lookup<'a>(doc: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
-    let (first, rest) = path.split_first()?;
-    rest.iter()
-        .try_fold(doc.get(first)?, |v, seg| v.as_object()?.get(seg))
 }
 
 fn kind(v: &Value) -> &'static str {

@@ -1,3 +1,4 @@
+use super::projection::lookup;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -84,14 +85,6 @@ impl PartitionKeyPaths {
     }
 }
 
-fn lookup<'a>(doc: &'a Map<String, Value>, segments: &[String]) -> Option<&'a Value> {
-    let (first, rest) = segments.split_first()?;
-    let mut current = doc.get(first)?;
-    for seg in rest {
-        current = current.as_object()?.get(seg)?;
-    }
-    Some(current)
-}
 
 /// A partition key value: one component per path; `None` is Cosmos' "undefined".
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -15,6 +15,13 @@ pub fn parse_path(path: &str) -> Vec<String> {
         .collect()
 }
 
+/// The value at a parsed path (object members only), if the document has one.
+pub fn lookup<'a>(doc: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    rest.iter()
+        .try_fold(doc.get(first)?, |v, seg| v.as_object()?.get(seg))
+}
+
 /// The document minus Cosmos system properties.
 pub fn without_system_properties(doc: &Map<String, Value>) -> Map<String, Value> {
     doc.iter()

@@ -1,5 +1,6 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// `type = "delta"`: an append-only changelog table.
 #[derive(Debug, Clone, Deserialize)]
@@ -12,9 +13,147 @@ pub struct DeltaConfig {
     /// Azure credentials otherwise come from the environment (`AZURE_*`, managed identity).
     #[serde(default)]
     pub storage_options: BTreeMap<String, String>,
+    /// Concurrent invocations share one commit.
+    #[serde(default)]
+    pub group_commit: GroupCommitConfig,
+    /// Automatic rewriting of small files into large ones.
+    #[serde(default)]
+    pub compaction: CompactionConfig,
+    /// Written as `delta.checkpointInterval` when this sink creates the table: a checkpoint
+    /// every N commits keeps opening the table (by us and by every reader) fast.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: u64,
+    /// Typed columns projected from the document, after the fixed ones (see docs/changelog.md).
+    #[serde(default)]
+    pub columns: Vec<TypedColumn>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupCommitConfig {
+    /// How long the first waiting invocation holds the commit open for others. 0 = commit at
+    /// once (invocations that arrive during a commit still share the next one).
+    #[serde(default = "default_window_ms")]
+    pub window_ms: u64,
+    /// A group is committed as soon as it holds this many rows.
+    #[serde(default = "default_max_rows")]
+    pub max_rows: usize,
+}
+
+impl Default for GroupCommitConfig {
+    fn default() -> Self {
+        Self {
+            window_ms: default_window_ms(),
+            max_rows: default_max_rows(),
+        }
+    }
+}
+
+impl GroupCommitConfig {
+    pub fn window(&self) -> Duration {
+        Duration::from_millis(self.window_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactionConfig {
+    /// Compact in the background after commits (on demand: `fanout compact`).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A file smaller than this is "small".
+    #[serde(default = "default_small_file_mb")]
+    pub small_file_mb: u64,
+    /// A partition is compacted once it holds this many small files.
+    #[serde(default = "default_min_small_files")]
+    pub min_small_files: usize,
+    /// Size the rewritten files aim at.
+    #[serde(default = "default_target_file_mb")]
+    pub target_file_mb: u64,
+    /// After a background compaction, delete files that left the table longer ago than the
+    /// table's `delta.deletedFileRetentionDuration` (7 days unless set). Never shorter.
+    #[serde(default)]
+    pub vacuum: bool,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            small_file_mb: default_small_file_mb(),
+            min_small_files: default_min_small_files(),
+            target_file_mb: default_target_file_mb(),
+            vacuum: false,
+        }
+    }
+}
+
+/// A column projected from the document: `{ name = "customer_id", path = "/customerId", type = "string" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypedColumn {
+    pub name: String,
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: ColumnType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnType {
+    String,
+    Long,
+    Double,
+    Boolean,
+    /// RFC 3339 text or epoch seconds -> timestamp (UTC, µs).
+    Timestamp,
+    /// `YYYY-MM-DD` or an RFC 3339 timestamp (its UTC date).
+    Date,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_window_ms() -> u64 {
+    10
+}
+fn default_max_rows() -> usize {
+    20_000
+}
+fn default_small_file_mb() -> u64 {
+    16
+}
+fn default_min_small_files() -> usize {
+    16
+}
+fn default_target_file_mb() -> u64 {
+    128
+}
+fn default_checkpoint_interval() -> u64 {
+    100
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 impl DeltaConfig {
+    /// A table at `table` with every other setting at its default.
+    pub fn at(table: impl Into<String>) -> Self {
+        Self {
+            table: table.into(),
+            storage_options: BTreeMap::new(),
+            group_commit: GroupCommitConfig::default(),
+            compaction: CompactionConfig::default(),
+            checkpoint_interval: default_checkpoint_interval(),
+            columns: Vec::new(),
+        }
+    }
+
     pub fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if self.table.trim().is_empty() {
@@ -25,6 +164,55 @@ impl DeltaConfig {
             problems.push(format!(
                 "`table` uses the unsupported scheme `{scheme}://`; use a local path, `file://`, `az://` or `abfss://`"
             ));
+        }
+        if self.group_commit.window_ms > 1_000 {
+            problems.push(format!(
+                "`group_commit.window_ms` is {}; every invocation may wait that long: use 0-1000 (default 10)",
+                self.group_commit.window_ms
+            ));
+        }
+        if self.group_commit.max_rows == 0 {
+            problems.push("`group_commit.max_rows` must be at least 1 (default 20000)".into());
+        }
+        let c = &self.compaction;
+        if c.min_small_files < 2 {
+            problems.push("`compaction.min_small_files` must be at least 2 (default 16)".into());
+        }
+        if c.small_file_mb == 0 || c.target_file_mb < c.small_file_mb {
+            problems.push(format!(
+                "`compaction.small_file_mb` ({}) must be at least 1 and at most `compaction.target_file_mb` ({})",
+                c.small_file_mb, c.target_file_mb
+            ));
+        }
+        if self.checkpoint_interval == 0 {
+            problems.push("`checkpoint_interval` must be at least 1 (default 100)".into());
+        }
+        let fixed = super::schema::FIXED_COLUMN_NAMES;
+        let mut seen = std::collections::HashSet::new();
+        for (i, col) in self.columns.iter().enumerate() {
+            let at = format!("`columns[{i}]`");
+            if !is_identifier(&col.name) {
+                problems.push(format!(
+                    "{at}: name `{}` is not a plain column name; use letters, digits and _ (not first)",
+                    col.name
+                ));
+            } else if fixed.contains(&col.name.to_ascii_lowercase().as_str()) {
+                problems.push(format!(
+                    "{at}: `{}` is one of the changelog's fixed columns; pick another name",
+                    col.name
+                ));
+            } else if !seen.insert(col.name.to_ascii_lowercase()) {
+                problems.push(format!(
+                    "{at}: column `{}` is defined twice (names are case-insensitive)",
+                    col.name
+                ));
+            }
+            if !col.path.starts_with('/') || col.path.len() < 2 {
+                problems.push(format!(
+                    "{at}: path `{}` must be a document path such as `/customerId` or `/address/city`",
+                    col.path
+                ));
+            }
         }
         problems
     }

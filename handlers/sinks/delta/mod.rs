@@ -1,20 +1,25 @@
 //! `type = "delta"`: an append-only changelog table, one row per change, partitioned by date.
 //! Local paths and Azure Blob / ADLS (`az://`, `abfss://`). The embedded default sink.
 
+mod compaction;
 mod config;
+mod error;
 mod reader;
 mod schema;
 mod table;
+mod writer;
 
-pub use config::DeltaConfig;
+pub use compaction::{CompactionReport, VacuumReport, vacuum};
+pub use config::{ColumnType, CompactionConfig, DeltaConfig, GroupCommitConfig, TypedColumn};
+pub use error::ChangelogError;
 pub use reader::{ChangelogRow, ChangelogSnapshot, read_changelog};
-pub use schema::{ARROW_SCHEMA, PARTITION_COLUMN, encode};
-pub use table::{AppendOutcome, ChangelogTable, batch_app_id, table_url};
+pub use schema::{ARROW_SCHEMA, ChangelogSchema, PARTITION_COLUMN, encode};
+pub use table::{AppendOutcome, batch_app_id, open, table_url};
+pub use writer::ChangelogTable;
 
 use super::{BatchContext, Delivery, Sink, SinkError};
 use crate::change::Change;
 use async_trait::async_trait;
-use deltalake::DeltaTableError;
 use std::path::Path;
 
 pub const KIND: &str = "delta";
@@ -26,13 +31,11 @@ pub struct DeltaSink {
 
 impl DeltaSink {
     pub fn new(name: &str, config: &DeltaConfig, app_root: &Path) -> Result<Self, SinkError> {
-        // Registers the az:// / abfss:// URL schemes with delta-rs (idempotent).
-        deltalake::azure::register_handlers(None);
+        register_storage_handlers();
         let url = table::table_url(&config.table, app_root).map_err(SinkError::permanent)?;
-        let options = config.storage_options.clone().into_iter().collect();
         Ok(Self {
             name: name.to_string(),
-            table: ChangelogTable::new(url, options),
+            table: ChangelogTable::new(url, config),
         })
     }
 
@@ -41,16 +44,18 @@ impl DeltaSink {
     }
 }
 
-/// Bad settings or data the table cannot take are permanent; storage, network and commit
-/// conflicts are transient.
-fn classify(e: DeltaTableError) -> SinkError {
-    let message = format!("delta: {e}");
-    match e {
-        DeltaTableError::SchemaMismatch { .. }
-        | DeltaTableError::InvalidTableLocation(_)
-        | DeltaTableError::Arrow { .. }
-        | DeltaTableError::InvalidJsonLog { .. } => SinkError::permanent(message),
-        _ => SinkError::transient(message),
+/// Registers the az:// / abfss:// URL schemes with delta-rs (idempotent).
+pub fn register_storage_handlers() {
+    deltalake::azure::register_handlers(None);
+}
+
+impl From<ChangelogError> for SinkError {
+    fn from(e: ChangelogError) -> Self {
+        if e.is_permanent() {
+            SinkError::permanent(e.to_string())
+        } else {
+            SinkError::transient(e.to_string())
+        }
     }
 }
 
@@ -69,14 +74,13 @@ impl Sink for DeltaSink {
         ctx: &BatchContext,
         changes: &[&Change],
     ) -> Result<Delivery, SinkError> {
-        let out = self
-            .table
-            .append(ctx, &self.name, changes)
-            .await
-            .map_err(classify)?;
+        let out = self.table.append(ctx, &self.name, changes).await?;
         let version = out
             .table_version
-            .map(|v| format!(", table version {v}"))
+            .map(|v| match out.batches_in_commit {
+                0 | 1 => format!(", table version {v}"),
+                n => format!(", table version {v} (group commit of {n} batches)"),
+            })
             .unwrap_or_default();
         Ok(Delivery::done(if out.rows_already_present > 0 {
             format!(

@@ -1,18 +1,42 @@
 //! The changelog table's schema (a contract: see docs/changelog.md) and the encoding of
 //! changes into an Arrow record batch (this sink's "request building").
+//!
+//! Twelve fixed columns, then the typed columns the config projects from the document. A
+//! batch is encoded in this sink's own column order; `conform` maps it onto the table's
+//! schema at commit time (the table may hold columns other writers added).
 
+use super::config::{ColumnType, TypedColumn};
 use crate::change::Change;
+use crate::change::projection::{lookup, parse_path};
 use crate::sinks::BatchContext;
 use chrono::{DateTime, NaiveDate, Utc};
 use deltalake::arrow::array::{
-    ArrayRef, Date32Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, RecordBatch,
+    StringBuilder, TimestampMicrosecondBuilder, new_null_array,
 };
 use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::kernel::{DataType, StructField};
+use serde_json::Value;
 use std::sync::{Arc, LazyLock};
 
 /// The partition column: the UTC date of the change (`_ts`), or of ingestion when `_ts` is missing.
 pub const PARTITION_COLUMN: &str = "change_date";
+
+/// The fixed columns' names, in table order.
+pub const FIXED_COLUMN_NAMES: [&str; 12] = [
+    "operation",
+    "delete_kind",
+    "id",
+    "partition_key",
+    "lsn",
+    "ts",
+    "etag",
+    "document",
+    "function",
+    "invocation_id",
+    "ingest_time",
+    PARTITION_COLUMN,
+];
 
 /// (name, delta type, nullable) in table order.
 fn columns() -> [(&'static str, DataType, bool); 12] {
@@ -32,42 +56,233 @@ fn columns() -> [(&'static str, DataType, bool); 12] {
     ]
 }
 
-pub fn delta_columns() -> Vec<StructField> {
-    columns()
-        .into_iter()
-        .map(|(n, t, null)| StructField::new(n, t, null))
-        .collect()
+fn arrow_type(t: &DataType) -> ArrowType {
+    match t {
+        t if *t == DataType::STRING => ArrowType::Utf8,
+        t if *t == DataType::LONG => ArrowType::Int64,
+        t if *t == DataType::DOUBLE => ArrowType::Float64,
+        t if *t == DataType::BOOLEAN => ArrowType::Boolean,
+        t if *t == DataType::TIMESTAMP => {
+            ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+        }
+        t if *t == DataType::DATE => ArrowType::Date32,
+        other => unreachable!("changelog column type {other:?} has no arrow mapping"),
+    }
 }
 
-pub static ARROW_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let fields: Vec<Field> = columns()
-        .into_iter()
-        .map(|(name, t, nullable)| {
-            let arrow = match t {
-                t if t == DataType::STRING => ArrowType::Utf8,
-                t if t == DataType::LONG => ArrowType::Int64,
-                t if t == DataType::TIMESTAMP => {
-                    ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+impl ColumnType {
+    pub fn delta_type(self) -> DataType {
+        match self {
+            ColumnType::String => DataType::STRING,
+            ColumnType::Long => DataType::LONG,
+            ColumnType::Double => DataType::DOUBLE,
+            ColumnType::Boolean => DataType::BOOLEAN,
+            ColumnType::Timestamp => DataType::TIMESTAMP,
+            ColumnType::Date => DataType::DATE,
+        }
+    }
+}
+
+/// The fixed columns only (tables written without typed columns).
+pub static ARROW_SCHEMA: LazyLock<SchemaRef> =
+    LazyLock::new(|| ChangelogSchema::new(&[]).arrow().clone());
+
+/// The columns this sink writes: the fixed ones, then the configured typed columns.
+#[derive(Debug, Clone)]
+pub struct ChangelogSchema {
+    typed: Vec<(TypedColumn, Vec<String>)>,
+    arrow: SchemaRef,
+}
+
+impl ChangelogSchema {
+    pub fn new(typed: &[TypedColumn]) -> Self {
+        let fields: Vec<Field> = columns()
+            .into_iter()
+            .map(|(name, t, nullable)| Field::new(name, arrow_type(&t), nullable))
+            .chain(
+                typed
+                    .iter()
+                    .map(|c| Field::new(&c.name, arrow_type(&c.kind.delta_type()), true)),
+            )
+            .collect();
+        Self {
+            typed: typed
+                .iter()
+                .map(|c| (c.clone(), parse_path(&c.path)))
+                .collect(),
+            arrow: Arc::new(Schema::new(fields)),
+        }
+    }
+
+    pub fn arrow(&self) -> &SchemaRef {
+        &self.arrow
+    }
+
+    /// Every column, for creating the table.
+    pub fn delta_columns(&self) -> Vec<StructField> {
+        columns()
+            .into_iter()
+            .map(|(n, t, null)| StructField::new(n, t, null))
+            .chain(self.typed_fields())
+            .collect()
+    }
+
+    /// The typed columns (always nullable: old rows and documents without the field have none).
+    pub fn typed_fields(&self) -> Vec<StructField> {
+        self.typed
+            .iter()
+            .map(|(c, _)| StructField::new(&c.name, c.kind.delta_type(), true))
+            .collect()
+    }
+
+    /// Encodes changes as one record batch, in the given order.
+    pub fn encode(
+        &self,
+        ctx: &BatchContext,
+        changes: &[&Change],
+        ingest_time: DateTime<Utc>,
+    ) -> Result<RecordBatch, String> {
+        let mut arrays = encode_fixed(ctx, changes, ingest_time)?;
+        for (column, path) in &self.typed {
+            arrays.push(project(column.kind, path, changes));
+        }
+        RecordBatch::try_new(self.arrow.clone(), arrays).map_err(|e| e.to_string())
+    }
+}
+
+/// Maps a batch onto the table's schema by column name: the table's order, and nulls for
+/// (nullable) columns the batch does not have. Fails if a column's type differs.
+pub fn conform(batch: &RecordBatch, table: &SchemaRef) -> Result<RecordBatch, String> {
+    if batch.schema() == *table {
+        return Ok(batch.clone());
+    }
+    let mut arrays = Vec::with_capacity(table.fields().len());
+    for field in table.fields() {
+        match batch.column_by_name(field.name()) {
+            Some(array) if array.data_type() == field.data_type() => arrays.push(array.clone()),
+            Some(array) => {
+                return Err(format!(
+                    "column `{}` is {} in the table but {} in this sink's config: pick another column name",
+                    field.name(),
+                    field.data_type(),
+                    array.data_type()
+                ));
+            }
+            None if field.is_nullable() => {
+                arrays.push(new_null_array(field.data_type(), batch.num_rows()))
+            }
+            None => {
+                return Err(format!(
+                    "the table requires column `{}`, which this sink does not write",
+                    field.name()
+                ));
+            }
+        }
+    }
+    RecordBatch::try_new(table.clone(), arrays).map_err(|e| e.to_string())
+}
+
+/// One typed column. A value that does not fit the type is written as null (the `document`
+/// column keeps the original): the changelog never drops a change over a projection.
+fn project(kind: ColumnType, path: &[String], changes: &[&Change]) -> ArrayRef {
+    let values = changes.iter().map(|c| {
+        c.document
+            .as_ref()
+            .and_then(|d| lookup(d, path))
+            .filter(|v| !v.is_null())
+    });
+    match kind {
+        ColumnType::String => {
+            let mut b = StringBuilder::with_capacity(changes.len(), changes.len() * 16);
+            for v in values {
+                match v {
+                    Some(Value::String(s)) => b.append_value(s),
+                    Some(other) => b.append_value(other.to_string()),
+                    None => b.append_null(),
                 }
-                t if t == DataType::DATE => ArrowType::Date32,
-                other => unreachable!("changelog column type {other:?} has no arrow mapping"),
-            };
-            Field::new(name, arrow, nullable)
-        })
-        .collect();
-    Arc::new(Schema::new(fields))
-});
+            }
+            Arc::new(b.finish())
+        }
+        ColumnType::Long => {
+            let mut b = Int64Builder::with_capacity(changes.len());
+            for v in values {
+                b.append_option(v.and_then(|v| {
+                    v.as_i64().or_else(|| {
+                        v.as_f64()
+                            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                            .map(|f| f as i64)
+                    })
+                }));
+            }
+            Arc::new(b.finish())
+        }
+        ColumnType::Double => {
+            let mut b = Float64Builder::with_capacity(changes.len());
+            for v in values {
+                b.append_option(v.and_then(Value::as_f64));
+            }
+            Arc::new(b.finish())
+        }
+        ColumnType::Boolean => {
+            let mut b = BooleanBuilder::with_capacity(changes.len());
+            for v in values {
+                b.append_option(v.and_then(Value::as_bool));
+            }
+            Arc::new(b.finish())
+        }
+        ColumnType::Timestamp => {
+            let mut b = TimestampMicrosecondBuilder::with_capacity(changes.len()).with_timezone("UTC");
+            for v in values {
+                b.append_option(v.and_then(timestamp).map(|t| t.timestamp_micros()));
+            }
+            Arc::new(b.finish())
+        }
+        ColumnType::Date => {
+            let mut b = Date32Builder::with_capacity(changes.len());
+            for v in values {
+                b.append_option(v.and_then(|v| match v {
+                    Value::String(s) => NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                        .ok()
+                        .or_else(|| timestamp(v).map(|t| t.date_naive()))
+                        .map(epoch_days),
+                    _ => timestamp(v).map(|t| epoch_days(t.date_naive())),
+                }));
+            }
+            Arc::new(b.finish())
+        }
+    }
+}
+
+/// RFC 3339 text, or epoch seconds.
+fn timestamp(v: &Value) -> Option<DateTime<Utc>> {
+    match v {
+        Value::String(s) => DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.with_timezone(&Utc)),
+        Value::Number(n) => n.as_i64().and_then(|s| DateTime::from_timestamp(s, 0)),
+        _ => None,
+    }
+}
 
 fn epoch_days(date: NaiveDate) -> i32 {
     (date - NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date")).num_days() as i32
 }
 
-/// Encodes changes as one record batch, in the given order.
+/// Encodes changes with the fixed columns only, in the given order.
 pub fn encode(
     ctx: &BatchContext,
     changes: &[&Change],
     ingest_time: DateTime<Utc>,
 ) -> Result<RecordBatch, String> {
+    RecordBatch::try_new(ARROW_SCHEMA.clone(), encode_fixed(ctx, changes, ingest_time)?)
+        .map_err(|e| e.to_string())
+}
+
+fn encode_fixed(
+    ctx: &BatchContext,
+    changes: &[&Change],
+    ingest_time: DateTime<Utc>,
+) -> Result<Vec<ArrayRef>, String> {
     let n = changes.len();
     let mut operation = StringBuilder::with_capacity(n, n * 8);
     let mut delete_kind = StringBuilder::with_capacity(n, n);
@@ -125,5 +340,5 @@ pub fn encode(
         Arc::new(ingest.finish()),
         Arc::new(date.finish()),
     ];
-    RecordBatch::try_new(ARROW_SCHEMA.clone(), arrays).map_err(|e| e.to_string())
+    Ok(arrays)
 }

@@ -1,31 +1,40 @@
-//! The changelog table I/O: open or create the table once, keep it in memory, and append
-//! batches exactly once using Delta application transactions (`txn` actions).
+//! The changelog table's state and its commits. The table is opened (or created) once and kept
+//! in memory; each group commit first catches up with other writers incrementally (only new
+//! log entries are read), and delta-rs writes a checkpoint every `checkpoint_interval` commits.
 //!
 //! Idempotency: each batch is identified by its first change (id, partition key, lsn): a
 //! re-delivery from the same change feed checkpoint starts with the same change, even if the
 //! host cut the batch differently. The table records, per batch identity, the highest lsn it
-//! holds (`txn.version`); a re-delivery appends only changes with a higher lsn, usually none.
-//! Two writers racing on the same batch conflict on the txn and the loser re-checks.
+//! holds (a Delta `txn` action, `txn.version`); a re-delivery appends only changes with a
+//! higher lsn, usually none. A group commit carries one `txn` per batch in the group. Two
+//! writers racing on the same batch conflict on the txn and the loser re-checks.
 
-use super::schema::{PARTITION_COLUMN, delta_columns, encode};
+use super::error::ChangelogError;
+use super::schema::{ChangelogSchema, PARTITION_COLUMN, conform};
 use crate::change::Change;
 use crate::sinks::BatchContext;
 use chrono::Utc;
+use deltalake::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use deltalake::arrow::compute::filter_record_batch;
+use deltalake::arrow::datatypes::Int64Type;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::SaveMode;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
+use futures::future::try_join_all;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
-use tokio::sync::Mutex;
 use url::Url;
 
 /// How long the table remembers batch identities (the dedup window for re-deliveries and
 /// replays). Older identities expire so the table state does not grow without bound.
 pub const TXN_RETENTION: &str = "interval 30 days";
+/// How long commit files are kept (older ones are removed when a checkpoint is written). The
+/// changelog rows, not time travel, are the history; 7 days bounds the log's file count.
+pub const LOG_RETENTION: &str = "interval 7 days";
 
 /// What an append did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,12 +42,17 @@ pub struct AppendOutcome {
     pub rows_written: usize,
     pub rows_already_present: usize,
     pub table_version: Option<u64>,
+    /// How many invocations' batches the commit held (group commit).
+    pub batches_in_commit: usize,
 }
 
-pub struct ChangelogTable {
-    url: Url,
-    storage_options: HashMap<String, String>,
-    table: Mutex<Option<DeltaTable>>,
+/// Where the table is and how it is made.
+#[derive(Debug, Clone)]
+pub struct TableSettings {
+    pub url: Url,
+    pub storage_options: HashMap<String, String>,
+    pub schema: ChangelogSchema,
+    pub checkpoint_interval: u64,
 }
 
 /// Turns the configured location into a table URL; local paths are resolved against the app
@@ -55,7 +69,13 @@ pub fn table_url(location: &str, app_root: &Path) -> Result<Url, String> {
 }
 
 /// The identity of a batch for the table's txn records.
-pub fn batch_app_id(ctx: &BatchContext, sink: &str, first: &Change) -> String {
+pub fn batch_app_id(ctx: &BatchContext, sink: &str, changes: &[&Change]) -> String {
+    // Changes from the feed always carry an lsn. A batch with a change that has none (hand-
+    // made input) is identified by its whole fingerprint instead: only the exact same batch
+    // is recognised again, and nothing is skipped on a guess.
+    let Some(first) = changes.first().filter(|_| changes.iter().all(|c| c.lsn.is_some())) else {
+        return format!("fanout/{}/{sink}/batch-{}", ctx.function, ctx.fingerprint);
+    };
     let mut h = Sha256::new();
     h.update(first.id.as_bytes());
     h.update([0]);
@@ -66,142 +86,173 @@ pub fn batch_app_id(ctx: &BatchContext, sink: &str, first: &Change) -> String {
     format!("fanout/{}/{sink}/{digest}", ctx.function)
 }
 
-impl ChangelogTable {
-    pub fn new(url: Url, storage_options: HashMap<String, String>) -> Self {
-        Self {
-            url,
-            storage_options,
-            table: Mutex::new(None),
-        }
-    }
+/// One invocation's rows, encoded, waiting for a commit.
+#[derive(Debug, Clone)]
+pub struct PendingAppend {
+    pub app_id: String,
+    /// Whether every row has an lsn (then a re-delivery appends only rows above the recorded one).
+    pub has_lsns: bool,
+    pub batch: RecordBatch,
+}
 
-    pub fn url(&self) -> &Url {
-        &self.url
-    }
+fn builder(settings: &TableSettings) -> Result<DeltaTableBuilder, DeltaTableError> {
+    Ok(DeltaTableBuilder::from_url(settings.url.clone())?
+        .with_storage_options(settings.storage_options.clone()))
+}
 
-    fn builder(&self) -> Result<DeltaTableBuilder, DeltaTableError> {
-        Ok(DeltaTableBuilder::from_url(self.url.clone())?
-            .with_storage_options(self.storage_options.clone()))
-    }
+/// Opens an existing table (commands and readers).
+pub async fn open(
+    url: Url,
+    storage_options: HashMap<String, String>,
+) -> Result<DeltaTable, DeltaTableError> {
+    DeltaTableBuilder::from_url(url)?
+        .with_storage_options(storage_options)
+        .load()
+        .await
+}
 
-    async fn open_or_create(&self) -> Result<DeltaTable, DeltaTableError> {
-        if self.url.scheme() == "file"
-            && let Ok(path) = self.url.to_file_path()
-        {
-            std::fs::create_dir_all(&path).map_err(|source| DeltaTableError::Io { source })?;
-        }
-        let mut table = self.builder()?.build()?;
-        if table.verify_deltatable_existence().await? {
-            table.load().await?;
-            return Ok(table);
-        }
-        let created = CreateBuilder::new()
-            .with_location(self.url.as_str())
-            .with_storage_options(self.storage_options.clone())
-            .with_columns(delta_columns())
-            .with_partition_columns([PARTITION_COLUMN])
-            .with_save_mode(SaveMode::Ignore)
-            .with_comment(
-                "Cosmos DB change feed changelog written by fanout (see docs/changelog.md)",
-            )
-            .with_configuration_property(
-                TableProperty::SetTransactionRetentionDuration,
-                Some(TXN_RETENTION),
-            )
-            .await;
-        match created {
-            Ok(table) => Ok(table),
-            // Another writer created it first: use theirs.
-            Err(_) => self.builder()?.load().await,
-        }
+/// Opens the table, creating it if it does not exist. Several processes may race to create
+/// it: the commit of version 0 succeeds for exactly one, the others load theirs.
+pub async fn open_or_create(settings: &TableSettings) -> Result<DeltaTable, DeltaTableError> {
+    if settings.url.scheme() == "file"
+        && let Ok(path) = settings.url.to_file_path()
+    {
+        std::fs::create_dir_all(&path).map_err(|source| DeltaTableError::Io { source })?;
     }
-
-    /// Appends the changes not yet in the table, in one commit.
-    pub async fn append(
-        &self,
-        ctx: &BatchContext,
-        sink: &str,
-        changes: &[&Change],
-    ) -> Result<AppendOutcome, DeltaTableError> {
-        let Some(first) = changes.first() else {
-            return Ok(AppendOutcome {
-                rows_written: 0,
-                rows_already_present: 0,
-                table_version: None,
-            });
-        };
-        let mut guard = self.table.lock().await;
-        if guard.is_none() {
-            *guard = Some(self.open_or_create().await?);
-        }
-        let table = guard.as_mut().expect("just set");
-        let result = Self::append_to(table, ctx, sink, first, changes).await;
-        if result.is_err() {
-            // The in-memory state may be behind or half-updated: reload on the next batch.
-            *guard = None;
-        }
-        result
+    let mut table = builder(settings)?.build()?;
+    if table.verify_deltatable_existence().await? {
+        table.load().await?;
+        return Ok(table);
     }
+    let interval = settings.checkpoint_interval.to_string();
+    let created = CreateBuilder::new()
+        .with_location(settings.url.as_str())
+        .with_storage_options(settings.storage_options.clone())
+        .with_columns(settings.schema.delta_columns())
+        .with_partition_columns([PARTITION_COLUMN])
+        .with_save_mode(SaveMode::Ignore)
+        .with_comment("Cosmos DB change feed changelog written by fanout (see docs/changelog.md)")
+        .with_configuration_property(
+            TableProperty::SetTransactionRetentionDuration,
+            Some(TXN_RETENTION),
+        )
+        .with_configuration_property(TableProperty::CheckpointInterval, Some(interval))
+        .with_configuration_property(TableProperty::LogRetentionDuration, Some(LOG_RETENTION))
+        .await;
+    match created {
+        Ok(table) => Ok(table),
+        // Another writer created it first: use theirs.
+        Err(_) => builder(settings)?.load().await,
+    }
+}
 
-    async fn append_to(
-        table: &mut DeltaTable,
-        ctx: &BatchContext,
-        sink: &str,
-        first: &Change,
-        changes: &[&Change],
-    ) -> Result<AppendOutcome, DeltaTableError> {
-        // Catch up with other writers (incremental: only new log entries are read).
-        table.update_state().await?;
-        // Changes from the feed always carry an lsn. A batch with a change that has none (hand-
-        // made input) is identified by its whole fingerprint instead: only the exact same batch
-        // is recognised again, and nothing is skipped on a guess.
-        let lsn_less = changes.iter().any(|c| c.lsn.is_none());
-        let app_id = if lsn_less {
-            format!("fanout/{}/{sink}/batch-{}", ctx.function, ctx.fingerprint)
-        } else {
-            batch_app_id(ctx, sink, first)
-        };
-        let recorded = table
-            .snapshot()?
-            .transaction_version(table.log_store().as_ref(), &app_id)
-            .await?;
-        let fresh: Vec<&Change> = match recorded {
-            None => changes.to_vec(),
-            Some(_) if lsn_less => Vec::new(),
-            Some(upto) => changes
-                .iter()
-                .copied()
-                .filter(|c| c.lsn.is_some_and(|l| l > upto))
-                .collect(),
-        };
-        let already = changes.len() - fresh.len();
-        if fresh.is_empty() {
-            return Ok(AppendOutcome {
-                rows_written: 0,
-                rows_already_present: already,
-                table_version: table.version(),
-            });
-        }
-        let version = fresh
+/// Adds the configured typed columns the table lacks (additive schema evolution; a metadata-
+/// only commit). Concurrent appends by other writers conflict with it once and retry.
+pub async fn evolve_schema(
+    table: DeltaTable,
+    schema: &ChangelogSchema,
+) -> Result<DeltaTable, DeltaTableError> {
+    let current = table.snapshot()?.schema();
+    let missing: Vec<_> = schema
+        .typed_fields()
+        .into_iter()
+        .filter(|f| current.field(f.name()).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(table);
+    }
+    tracing::info!(
+        table = %table.table_url(),
+        columns = ?missing.iter().map(|f| f.name().to_string()).collect::<Vec<_>>(),
+        "adding typed columns to the changelog table"
+    );
+    table.add_columns().with_fields(missing).await
+}
+
+/// Appends every pending batch's new rows in one commit that records one `txn` per batch.
+/// Returns one outcome per pending append, in order.
+pub async fn commit_appends(
+    table: &mut DeltaTable,
+    appends: &[PendingAppend],
+) -> Result<Vec<AppendOutcome>, ChangelogError> {
+    let snapshot = table.snapshot()?;
+    let log_store = table.log_store();
+    let recorded: Vec<Option<i64>> = try_join_all(
+        appends
             .iter()
-            .filter_map(|c| c.lsn)
-            .max()
-            .unwrap_or(0)
-            .max(recorded.unwrap_or(0));
-        let batch = encode(ctx, &fresh, Utc::now()).map_err(DeltaTableError::Generic)?;
-        let txn = Transaction::new_with_last_update(
-            &app_id,
-            version,
-            Some(Utc::now().timestamp_millis()),
+            .map(|a| snapshot.transaction_version(log_store.as_ref(), &a.app_id)),
+    )
+    .await?;
+    let table_schema = deltalake::arrow::datatypes::SchemaRef::new(
+        deltalake::kernel::engine::arrow_conversion::TryIntoArrow::try_into_arrow(
+            snapshot.schema().as_ref(),
+        )
+        .map_err(|e: deltalake::arrow::error::ArrowError| {
+            ChangelogError::Permanent(format!("table schema: {e}"))
+        })?,
+    );
+    let mut fresh_batches = Vec::new();
+    let mut txns = Vec::new();
+    let mut outcomes = Vec::new();
+    for (append, recorded) in appends.iter().zip(&recorded) {
+        let (fresh, version) = fresh_rows(append, *recorded)?;
+        let rows = append.batch.num_rows();
+        outcomes.push(AppendOutcome {
+            rows_written: fresh.num_rows(),
+            rows_already_present: rows - fresh.num_rows(),
+            table_version: None,
+            batches_in_commit: 0,
+        });
+        if fresh.num_rows() > 0 {
+            txns.push(Transaction::new_with_last_update(
+                &append.app_id,
+                version,
+                Some(Utc::now().timestamp_millis()),
+            ));
+            fresh_batches.push(conform(&fresh, &table_schema).map_err(ChangelogError::Permanent)?);
+        }
+    }
+    let committed_batches = fresh_batches.len();
+    let version = if fresh_batches.is_empty() {
+        table.version()
+    } else {
+        let mut writer = RecordBatchWriter::for_table(table)?.with_commit_properties(
+            CommitProperties::default().with_application_transactions(txns),
         );
-        let mut writer = RecordBatchWriter::for_table(table)?
-            .with_commit_properties(CommitProperties::default().with_application_transaction(txn));
-        writer.write(batch).await?;
-        let committed = writer.flush_and_commit(table).await?;
-        Ok(AppendOutcome {
-            rows_written: fresh.len(),
-            rows_already_present: already,
-            table_version: Some(committed),
-        })
+        for batch in fresh_batches {
+            writer.write(batch).await?;
+        }
+        Some(writer.flush_and_commit(table).await?)
+    };
+    for o in &mut outcomes {
+        o.table_version = version;
+        o.batches_in_commit = committed_batches;
+    }
+    Ok(outcomes)
+}
+
+/// The rows of a pending append the table does not have yet, and the txn version to record.
+fn fresh_rows(
+    append: &PendingAppend,
+    recorded: Option<i64>,
+) -> Result<(RecordBatch, i64), ChangelogError> {
+    let lsns = append
+        .batch
+        .column_by_name("lsn")
+        .ok_or_else(|| ChangelogError::Permanent("encoded batch has no lsn column".into()))?
+        .as_primitive::<Int64Type>();
+    let max_lsn = lsns.iter().flatten().max().unwrap_or(0);
+    match recorded {
+        None => Ok((append.batch.clone(), max_lsn)),
+        Some(upto) if !append.has_lsns => Ok((append.batch.slice(0, 0), upto)),
+        Some(upto) => {
+            let keep: BooleanArray = lsns
+                .iter()
+                .map(|l| Some(l.is_some_and(|l| l > upto)))
+                .collect();
+            let fresh = filter_record_batch(&append.batch, &keep)
+                .map_err(|e| ChangelogError::Permanent(e.to_string()))?;
+            Ok((fresh, max_lsn.max(upto)))
+        }
     }
 }

@@ -1,0 +1,263 @@
+//! Compaction without DataFusion: what Spark's OPTIMIZE does, with the Parquet and Delta log
+//! APIs directly. Small files of a partition are read back (in the order they were written),
+//! rewritten into files of about `target_file_mb`, and swapped in by one commit whose `add`
+//! and `remove` actions carry `dataChange = false`: readers and streaming consumers see no new
+//! data, and concurrent appends do not conflict with it. If another writer compacted the same
+//! files first, the commit fails and the rewritten files are left for `vacuum`.
+//!
+//! Vacuum deletes files that left the table longer ago than the retention, never shorter
+//! than the table's `delta.deletedFileRetentionDuration` unless explicitly forced.
+
+use super::config::CompactionConfig;
+use super::error::ChangelogError;
+use super::schema::{PARTITION_COLUMN, conform};
+use bytes::Bytes;
+use chrono::NaiveDate;
+use deltalake::DeltaTable;
+use deltalake::arrow::array::{ArrayRef, Date32Array, RecordBatch};
+use deltalake::arrow::datatypes::{Schema, SchemaRef};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, LogicalFileView};
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use deltalake::protocol::DeltaOperation;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use object_store::ObjectStoreExt;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+const MB: u64 = 1024 * 1024;
+
+/// What a compaction did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    pub partitions: usize,
+    pub files_removed: usize,
+    pub files_added: usize,
+    pub bytes_removed: u64,
+    pub bytes_added: u64,
+    pub rows: usize,
+    pub version: Option<u64>,
+}
+
+impl fmt::Display for CompactionReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.files_removed == 0 {
+            return write!(f, "nothing to compact");
+        }
+        write!(
+            f,
+            "{} small files ({:.1} MB) rewritten as {} ({:.1} MB) in {} partition(s), {} rows, table version {}",
+            self.files_removed,
+            self.bytes_removed as f64 / MB as f64,
+            self.files_added,
+            self.bytes_added as f64 / MB as f64,
+            self.partitions,
+            self.rows,
+            self.version.map(|v| v.to_string()).unwrap_or_default()
+        )
+    }
+}
+
+/// One partition's rewrite: groups of small files, each group becoming about one file.
+pub struct PartitionPlan {
+    pub change_date: String,
+    pub bins: Vec<Vec<LogicalFileView>>,
+}
+
+/// Partitions with at least `min_files` small files, and how to pack them. Cheap (reads the
+/// in-memory file list only): run after every commit.
+pub fn plan(table: &DeltaTable, config: &CompactionConfig, min_files: usize) -> Vec<PartitionPlan> {
+    let Ok(snapshot) = table.snapshot() else {
+        return Vec::new();
+    };
+    let small = (config.small_file_mb * MB) as i64;
+    let target = (config.target_file_mb * MB) as i64;
+    let mut by_partition: BTreeMap<String, Vec<LogicalFileView>> = BTreeMap::new();
+    for file in snapshot.log_data().iter() {
+        if file.size() >= small || file.deletion_vector_descriptor().is_some() {
+            continue;
+        }
+        let Some(Some(date)) = file.partition_values_map().remove(PARTITION_COLUMN) else {
+            continue;
+        };
+        by_partition.entry(date).or_default().push(file);
+    }
+    by_partition
+        .into_iter()
+        .filter(|(_, files)| files.len() >= min_files)
+        .map(|(change_date, mut files)| {
+            // Oldest first, so the rewritten file keeps the order rows were written in.
+            files.sort_by_key(|f| (f.modification_time(), f.path().into_owned()));
+            let mut bins: Vec<Vec<LogicalFileView>> = vec![Vec::new()];
+            let mut size = 0;
+            for file in files {
+                if size + file.size() > target && !bins.last().expect("one bin").is_empty() {
+                    bins.push(Vec::new());
+                    size = 0;
+                }
+                size += file.size();
+                bins.last_mut().expect("one bin").push(file);
+            }
+            bins.retain(|b| b.len() >= 2);
+            PartitionPlan { change_date, bins }
+        })
+        .filter(|p| !p.bins.is_empty())
+        .collect()
+}
+
+/// Compacts every partition with at least `min_files` small files, in one commit.
+pub async fn compact(
+    table: &DeltaTable,
+    config: &CompactionConfig,
+    min_files: usize,
+) -> Result<CompactionReport, ChangelogError> {
+    let plans = plan(table, config, min_files);
+    let mut report = CompactionReport::default();
+    if plans.is_empty() {
+        return Ok(report);
+    }
+    let snapshot = table.snapshot()?;
+    let table_schema: SchemaRef = Arc::new(
+        deltalake::kernel::engine::arrow_conversion::TryIntoArrow::try_into_arrow(
+            snapshot.schema().as_ref(),
+        )
+        .map_err(|e: deltalake::arrow::error::ArrowError| {
+            ChangelogError::Permanent(format!("table schema: {e}"))
+        })?,
+    );
+    let store = table.object_store();
+    let mut actions = Vec::new();
+    for partition in &plans {
+        let day = NaiveDate::parse_from_str(&partition.change_date, "%Y-%m-%d").map_err(|e| {
+            ChangelogError::Permanent(format!(
+                "partition change_date={}: {e}",
+                partition.change_date
+            ))
+        })?;
+        let days = (day - NaiveDate::default()).num_days() as i32;
+        report.partitions += 1;
+        for bin in &partition.bins {
+            let mut writer = RecordBatchWriter::for_table(table)?
+                .with_target_file_size(config.target_file_mb * MB);
+            for file in bin {
+                let bytes: Bytes = store
+                    .get(&file.object_store_path())
+                    .await
+                    .map_err(deltalake::DeltaTableError::from)?
+                    .bytes()
+                    .await
+                    .map_err(deltalake::DeltaTableError::from)?;
+                let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .map_err(deltalake::DeltaTableError::from)?
+                    .with_batch_size(8192)
+                    .build()
+                    .map_err(deltalake::DeltaTableError::from)?;
+                for batch in reader {
+                    let batch = batch.map_err(deltalake::DeltaTableError::from)?;
+                    report.rows += batch.num_rows();
+                    let batch = with_partition_column(&batch, days)?;
+                    writer
+                        .write(conform(&batch, &table_schema).map_err(ChangelogError::Permanent)?)
+                        .await?;
+                }
+                report.files_removed += 1;
+                report.bytes_removed += file.size() as u64;
+                actions.push(Action::Remove(file.remove_action(false)));
+            }
+            for mut add in writer.flush().await? {
+                add.data_change = false;
+                report.files_added += 1;
+                report.bytes_added += add.size as u64;
+                actions.push(Action::Add(add));
+            }
+        }
+    }
+    let predicate = plans
+        .iter()
+        .map(|p| format!("{PARTITION_COLUMN} = '{}'", p.change_date))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let committed = CommitBuilder::from(CommitProperties::default())
+        .with_actions(actions)
+        .build(
+            Some(snapshot),
+            table.log_store(),
+            DeltaOperation::Optimize {
+                predicate: Some(predicate),
+                target_size: (config.target_file_mb * MB) as i64,
+            },
+        )
+        .await?;
+    report.version = Some(committed.version());
+    Ok(report)
+}
+
+/// Files hold no partition column (its value is in the path): put it back for the writer.
+fn with_partition_column(batch: &RecordBatch, days: i32) -> Result<RecordBatch, ChangelogError> {
+    let mut fields: Vec<_> = batch.schema().fields().iter().cloned().collect();
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    if batch.column_by_name(PARTITION_COLUMN).is_none() {
+        fields.push(Arc::new(deltalake::arrow::datatypes::Field::new(
+            PARTITION_COLUMN,
+            deltalake::arrow::datatypes::DataType::Date32,
+            false,
+        )));
+        columns.push(Arc::new(Date32Array::from(vec![days; batch.num_rows()])));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| ChangelogError::Permanent(e.to_string()))
+}
+
+/// What a vacuum did (or would do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VacuumReport {
+    pub dry_run: bool,
+    pub files: Vec<String>,
+}
+
+/// Deletes files no longer in the table that left it more than `retention_hours` ago
+/// (default: the table's `delta.deletedFileRetentionDuration`, 7 days unless set). A shorter
+/// retention than the table's is refused unless `force`: readers of older versions and
+/// writers with files not yet committed could lose them.
+pub async fn vacuum(
+    table: DeltaTable,
+    retention_hours: Option<u64>,
+    dry_run: bool,
+    force: bool,
+) -> Result<VacuumReport, ChangelogError> {
+    let mut builder = table
+        .vacuum()
+        .with_dry_run(dry_run)
+        .with_enforce_retention_duration(!force);
+    if let Some(hours) = retention_hours {
+        builder = builder.with_retention_period(chrono::Duration::hours(hours as i64));
+    }
+    let (_, metrics) = builder.await.map_err(|e| {
+        let message = e.to_string();
+        if message.to_ascii_lowercase().contains("retention") {
+            ChangelogError::Permanent(format!(
+                "{message}; pass --force to go below the table's retention (unsafe while readers or writers are active)"
+            ))
+        } else {
+            e.into()
+        }
+    })?;
+    Ok(VacuumReport {
+        dry_run: metrics.dry_run,
+        files: metrics.files_deleted,
+    })
+}
+
+/// The optional vacuum after a background compaction, with the table's own retention.
+pub async fn vacuum_logged(table: &DeltaTable) {
+    let mut table = table.clone();
+    let result = match table.update_state().await {
+        Ok(()) => vacuum(table.clone(), None, false, false).await,
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(report) => tracing::info!(table = %table.table_url(), files_deleted = report.files.len(), "vacuum"),
+        Err(e) => tracing::warn!(table = %table.table_url(), error = %e, "vacuum failed"),
+    }
+}

@@ -1,0 +1,264 @@
+//! The changelog writer of one sink: group commit in front of the table.
+//!
+//! Invocations encode their rows on their own task and hand them to one committer task per
+//! table, which owns the long-lived table state. The committer takes the first waiting batch,
+//! holds the commit open for `group_commit.window_ms` (or until `max_rows`), and writes every
+//! batch it collected in one commit with one `txn` per batch. Each invocation is answered
+//! only after the commit that holds its rows succeeded; if the commit fails, every invocation
+//! in the group gets the error and the shared retry loop re-drives it (the `txn` records make
+//! that safe). After a commit, a partition with too many small files is compacted in the
+//! background, one compaction at a time.
+
+use super::compaction::{self, CompactionReport};
+use super::config::{CompactionConfig, DeltaConfig, GroupCommitConfig};
+use super::error::ChangelogError;
+use super::schema::ChangelogSchema;
+use super::table::{
+    self, AppendOutcome, PendingAppend, TableSettings, batch_app_id, commit_appends,
+    evolve_schema, open_or_create,
+};
+use crate::change::Change;
+use crate::sinks::BatchContext;
+use chrono::Utc;
+use deltalake::DeltaTable;
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+struct Request {
+    append: PendingAppend,
+    reply: oneshot::Sender<Result<AppendOutcome, ChangelogError>>,
+}
+
+pub struct ChangelogTable {
+    settings: Arc<TableSettings>,
+    group: GroupCommitConfig,
+    compaction: CompactionConfig,
+    committer: OnceLock<mpsc::UnboundedSender<Request>>,
+}
+
+impl ChangelogTable {
+    pub fn new(url: url::Url, config: &DeltaConfig) -> Self {
+        Self {
+            settings: Arc::new(TableSettings {
+                url,
+                storage_options: config.storage_options.clone().into_iter().collect(),
+                schema: ChangelogSchema::new(&config.columns),
+                checkpoint_interval: config.checkpoint_interval,
+            }),
+            group: config.group_commit.clone(),
+            compaction: config.compaction.clone(),
+            committer: OnceLock::new(),
+        }
+    }
+
+    pub fn url(&self) -> &url::Url {
+        &self.settings.url
+    }
+
+    pub fn settings(&self) -> &TableSettings {
+        &self.settings
+    }
+
+    /// Appends the changes not yet in the table. Returns once the commit holding them landed.
+    pub async fn append(
+        &self,
+        ctx: &BatchContext,
+        sink: &str,
+        changes: &[&Change],
+    ) -> Result<AppendOutcome, ChangelogError> {
+        if changes.is_empty() {
+            return Ok(AppendOutcome {
+                rows_written: 0,
+                rows_already_present: 0,
+                table_version: None,
+                batches_in_commit: 0,
+            });
+        }
+        let batch = self
+            .settings
+            .schema
+            .encode(ctx, changes, Utc::now())
+            .map_err(ChangelogError::Permanent)?;
+        let append = PendingAppend {
+            app_id: batch_app_id(ctx, sink, changes),
+            has_lsns: changes.iter().all(|c| c.lsn.is_some()),
+            batch,
+        };
+        let (reply, answer) = oneshot::channel();
+        self.committer()
+            .send(Request { append, reply })
+            .map_err(|_| ChangelogError::Transient("the table's committer has stopped".into()))?;
+        answer.await.unwrap_or_else(|_| {
+            Err(ChangelogError::Transient(
+                "the table's committer stopped before answering".into(),
+            ))
+        })
+    }
+
+    /// On demand (`fanout compact`): every partition with at least two small files.
+    pub async fn compact(&self) -> Result<CompactionReport, ChangelogError> {
+        let table = table::open(self.settings.url.clone(), self.settings.storage_options.clone())
+            .await?;
+        compaction::compact(&table, &self.compaction, 2).await
+    }
+
+    fn committer(&self) -> &mpsc::UnboundedSender<Request> {
+        self.committer.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let committer = Committer {
+                settings: self.settings.clone(),
+                group: self.group.clone(),
+                compaction: self.compaction.clone(),
+                table: None,
+                carried: VecDeque::new(),
+                compacting: Arc::new(AtomicBool::new(false)),
+            };
+            tokio::spawn(committer.run(rx));
+            tx
+        })
+    }
+}
+
+struct Committer {
+    settings: Arc<TableSettings>,
+    group: GroupCommitConfig,
+    compaction: CompactionConfig,
+    /// The long-lived table state; `None` after a failure (reloaded before the next commit).
+    table: Option<DeltaTable>,
+    /// Requests deferred to the next group (a second batch with an identity already in the group).
+    carried: VecDeque<Request>,
+    compacting: Arc<AtomicBool>,
+}
+
+impl Committer {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
+        while let Some(group) = self.collect(&mut rx).await {
+            self.commit(group).await;
+            self.maybe_compact();
+        }
+    }
+
+    /// The next group: the first waiting request, then whatever arrives within the window.
+    async fn collect(&mut self, rx: &mut mpsc::UnboundedReceiver<Request>) -> Option<Vec<Request>> {
+        let first = match self.carried.pop_front() {
+            Some(r) => r,
+            None => rx.recv().await?,
+        };
+        let deadline = Instant::now() + self.group.window();
+        let mut rows = first.append.batch.num_rows();
+        let mut group = vec![first];
+        let mut ids: HashSet<String> = HashSet::from([group[0].append.app_id.clone()]);
+        let mut carried = std::mem::take(&mut self.carried);
+        let mut closed = false;
+        loop {
+            let next = match carried.pop_front() {
+                Some(r) => Some(r),
+                None if rows >= self.group.max_rows || closed => break,
+                None => match rx.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        tokio::select! {
+                            r = rx.recv() => { closed = r.is_none(); r }
+                            _ = tokio::time::sleep_until(deadline) => break,
+                        }
+                    }
+                },
+            };
+            let Some(request) = next else { continue };
+            if rows >= self.group.max_rows || !ids.insert(request.append.app_id.clone()) {
+                // Full, or the same batch twice (a re-delivery racing the original): it goes
+                // in the next group, where it sees this group's txn.
+                self.carried.push_back(request);
+                continue;
+            }
+            rows += request.append.batch.num_rows();
+            group.push(request);
+        }
+        self.carried.extend(carried);
+        Some(group)
+    }
+
+    async fn commit(&mut self, group: Vec<Request>) {
+        let appends: Vec<PendingAppend> = group.iter().map(|r| r.append.clone()).collect();
+        let started = std::time::Instant::now();
+        let result = self.try_commit(&appends).await;
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        match &result {
+            Ok(outcomes) => tracing::debug!(
+                table = %self.settings.url,
+                batches = group.len(),
+                rows = outcomes.iter().map(|o| o.rows_written).sum::<usize>(),
+                version = ?outcomes.first().and_then(|o| o.table_version),
+                elapsed_ms,
+                "group commit"
+            ),
+            Err(e) => tracing::warn!(
+                table = %self.settings.url,
+                batches = group.len(),
+                error = %e,
+                elapsed_ms,
+                "group commit failed; every invocation in the group retries"
+            ),
+        }
+        match result {
+            Ok(outcomes) => {
+                for (request, outcome) in group.into_iter().zip(outcomes) {
+                    let _ = request.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                for request in group {
+                    let _ = request.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    async fn try_commit(
+        &mut self,
+        appends: &[PendingAppend],
+    ) -> Result<Vec<AppendOutcome>, ChangelogError> {
+        let table = match self.table.take() {
+            Some(mut table) => {
+                // Catch up with other writers: only new log entries are read.
+                table.update_state().await?;
+                table
+            }
+            None => open_or_create(&self.settings).await?,
+        };
+        let mut table = evolve_schema(table, &self.settings.schema).await?;
+        let outcomes = commit_appends(&mut table, appends).await?;
+        self.table = Some(table);
+        Ok(outcomes)
+    }
+
+    fn maybe_compact(&self) {
+        if !self.compaction.enabled || self.compacting.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(table) = &self.table else { return };
+        if compaction::plan(table, &self.compaction, self.compaction.min_small_files).is_empty() {
+            return;
+        }
+        self.compacting.store(true, Ordering::Release);
+        let (table, config, flag) = (table.clone(), self.compaction.clone(), self.compacting.clone());
+        tokio::spawn(async move {
+            match compaction::compact(&table, &config, config.min_small_files).await {
+                Ok(report) => {
+                    tracing::info!(table = %table.table_url(), %report, "background compaction");
+                    if config.vacuum {
+                        compaction::vacuum_logged(&table).await;
+                    }
+                }
+                // Another writer compacted the same files first, or storage failed: the files
+                // stay as they are and the next commit plans again.
+                Err(e) => tracing::warn!(table = %table.table_url(), error = %e, "background compaction failed"),
+            }
+            flag.store(false, Ordering::Release);
+        });
+    }
+}
