@@ -53,6 +53,26 @@ enum Command {
         /// Table location (path or URL). Default: every delta sink in the config.
         table: Option<String>,
     },
+    /// Compact changelog tables now: rewrite each partition's small files into large ones (a
+    /// commit that changes no data, like OPTIMIZE).
+    Compact {
+        /// Table location (path or URL). Default: every delta sink in the config.
+        table: Option<String>,
+    },
+    /// Delete files that left changelog tables longer ago than the retention.
+    Vacuum {
+        /// Table location (path or URL). Default: every delta sink in the config.
+        table: Option<String>,
+        /// Retention in hours. Default: the table's delta.deletedFileRetentionDuration (7 days).
+        #[arg(long)]
+        retain_hours: Option<u64>,
+        /// List the files; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Allow a retention shorter than the table's (unsafe while readers or writers run).
+        #[arg(long)]
+        force: bool,
+    },
     /// Create or update the Azure AI Search indexes the config names, from their definitions.
     SearchIndex,
     /// Quickstart: start the handler as the host would, post sample Cosmos trigger batches in
@@ -90,6 +110,13 @@ fn main() -> ExitCode {
                 dry_run,
             } => commands::replay::run(&ctx, function, sink, batches, dry_run).await,
             Command::Changelog { table } => commands::changelog::run(&ctx, table).await,
+            Command::Compact { table } => commands::maintain::compact(&ctx, table).await,
+            Command::Vacuum {
+                table,
+                retain_hours,
+                dry_run,
+                force,
+            } => commands::maintain::run_vacuum(&ctx, table, retain_hours, dry_run, force).await,
             Command::SearchIndex => commands::search_index::run(&ctx).await,
             Command::Demo { batches } => commands::demo::run(&ctx, batches).await,
         }

@@ -1,5 +1,5 @@
-use super::{Change, DeleteKind, Operation, PartitionKeyPaths};
 use super::projection::lookup;
+use super::{Change, DeleteKind, Operation, PartitionKeyPaths};
 use serde_json::{Map, Value};
 
 /// Marks a latest-version document as deleted: `field` (a `/`-path) equal to `equals`.

@@ -85,7 +85,6 @@ impl PartitionKeyPaths {
     }
 }
 
-
 /// A partition key value: one component per path; `None` is Cosmos' "undefined".
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

@@ -1,30 +1,39 @@
 use super::{CommandError, Context};
 use fanout::sinks::SinkConfig;
-use fanout::sinks::delta::{read_changelog, table_url};
+use fanout::sinks::delta::{DeltaConfig, read_changelog, table_url};
 use std::collections::HashMap;
 
 /// Prints a summary of one table, or of every delta sink's table in the config.
 pub async fn run(ctx: &Context, table: Option<String>) -> Result<(), CommandError> {
-    let mut tables: Vec<(String, HashMap<String, String>)> = Vec::new();
-    match table {
-        Some(t) => tables.push((t, HashMap::new())),
-        None => {
-            let config = ctx.load()?;
-            for route in config.routes.values() {
-                for sink in route.sinks.values() {
-                    let SinkConfig::Delta(d) = sink else { continue };
-                    tables.push((
-                        d.table.clone(),
-                        d.storage_options.clone().into_iter().collect(),
-                    ));
-                }
-            }
-        }
-    }
-    for (location, options) in tables {
-        summarize_table(&location, options, &ctx.app_root).await?;
+    for config in delta_tables(ctx, table)? {
+        summarize_table(
+            &config.table,
+            config.storage_options.clone().into_iter().collect(),
+            &ctx.app_root,
+        )
+        .await?;
     }
     Ok(())
+}
+
+/// The table given on the command line (default settings), or every delta sink's table.
+pub fn delta_tables(
+    ctx: &Context,
+    table: Option<String>,
+) -> Result<Vec<DeltaConfig>, CommandError> {
+    if let Some(t) = table {
+        return Ok(vec![DeltaConfig::at(t)]);
+    }
+    let config = ctx.load()?;
+    Ok(config
+        .routes
+        .values()
+        .flat_map(|route| route.sinks.values())
+        .filter_map(|sink| match sink {
+            SinkConfig::Delta(d) => Some(d.clone()),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Reads one changelog table and prints its summary.

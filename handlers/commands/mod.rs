@@ -3,6 +3,7 @@
 pub mod changelog;
 pub mod check;
 pub mod demo;
+pub mod maintain;
 pub mod replay;
 pub mod search_index;
 pub mod serve;

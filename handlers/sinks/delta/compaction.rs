@@ -257,7 +257,9 @@ pub async fn vacuum_logged(table: &DeltaTable) {
         Err(e) => Err(e.into()),
     };
     match result {
-        Ok(report) => tracing::info!(table = %table.table_url(), files_deleted = report.files.len(), "vacuum"),
+        Ok(report) => {
+            tracing::info!(table = %table.table_url(), files_deleted = report.files.len(), "vacuum")
+        }
         Err(e) => tracing::warn!(table = %table.table_url(), error = %e, "vacuum failed"),
     }
 }

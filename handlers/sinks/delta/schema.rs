@@ -231,7 +231,8 @@ fn project(kind: ColumnType, path: &[String], changes: &[&Change]) -> ArrayRef {
             Arc::new(b.finish())
         }
         ColumnType::Timestamp => {
-            let mut b = TimestampMicrosecondBuilder::with_capacity(changes.len()).with_timezone("UTC");
+            let mut b =
+                TimestampMicrosecondBuilder::with_capacity(changes.len()).with_timezone("UTC");
             for v in values {
                 b.append_option(v.and_then(timestamp).map(|t| t.timestamp_micros()));
             }
@@ -240,12 +241,14 @@ fn project(kind: ColumnType, path: &[String], changes: &[&Change]) -> ArrayRef {
         ColumnType::Date => {
             let mut b = Date32Builder::with_capacity(changes.len());
             for v in values {
-                b.append_option(v.and_then(|v| match v {
-                    Value::String(s) => NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                        .ok()
-                        .or_else(|| timestamp(v).map(|t| t.date_naive()))
-                        .map(epoch_days),
-                    _ => timestamp(v).map(|t| epoch_days(t.date_naive())),
+                b.append_option(v.and_then(|v| {
+                    match v {
+                        Value::String(s) => NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                            .ok()
+                            .or_else(|| timestamp(v).map(|t| t.date_naive()))
+                            .map(epoch_days),
+                        _ => timestamp(v).map(|t| epoch_days(t.date_naive())),
+                    }
                 }));
             }
             Arc::new(b.finish())
@@ -274,8 +277,11 @@ pub fn encode(
     changes: &[&Change],
     ingest_time: DateTime<Utc>,
 ) -> Result<RecordBatch, String> {
-    RecordBatch::try_new(ARROW_SCHEMA.clone(), encode_fixed(ctx, changes, ingest_time)?)
-        .map_err(|e| e.to_string())
+    RecordBatch::try_new(
+        ARROW_SCHEMA.clone(),
+        encode_fixed(ctx, changes, ingest_time)?,
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn encode_fixed(

@@ -73,7 +73,10 @@ pub fn batch_app_id(ctx: &BatchContext, sink: &str, changes: &[&Change]) -> Stri
     // Changes from the feed always carry an lsn. A batch with a change that has none (hand-
     // made input) is identified by its whole fingerprint instead: only the exact same batch
     // is recognised again, and nothing is skipped on a guess.
-    let Some(first) = changes.first().filter(|_| changes.iter().all(|c| c.lsn.is_some())) else {
+    let Some(first) = changes
+        .first()
+        .filter(|_| changes.iter().all(|c| c.lsn.is_some()))
+    else {
         return format!("fanout/{}/{sink}/batch-{}", ctx.function, ctx.fingerprint);
     };
     let mut h = Sha256::new();

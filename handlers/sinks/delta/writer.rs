@@ -14,8 +14,8 @@ use super::config::{CompactionConfig, DeltaConfig, GroupCommitConfig};
 use super::error::ChangelogError;
 use super::schema::ChangelogSchema;
 use super::table::{
-    self, AppendOutcome, PendingAppend, TableSettings, batch_app_id, commit_appends,
-    evolve_schema, open_or_create,
+    self, AppendOutcome, PendingAppend, TableSettings, batch_app_id, commit_appends, evolve_schema,
+    open_or_create,
 };
 use crate::change::Change;
 use crate::sinks::BatchContext;
@@ -100,8 +100,11 @@ impl ChangelogTable {
 
     /// On demand (`fanout compact`): every partition with at least two small files.
     pub async fn compact(&self) -> Result<CompactionReport, ChangelogError> {
-        let table = table::open(self.settings.url.clone(), self.settings.storage_options.clone())
-            .await?;
+        let table = table::open(
+            self.settings.url.clone(),
+            self.settings.storage_options.clone(),
+        )
+        .await?;
         compaction::compact(&table, &self.compaction, 2).await
     }
 
@@ -245,7 +248,11 @@ impl Committer {
             return;
         }
         self.compacting.store(true, Ordering::Release);
-        let (table, config, flag) = (table.clone(), self.compaction.clone(), self.compacting.clone());
+        let (table, config, flag) = (
+            table.clone(),
+            self.compaction.clone(),
+            self.compacting.clone(),
+        );
         tokio::spawn(async move {
             match compaction::compact(&table, &config, config.min_small_files).await {
                 Ok(report) => {
@@ -256,7 +263,9 @@ impl Committer {
                 }
                 // Another writer compacted the same files first, or storage failed: the files
                 // stay as they are and the next commit plans again.
-                Err(e) => tracing::warn!(table = %table.table_url(), error = %e, "background compaction failed"),
+                Err(e) => {
+                    tracing::warn!(table = %table.table_url(), error = %e, "background compaction failed")
+                }
             }
             flag.store(false, Ordering::Release);
         });
