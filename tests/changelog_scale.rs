@@ -373,3 +373,43 @@ print(sum(1 for r in rows if r["customer_id"] is None))
     );
     assert_eq!(app.dead_letters().len(), 1);
 }
+
+/// The batch identities survive a restart: read back from the last checkpoint and the commits
+/// after it (the in-memory index), so re-deliveries to a new process add nothing.
+#[tokio::test]
+async fn a_restarted_writer_recognises_batches_from_checkpoint_and_log() {
+    let app = TestApp::new();
+    app.function("orders", "documents", Some(3)).config(&config(
+        ".fanout/tables/orders",
+        "checkpoint_interval = 5\ngroup_commit = { window_ms = 0 }\ncompaction = { enabled = false }",
+    ));
+    let bodies = bodies(7_000, 12, 10);
+    let mut host = app.start().await;
+    for body in &bodies {
+        assert_all_delivered(&[host.invoke("orders", body).await.unwrap()]);
+    }
+    host.terminate();
+    let table = app.table(".fanout/tables/orders");
+    assert!(
+        table
+            .join("_delta_log/00000000000000000009.checkpoint.parquet")
+            .exists(),
+        "a checkpoint every 5 commits: {:?}",
+        std::fs::read_dir(table.join("_delta_log"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect::<Vec<_>>()
+    );
+    let host = app.start().await;
+    let calls = send_all(&[&host], &bodies).await;
+    assert_all_delivered(&calls);
+    for call in &calls {
+        assert!(
+            call.logged("0 rows appended, 10 already present"),
+            "{:?}",
+            call.logs()
+        );
+    }
+    assert_eq!(unique_rows(&table).await, (120, 120));
+}

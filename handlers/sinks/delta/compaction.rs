@@ -178,20 +178,69 @@ pub async fn compact(
         .map(|p| format!("{PARTITION_COLUMN} = '{}'", p.change_date))
         .collect::<Vec<_>>()
         .join(" OR ");
-    let committed = CommitBuilder::from(CommitProperties::default())
-        .with_actions(actions)
-        .build(
-            Some(snapshot),
-            table.log_store(),
-            DeltaOperation::Optimize {
-                predicate: Some(predicate),
-                target_size: (config.target_file_mb * MB) as i64,
-            },
-        )
-        .await?;
-    report.version = Some(committed.version());
+    let removed: Vec<String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Remove(r) => Some(r.path.clone()),
+            _ => None,
+        })
+        .collect();
+    let operation = DeltaOperation::Optimize {
+        predicate: Some(predicate),
+        target_size: (config.target_file_mb * MB) as i64,
+    };
+    let committed = commit_exclusively(table.clone(), actions, &removed, operation).await?;
+    report.version = Some(committed);
     Ok(report)
 }
+
+/// Commits a rewrite only if every file it removes is still in the table. delta-rs does not
+/// treat two commits removing the same file with `dataChange = false` as a conflict, so two
+/// compactions of the same files (two instances, or a stale snapshot) would both land and
+/// duplicate rows. Each attempt targets exactly the next version (no automatic retries): if
+/// another writer got there first, the state is refreshed, the files are checked again, and
+/// the commit is retried on top; if one of them is gone, the rewrite is abandoned (its files
+/// are left for vacuum).
+async fn commit_exclusively(
+    mut table: DeltaTable,
+    actions: Vec<Action>,
+    removed: &[String],
+    operation: DeltaOperation,
+) -> Result<u64, ChangelogError> {
+    const ATTEMPTS: usize = 100;
+    for _ in 0..ATTEMPTS {
+        let live: std::collections::HashSet<String> = table
+            .snapshot()?
+            .log_data()
+            .iter()
+            .map(|f| f.path().into_owned())
+            .collect();
+        if let Some(gone) = removed.iter().find(|p| !live.contains(*p)) {
+            return Err(ChangelogError::Transient(format!(
+                "compaction abandoned: {gone} was already rewritten or removed by another writer"
+            )));
+        }
+        let before = table.version();
+        let attempt = CommitBuilder::from(CommitProperties::default())
+            .with_max_retries(0)
+            .with_actions(actions.clone())
+            .build(Some(table.snapshot()?), table.log_store(), operation.clone())
+            .await;
+        match attempt {
+            Ok(committed) => return Ok(committed.version()),
+            Err(e) => {
+                table.update_state().await?;
+                if table.version() == before {
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    Err(ChangelogError::Transient(format!(
+        "compaction abandoned: the table moved on {ATTEMPTS} times while committing"
+    )))
+}
+
 
 /// Files hold no partition column (its value is in the path): put it back for the writer.
 fn with_partition_column(batch: &RecordBatch, days: i32) -> Result<RecordBatch, ChangelogError> {

@@ -7,6 +7,7 @@ mod error;
 mod reader;
 mod schema;
 mod table;
+mod txn_index;
 mod writer;
 
 pub use compaction::{CompactionReport, VacuumReport, vacuum};

@@ -11,6 +11,7 @@
 
 use super::error::ChangelogError;
 use super::schema::{ChangelogSchema, PARTITION_COLUMN, conform};
+use super::txn_index::TxnIndex;
 use crate::change::Change;
 use crate::sinks::BatchContext;
 use chrono::Utc;
@@ -32,6 +33,7 @@ use url::Url;
 /// How long the table remembers batch identities (the dedup window for re-deliveries and
 /// replays). Older identities expire so the table state does not grow without bound.
 pub const TXN_RETENTION: &str = "interval 30 days";
+pub const TXN_RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
 /// How long commit files are kept (older ones are removed when a checkpoint is written). The
 /// changelog rows, not time travel, are the history; 7 days bounds the log's file count.
 pub const LOG_RETENTION: &str = "interval 7 days";
@@ -176,15 +178,26 @@ pub async fn evolve_schema(
 /// Returns one outcome per pending append, in order.
 pub async fn commit_appends(
     table: &mut DeltaTable,
+    index: &TxnIndex,
     appends: &[PendingAppend],
 ) -> Result<Vec<AppendOutcome>, ChangelogError> {
     let snapshot = table.snapshot()?;
     let log_store = table.log_store();
-    let recorded: Vec<Option<i64>> = try_join_all(
-        appends
-            .iter()
-            .map(|a| snapshot.transaction_version(log_store.as_ref(), &a.app_id)),
-    )
+    // The in-memory index answers; delta-rs (a log replay each) only when it is incomplete.
+    let recorded: Vec<Option<i64>> = try_join_all(appends.iter().map(|a| {
+        let known = index.get(&a.app_id);
+        let ask_log = known.is_none() && !index.is_complete();
+        let log_store = log_store.clone();
+        async move {
+            if ask_log {
+                snapshot
+                    .transaction_version(log_store.as_ref(), &a.app_id)
+                    .await
+            } else {
+                Ok(known)
+            }
+        }
+    }))
     .await?;
     let table_schema = deltalake::arrow::datatypes::SchemaRef::new(
         deltalake::kernel::engine::arrow_conversion::TryIntoArrow::try_into_arrow(

@@ -14,9 +14,10 @@ use super::config::{CompactionConfig, DeltaConfig, GroupCommitConfig};
 use super::error::ChangelogError;
 use super::schema::ChangelogSchema;
 use super::table::{
-    self, AppendOutcome, PendingAppend, TableSettings, batch_app_id, commit_appends, evolve_schema,
-    open_or_create,
+    self, AppendOutcome, PendingAppend, TXN_RETENTION_MS, TableSettings, batch_app_id,
+    commit_appends, evolve_schema, open_or_create,
 };
+use super::txn_index::TxnIndex;
 use crate::change::Change;
 use crate::sinks::BatchContext;
 use chrono::Utc;
@@ -129,8 +130,9 @@ struct Committer {
     settings: Arc<TableSettings>,
     group: GroupCommitConfig,
     compaction: CompactionConfig,
-    /// The long-lived table state; `None` after a failure (reloaded before the next commit).
-    table: Option<DeltaTable>,
+    /// The long-lived table state and its batch identities; `None` after a failure (reloaded
+    /// before the next commit).
+    table: Option<(DeltaTable, TxnIndex)>,
     /// Requests deferred to the next group (a second batch with an identity already in the group).
     carried: VecDeque<Request>,
     compacting: Arc<AtomicBool>,
@@ -225,17 +227,24 @@ impl Committer {
         &mut self,
         appends: &[PendingAppend],
     ) -> Result<Vec<AppendOutcome>, ChangelogError> {
-        let table = match self.table.take() {
-            Some(mut table) => {
+        let (table, mut index) = match self.table.take() {
+            Some((mut table, mut index)) => {
                 // Catch up with other writers: only new log entries are read.
                 table.update_state().await?;
-                table
+                index.catch_up(&table).await?;
+                (table, index)
             }
-            None => open_or_create(&self.settings).await?,
+            None => {
+                let table = open_or_create(&self.settings).await?;
+                let index = TxnIndex::load(&table, TXN_RETENTION_MS).await?;
+                (table, index)
+            }
         };
         let mut table = evolve_schema(table, &self.settings.schema).await?;
-        let outcomes = commit_appends(&mut table, appends).await?;
-        self.table = Some(table);
+        index.catch_up(&table).await?;
+        let outcomes = commit_appends(&mut table, &index, appends).await?;
+        index.catch_up(&table).await?;
+        self.table = Some((table, index));
         Ok(outcomes)
     }
 
@@ -243,7 +252,9 @@ impl Committer {
         if !self.compaction.enabled || self.compacting.load(Ordering::Acquire) {
             return;
         }
-        let Some(table) = &self.table else { return };
+        let Some((table, _)) = &self.table else {
+            return;
+        };
         if compaction::plan(table, &self.compaction, self.compaction.min_small_files).is_empty() {
             return;
         }
@@ -254,7 +265,14 @@ impl Committer {
             self.compacting.clone(),
         );
         tokio::spawn(async move {
-            match compaction::compact(&table, &config, config.min_small_files).await {
+            // Plan again on the newest state: a compaction that just landed is not in the
+            // committer's snapshot yet, and its files must not be rewritten twice.
+            let mut table = table;
+            let result = match table.update_state().await {
+                Ok(()) => compaction::compact(&table, &config, config.min_small_files).await,
+                Err(e) => Err(e.into()),
+            };
+            match result {
                 Ok(report) => {
                     tracing::info!(table = %table.table_url(), %report, "background compaction");
                     if config.vacuum {

@@ -1,0 +1,228 @@
+//! The Delta changelog at scale (issue "Delta changelog at scale"), printed as a table:
+//! - 100-change batches from 8 concurrent senders through the real binary (emulated host ->
+//!   HTTP -> handler -> Delta): changes/s, invocation latency, commits used;
+//! - Parquet files per 100k changes without compaction, and after `compact`;
+//! - the time to open the table (and to make the first commit from a cold writer) after
+//!   10k commits.
+//!
+//! Run: `cargo bench --bench changelog_scale` (release build). Figures, not assertions.
+
+use fanout::hostsim::{EmulatedHost, cosmos_trigger_body, samples};
+use fanout::sinks::BatchContext;
+use fanout::sinks::delta::{ChangelogTable, DeltaConfig, open, read_changelog, table_url};
+use futures::future::join_all;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SENDERS: usize = 8;
+const BATCH: usize = 100;
+const CHANGES: usize = 100_000;
+const COMMITS: usize = 10_000;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn write_app(dir: &Path, delta_extra: &str) {
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/host.json"),
+        dir.join("host.json"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("orders")).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/orders/function.json"),
+        dir.join("orders/function.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("fanout.toml"),
+        format!("[functions.orders]\npartition_key = \"/customerId\"\nsoft_delete = {{ field = \"/deleted\" }}\n[functions.orders.sinks.changelog]\ntype = \"delta\"\ntable = \"tables/orders\"\n{delta_extra}\n"),
+    )
+    .unwrap();
+}
+
+struct Run {
+    changes_per_s: f64,
+    p50: Duration,
+    p99: Duration,
+    version: u64,
+    files: usize,
+}
+
+/// 8 senders, each posting its share of 100-change batches one after another.
+async fn senders_run(binary: &Path, delta_extra: &str) -> (tempfile::TempDir, Run) {
+    let dir = tempfile::tempdir().unwrap();
+    write_app(dir.path(), delta_extra);
+    let host = Arc::new(
+        EmulatedHost::start(binary, dir.path(), &[("FANOUT_LOG", std::env::var("BENCH_LOG").as_deref().unwrap_or("warn"))])
+            .await
+            .unwrap(),
+    );
+    let bodies: Vec<String> = samples::order_batches(1_000_000, CHANGES / BATCH, BATCH, 5_000)
+        .iter()
+        .map(|d| cosmos_trigger_body("documents", "orders", d, None))
+        .collect();
+    let bodies = Arc::new(bodies);
+    let started = Instant::now();
+    let tasks = (0..SENDERS).map(|s| {
+        let (host, bodies) = (host.clone(), bodies.clone());
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            for body in bodies.iter().skip(s).step_by(SENDERS) {
+                let call = host.invoke("orders", body).await.unwrap();
+                assert!(call.is_success(), "{:?}", call.logs());
+                latencies.push(call.elapsed);
+            }
+            latencies
+        })
+    });
+    let mut latencies: Vec<Duration> = join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(|r| r.unwrap())
+        .collect();
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let url = table_url("tables/orders", dir.path()).unwrap();
+    let snapshot = read_changelog(url, Default::default()).await.unwrap();
+    assert_eq!(snapshot.rows.len(), CHANGES, "every change is in the table");
+    drop(host);
+    (
+        dir,
+        Run {
+            changes_per_s: CHANGES as f64 / elapsed.as_secs_f64(),
+            p50: percentile(&latencies, 0.5),
+            p99: percentile(&latencies, 0.99),
+            version: snapshot.version,
+            files: snapshot.files,
+        },
+    )
+}
+
+fn row(label: &str, r: &Run) {
+    println!(
+        "| {label} | {:.0} changes/s | p50 {:.1} ms, p99 {:.1} ms | {} commits | {} files |",
+        r.changes_per_s,
+        r.p50.as_secs_f64() * 1e3,
+        r.p99.as_secs_f64() * 1e3,
+        r.version,
+        r.files
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    fanout::install_crypto_provider();
+    let binary = Path::new(env!("CARGO_BIN_EXE_fanout"));
+    println!(
+        "\n{SENDERS} concurrent senders x 100-change batches, {CHANGES} changes, through the real binary\n"
+    );
+    println!("| setting | throughput | invocation latency | table commits | data files at the end |");
+    println!("|---|---|---|---|---|");
+    let (_d, r) = senders_run(
+        binary,
+        "group_commit = { window_ms = 0 }\ncompaction = { enabled = false }",
+    )
+    .await;
+    row("group commit window 0 ms, no compaction", &r);
+    let (dir, r) = senders_run(binary, "compaction = { enabled = false }").await;
+    row("group commit window 10 ms (default), no compaction", &r);
+    let (_d2, r2) = senders_run(binary, "").await;
+    row(
+        "group commit window 10 ms, background compaction (default)",
+        &r2,
+    );
+
+    // Files per 100k changes before and after an on-demand compaction.
+    let url = table_url("tables/orders", dir.path()).unwrap();
+    let config = DeltaConfig::at("tables/orders");
+    let before = read_changelog(url.clone(), Default::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let report = ChangelogTable::new(url.clone(), &config)
+        .compact()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let after = read_changelog(url, Default::default()).await.unwrap();
+    println!();
+    println!("| compaction | value |");
+    println!("|---|---|");
+    println!(
+        "| Parquet files per 100k changes | {} before, {} after `compact` ({:.2} s: {report}) |",
+        before.files,
+        after.files,
+        took.as_secs_f64()
+    );
+
+    // 10k commits, then the time to open the table.
+    let dir = tempfile::tempdir().unwrap();
+    let url = table_url("t", dir.path()).unwrap();
+    let mut config = DeltaConfig::at("t");
+    config.group_commit.window_ms = 0;
+    let table = ChangelogTable::new(url.clone(), &config);
+    let docs = samples::order_batches(1, COMMITS, 10, 50);
+    let ctx = BatchContext {
+        function: "orders".into(),
+        invocation_id: "bench".into(),
+        fingerprint: "fp".into(),
+        received_at: chrono::Utc::now(),
+    };
+    let normalizer = fanout::change::Normalizer::new(
+        fanout::change::PartitionKeyPaths::parse(&["/customerId"]).unwrap(),
+        None,
+    );
+    let started = Instant::now();
+    let mut commit_times = Vec::new();
+    for batch in &docs {
+        let changes: Vec<_> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, d)| normalizer.normalize(i, d.clone()).unwrap())
+            .collect();
+        let refs: Vec<_> = changes.iter().collect();
+        let t = Instant::now();
+        table.append(&ctx, "changelog", &refs).await.unwrap();
+        commit_times.push(t.elapsed());
+    }
+    let writing = started.elapsed();
+    drop(table);
+    let first_100: Duration = commit_times[..100].iter().sum::<Duration>() / 100;
+    let last_100: Duration = commit_times[COMMITS - 100..].iter().sum::<Duration>() / 100;
+    let started = Instant::now();
+    let opened = open(url.clone(), Default::default()).await.unwrap();
+    let open_time = started.elapsed();
+    let files = opened.snapshot().unwrap().log_data().num_files();
+    let cold = ChangelogTable::new(url.clone(), &config);
+    let extra = samples::order_batches(10_000_000, 1, 10, 5);
+    let changes: Vec<_> = extra[0]
+        .iter()
+        .enumerate()
+        .map(|(i, d)| normalizer.normalize(i, d.clone()).unwrap())
+        .collect();
+    let refs: Vec<_> = changes.iter().collect();
+    let started = Instant::now();
+    cold.append(&ctx, "changelog", &refs).await.unwrap();
+    let cold_commit = started.elapsed();
+    let log_files = std::fs::read_dir(dir.path().join("t/_delta_log"))
+        .unwrap()
+        .count();
+    println!(
+        "| {COMMITS} commits of 10 changes, one at a time | {:.1} s ({:.1} ms per commit over the first 100, {:.1} ms over the last 100) |",
+        writing.as_secs_f64(),
+        first_100.as_secs_f64() * 1e3,
+        last_100.as_secs_f64() * 1e3
+    );
+    println!(
+        "| open the table after {COMMITS} commits | {:.0} ms (version {}, {files} data files, {log_files} entries in _delta_log) |",
+        open_time.as_secs_f64() * 1e3,
+        opened.version().unwrap_or_default()
+    );
+    println!(
+        "| first append of a cold writer on that table (open + commit) | {:.0} ms |",
+        cold_commit.as_secs_f64() * 1e3
+    );
+}
