@@ -18,7 +18,12 @@ use std::time::{Duration, Instant};
 const SENDERS: usize = 8;
 const BATCH: usize = 100;
 const CHANGES: usize = 100_000;
-const COMMITS: usize = 10_000;
+fn commits() -> usize {
+    std::env::var("BENCH_COMMITS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -164,7 +169,9 @@ async fn main() {
     let mut config = DeltaConfig::at("t");
     config.group_commit.window_ms = 0;
     let table = ChangelogTable::new(url.clone(), &config);
-    let docs = samples::order_batches(1, COMMITS, 10, 50);
+    let commits = commits();
+    // Generated per commit, not held: 10k batches of documents would dominate the RSS.
+    let docs = (0..commits).map(|c| samples::order_batches(1 + c as i64 * 10, 1, 10, 50).remove(0));
     let ctx = BatchContext {
         function: "orders".into(),
         invocation_id: "bench".into(),
@@ -177,7 +184,7 @@ async fn main() {
     );
     let started = Instant::now();
     let mut commit_times = Vec::new();
-    for batch in &docs {
+    for batch in docs {
         let changes: Vec<_> = batch
             .iter()
             .enumerate()
@@ -191,7 +198,7 @@ async fn main() {
     let writing = started.elapsed();
     drop(table);
     let first_100: Duration = commit_times[..100].iter().sum::<Duration>() / 100;
-    let last_100: Duration = commit_times[COMMITS - 100..].iter().sum::<Duration>() / 100;
+    let last_100: Duration = commit_times[commits - 100..].iter().sum::<Duration>() / 100;
     let started = Instant::now();
     let opened = open(url.clone(), Default::default()).await.unwrap();
     let open_time = started.elapsed();
@@ -211,13 +218,13 @@ async fn main() {
         .unwrap()
         .count();
     println!(
-        "| {COMMITS} commits of 10 changes, one at a time | {:.1} s ({:.1} ms per commit over the first 100, {:.1} ms over the last 100) |",
+        "| {commits} commits of 10 changes, one at a time | {:.1} s ({:.1} ms per commit over the first 100, {:.1} ms over the last 100) |",
         writing.as_secs_f64(),
         first_100.as_secs_f64() * 1e3,
         last_100.as_secs_f64() * 1e3
     );
     println!(
-        "| open the table after {COMMITS} commits | {:.0} ms (version {}, {files} data files, {log_files} entries in _delta_log) |",
+        "| open the table after {commits} commits | {:.0} ms (version {}, {files} data files, {log_files} entries in _delta_log) |",
         open_time.as_secs_f64() * 1e3,
         opened.version().unwrap_or_default()
     );

@@ -38,6 +38,11 @@ pub const TXN_RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
 /// changelog rows, not time travel, are the history; 7 days bounds the log's file count.
 pub const LOG_RETENTION: &str = "interval 7 days";
 
+/// The columns with min/max statistics (data skipping): the ones readers filter on. Not
+/// `document` (large, never a useful filter), which would make every commit and checkpoint
+/// heavier.
+pub const STATS_COLUMNS: &str = "operation,delete_kind,id,partition_key,lsn,ts,function,ingest_time";
+
 /// What an append did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendOutcome {
@@ -143,6 +148,7 @@ pub async fn open_or_create(settings: &TableSettings) -> Result<DeltaTable, Delt
         )
         .with_configuration_property(TableProperty::CheckpointInterval, Some(interval))
         .with_configuration_property(TableProperty::LogRetentionDuration, Some(LOG_RETENTION))
+        .with_configuration_property(TableProperty::DataSkippingStatsColumns, Some(STATS_COLUMNS))
         .await;
     match created {
         Ok(table) => Ok(table),

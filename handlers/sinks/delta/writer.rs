@@ -2,8 +2,11 @@
 //!
 //! Invocations encode their rows on their own task and hand them to one committer task per
 //! table, which owns the long-lived table state. The committer takes the first waiting batch,
-//! holds the commit open for `group_commit.window_ms` (or until `max_rows`), and writes every
-//! batch it collected in one commit with one `txn` per batch. Each invocation is answered
+//! holds the commit open until as many batches as the previous group held have arrived (the
+//! concurrency to expect), for at most `group_commit.window_ms`, or until `max_rows`, and
+//! writes every batch it collected in one commit with one `txn` per batch. A lone sender
+//! therefore never waits for the window; eight steady senders commit as soon as all eight
+//! are in. Each invocation is answered
 //! only after the commit that holds its rows succeeded; if the commit fails, every invocation
 //! in the group gets the error and the shared retry loop re-drives it (the `txn` records make
 //! that safe). After a commit, a partition with too many small files is compacted in the
@@ -119,6 +122,7 @@ impl ChangelogTable {
                 table: None,
                 carried: VecDeque::new(),
                 compacting: Arc::new(AtomicBool::new(false)),
+                last_group_len: 1,
             };
             tokio::spawn(committer.run(rx));
             tx
@@ -136,6 +140,8 @@ struct Committer {
     /// Requests deferred to the next group (a second batch with an identity already in the group).
     carried: VecDeque<Request>,
     compacting: Arc<AtomicBool>,
+    /// How many batches the previous group held: the concurrency to expect.
+    last_group_len: usize,
 }
 
 impl Committer {
@@ -165,6 +171,13 @@ impl Committer {
                 None => match rx.try_recv() {
                     Ok(r) => Some(r),
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    // Everyone who was in the last group is back: commit now rather than
+                    // idle until the window ends (adaptive; a lone sender never waits).
+                    Err(mpsc::error::TryRecvError::Empty)
+                        if group.len() >= self.last_group_len =>
+                    {
+                        break;
+                    }
                     Err(mpsc::error::TryRecvError::Empty) => {
                         tokio::select! {
                             r = rx.recv() => { closed = r.is_none(); r }
@@ -184,6 +197,7 @@ impl Committer {
             group.push(request);
         }
         self.carried.extend(carried);
+        self.last_group_len = group.len();
         Some(group)
     }
 
@@ -228,12 +242,11 @@ impl Committer {
         appends: &[PendingAppend],
     ) -> Result<Vec<AppendOutcome>, ChangelogError> {
         let (table, mut index) = match self.table.take() {
-            Some((mut table, mut index)) => {
-                // Catch up with other writers: only new log entries are read.
-                table.update_state().await?;
-                index.catch_up(&table).await?;
-                (table, index)
-            }
+            // No catch-up read before committing: the commit itself checks every commit other
+            // writers made since our version (a `txn` of one of our batches there is a
+            // conflict, and the group is re-checked), and leaves the state at the newest
+            // version. That saves a log listing per commit.
+            Some(kept) => kept,
             None => {
                 let table = open_or_create(&self.settings).await?;
                 let index = TxnIndex::load(&table, TXN_RETENTION_MS).await?;
