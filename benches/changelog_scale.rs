@@ -7,6 +7,7 @@
 //!
 //! Run: `cargo bench --bench changelog_scale` (release build). Figures, not assertions.
 
+mod support;
 use fanout::hostsim::{EmulatedHost, cosmos_trigger_body, samples};
 use fanout::sinks::BatchContext;
 use fanout::sinks::delta::{ChangelogTable, DeltaConfig, open, read_changelog, table_url};
@@ -14,6 +15,7 @@ use futures::future::join_all;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::{percentile, write_app};
 
 const SENDERS: usize = 8;
 const BATCH: usize = 100;
@@ -23,29 +25,6 @@ fn commits() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn write_app(dir: &Path, delta_extra: &str) {
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/host.json"),
-        dir.join("host.json"),
-    )
-    .unwrap();
-    std::fs::create_dir_all(dir.join("orders")).unwrap();
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/orders/function.json"),
-        dir.join("orders/function.json"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("fanout.toml"),
-        format!("[functions.orders]\npartition_key = \"/customerId\"\nsoft_delete = {{ field = \"/deleted\" }}\n[functions.orders.sinks.changelog]\ntype = \"delta\"\ntable = \"tables/orders\"\n{delta_extra}\n"),
-    )
-    .unwrap();
 }
 
 struct Run {
@@ -61,9 +40,16 @@ async fn senders_run(binary: &Path, delta_extra: &str) -> (tempfile::TempDir, Ru
     let dir = tempfile::tempdir().unwrap();
     write_app(dir.path(), delta_extra);
     let host = Arc::new(
-        EmulatedHost::start(binary, dir.path(), &[("FANOUT_LOG", std::env::var("BENCH_LOG").as_deref().unwrap_or("warn"))])
-            .await
-            .unwrap(),
+        EmulatedHost::start(
+            binary,
+            dir.path(),
+            &[(
+                "FANOUT_LOG",
+                std::env::var("BENCH_LOG").as_deref().unwrap_or("warn"),
+            )],
+        )
+        .await
+        .unwrap(),
     );
     let bodies: Vec<String> = samples::order_batches(1_000_000, CHANGES / BATCH, BATCH, 5_000)
         .iter()
@@ -117,14 +103,36 @@ fn row(label: &str, r: &Run) {
     );
 }
 
+fn rss_mb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        / 1024
+}
+
 #[tokio::main]
 async fn main() {
+    fanout::limit_malloc_arenas();
     fanout::install_crypto_provider();
     let binary = Path::new(env!("CARGO_BIN_EXE_fanout"));
+    if std::env::var("BENCH_ONLY_COMMITS").is_err() {
+        senders_and_compaction(binary).await;
+    }
+    commits_and_open().await;
+}
+
+async fn senders_and_compaction(binary: &Path) {
     println!(
         "\n{SENDERS} concurrent senders x 100-change batches, {CHANGES} changes, through the real binary\n"
     );
-    println!("| setting | throughput | invocation latency | table commits | data files at the end |");
+    println!(
+        "| setting | throughput | invocation latency | table commits | data files at the end |"
+    );
     println!("|---|---|---|---|---|");
     let (_d, r) = senders_run(
         binary,
@@ -162,12 +170,17 @@ async fn main() {
         after.files,
         took.as_secs_f64()
     );
+}
 
+async fn commits_and_open() {
     // 10k commits, then the time to open the table.
     let dir = tempfile::tempdir().unwrap();
     let url = table_url("t", dir.path()).unwrap();
     let mut config = DeltaConfig::at("t");
     config.group_commit.window_ms = 0;
+    if std::env::var("BENCH_NO_COMPACTION").is_ok() {
+        config.compaction.enabled = false;
+    }
     let table = ChangelogTable::new(url.clone(), &config);
     let commits = commits();
     // Generated per commit, not held: 10k batches of documents would dominate the RSS.
@@ -182,18 +195,28 @@ async fn main() {
         fanout::change::PartitionKeyPaths::parse(&["/customerId"]).unwrap(),
         None,
     );
+    let normalize = |docs: &[serde_json::Value]| -> Vec<fanout::change::Change> {
+        docs.iter()
+            .enumerate()
+            .map(|(i, d)| normalizer.normalize(i, d.clone()).unwrap())
+            .collect()
+    };
     let started = Instant::now();
     let mut commit_times = Vec::new();
     for batch in docs {
-        let changes: Vec<_> = batch
-            .iter()
-            .enumerate()
-            .map(|(i, d)| normalizer.normalize(i, d.clone()).unwrap())
-            .collect();
+        let changes = normalize(&batch);
         let refs: Vec<_> = changes.iter().collect();
         let t = Instant::now();
         table.append(&ctx, "changelog", &refs).await.unwrap();
         commit_times.push(t.elapsed());
+        if commit_times.len() % 1000 == 0 {
+            eprintln!(
+                "{} commits: RSS {} MB, last commit {:.1} ms",
+                commit_times.len(),
+                rss_mb(),
+                t.elapsed().as_secs_f64() * 1e3
+            );
+        }
     }
     let writing = started.elapsed();
     drop(table);
@@ -205,11 +228,7 @@ async fn main() {
     let files = opened.snapshot().unwrap().log_data().num_files();
     let cold = ChangelogTable::new(url.clone(), &config);
     let extra = samples::order_batches(10_000_000, 1, 10, 5);
-    let changes: Vec<_> = extra[0]
-        .iter()
-        .enumerate()
-        .map(|(i, d)| normalizer.normalize(i, d.clone()).unwrap())
-        .collect();
+    let changes = normalize(&extra[0]);
     let refs: Vec<_> = changes.iter().collect();
     let started = Instant::now();
     cold.append(&ctx, "changelog", &refs).await.unwrap();

@@ -5,11 +5,13 @@
 //!
 //! Run: `cargo bench --bench figures` (release build).
 
+mod support;
 use fanout::hostsim::{EmulatedHost, cosmos_trigger_body, samples};
 use fanout::sinks::BatchContext;
 use fanout::sinks::delta::{ChangelogTable, table_url};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use support::{percentile, write_app};
 
 const ROUNDS: usize = 20;
 const BATCHES: usize = 30;
@@ -37,29 +39,6 @@ fn hwm_kb(pid: u32) -> Option<u64> {
         .ok()
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn write_app(dir: &Path) {
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/host.json"),
-        dir.join("host.json"),
-    )
-    .unwrap();
-    std::fs::create_dir_all(dir.join("orders")).unwrap();
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/orders/function.json"),
-        dir.join("orders/function.json"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("fanout.toml"),
-        "[functions.orders]\npartition_key = \"/customerId\"\nsoft_delete = { field = \"/deleted\" }\n[functions.orders.sinks.changelog]\ntype = \"delta\"\ntable = \"tables/orders\"\n",
-    )
-    .unwrap();
-}
-
 #[tokio::main]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -76,7 +55,7 @@ async fn main() {
 
     // Start-up and idle memory.
     let dir = tempfile::tempdir().unwrap();
-    write_app(dir.path());
+    write_app(dir.path(), "");
     let mut startups = Vec::new();
     let mut idle_rss = Vec::new();
     for _ in 0..ROUNDS {

@@ -21,3 +21,16 @@ pub mod sinks;
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
+
+/// Caps glibc's malloc arenas at two. With one arena per thread (glibc's default, up to
+/// 8 x cores), memory freed on one tokio worker is not reused by another, and the RSS of a
+/// long-running writer climbs: 10-change Delta commits with background compaction measured
+/// 95 MB -> 113 MB over 1000 commits with two arenas, 274 MB -> 591 MB with the default.
+/// Call once at start-up, before other threads exist.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread is spawned.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}

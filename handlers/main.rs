@@ -85,6 +85,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    fanout::limit_malloc_arenas();
     let cli = Cli::parse();
     commands::init_tracing();
     fanout::install_crypto_provider();

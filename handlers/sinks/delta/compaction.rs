@@ -224,7 +224,11 @@ async fn commit_exclusively(
         let attempt = CommitBuilder::from(CommitProperties::default())
             .with_max_retries(0)
             .with_actions(actions.clone())
-            .build(Some(table.snapshot()?), table.log_store(), operation.clone())
+            .build(
+                Some(table.snapshot()?),
+                table.log_store(),
+                operation.clone(),
+            )
             .await;
         match attempt {
             Ok(committed) => return Ok(committed.version()),
@@ -240,7 +244,6 @@ async fn commit_exclusively(
         "compaction abandoned: the table moved on {ATTEMPTS} times while committing"
     )))
 }
-
 
 /// Files hold no partition column (its value is in the path): put it back for the writer.
 fn with_partition_column(batch: &RecordBatch, days: i32) -> Result<RecordBatch, ChangelogError> {

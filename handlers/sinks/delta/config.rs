@@ -217,3 +217,58 @@ impl DeltaConfig {
         problems
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> DeltaConfig {
+        toml::from_str(&format!("table = \"t\"\n{extra}")).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse("");
+        assert!(c.validate().is_empty());
+        assert_eq!(c.group_commit.window_ms, 10);
+        assert_eq!(c.checkpoint_interval, 100);
+        assert!(c.compaction.enabled);
+    }
+
+    #[test]
+    fn typed_column_problems_are_named_with_their_fix() {
+        let c = parse(
+            r#"columns = [
+  { name = "customer_id", path = "/customerId", type = "string" },
+  { name = "Customer_Id", path = "/x", type = "long" },
+  { name = "lsn", path = "/y", type = "long" },
+  { name = "bad name", path = "/z", type = "date" },
+  { name = "ok", path = "z", type = "double" },
+]"#,
+        );
+        let problems = c.validate();
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems[0].contains("`columns[1]`: column `Customer_Id` is defined twice"));
+        assert!(problems[1].contains("`lsn` is one of the changelog's fixed columns"));
+        assert!(problems[2].contains("`bad name` is not a plain column name"));
+        assert!(problems[3].contains("path `z` must be a document path"));
+    }
+
+    #[test]
+    fn unknown_types_and_settings_are_refused() {
+        assert!(
+            toml::from_str::<DeltaConfig>(
+                "table = \"t\"\ncolumns = [{ name = \"a\", path = \"/a\", type = \"decimal\" }]"
+            )
+            .is_err()
+        );
+        assert!(
+            toml::from_str::<DeltaConfig>("table = \"t\"\ngroup_commit = { windw_ms = 1 }")
+                .is_err()
+        );
+        let c = parse(
+            "group_commit = { window_ms = 5000, max_rows = 0 }\ncompaction = { min_small_files = 1, small_file_mb = 200 }\ncheckpoint_interval = 0",
+        );
+        assert_eq!(c.validate().len(), 5, "{:?}", c.validate());
+    }
+}

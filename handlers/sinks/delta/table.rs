@@ -41,7 +41,8 @@ pub const LOG_RETENTION: &str = "interval 7 days";
 /// The columns with min/max statistics (data skipping): the ones readers filter on. Not
 /// `document` (large, never a useful filter), which would make every commit and checkpoint
 /// heavier.
-pub const STATS_COLUMNS: &str = "operation,delete_kind,id,partition_key,lsn,ts,function,ingest_time";
+pub const STATS_COLUMNS: &str =
+    "operation,delete_kind,id,partition_key,lsn,ts,function,ingest_time";
 
 /// What an append did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -173,9 +173,7 @@ impl Committer {
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
                     // Everyone who was in the last group is back: commit now rather than
                     // idle until the window ends (adaptive; a lone sender never waits).
-                    Err(mpsc::error::TryRecvError::Empty)
-                        if group.len() >= self.last_group_len =>
-                    {
+                    Err(mpsc::error::TryRecvError::Empty) if group.len() >= self.last_group_len => {
                         break;
                     }
                     Err(mpsc::error::TryRecvError::Empty) => {
