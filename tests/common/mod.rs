@@ -155,6 +155,52 @@ pub fn python(script: &str, env: &[(&str, &str)]) -> String {
     stdout(&out)
 }
 
+/// One cluster-enabled redis-server on free loopback ports. A port picked free can be taken
+/// by a concurrently running test before the server binds it: then the server exits, and it
+/// is started again on other ports.
+fn start_cluster_node(bin: &Path, node_dir: &Path) -> (std::process::Child, u16) {
+    for _ in 0..5 {
+        let _ = std::fs::remove_file(node_dir.join("nodes.conf"));
+        let port = fanout::hostsim::free_port().unwrap();
+        let bus = fanout::hostsim::free_port().unwrap();
+        let mut child = Command::new(bin)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus.to_string(),
+            ])
+            .args([
+                "--cluster-config-file",
+                "nodes.conf",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(node_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let started = Instant::now();
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (child, port);
+            }
+            if child.try_wait().unwrap().is_some() || started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("cluster node did not start (5 attempts)");
+}
+
 /// A real Azure Blob endpoint: Azurite (installed by tests/setup.sh), on a free loopback port,
 /// stopped by PID on drop.
 pub struct Azurite {
@@ -437,47 +483,11 @@ impl RedisCluster {
         let mut children = Vec::new();
         let mut ports = Vec::new();
         for i in 0..3 {
-            let port = fanout::hostsim::free_port().unwrap();
-            let bus = fanout::hostsim::free_port().unwrap();
             let node_dir = dir.path().join(format!("n{i}"));
             std::fs::create_dir_all(&node_dir).unwrap();
-            let child = Command::new(&bin)
-                .args([
-                    "--bind",
-                    "127.0.0.1",
-                    "--port",
-                    &port.to_string(),
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-port",
-                    &bus.to_string(),
-                ])
-                .args([
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                ])
-                .arg(&node_dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start redis-server");
+            let (child, port) = start_cluster_node(&bin, &node_dir);
             children.push(child);
             ports.push(port);
-        }
-        for &p in &ports {
-            let started = Instant::now();
-            while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
-                assert!(
-                    started.elapsed() < Duration::from_secs(10),
-                    "cluster node did not start"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
         }
         let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let out =
