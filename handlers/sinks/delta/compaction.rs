@@ -10,18 +10,16 @@
 
 use super::config::CompactionConfig;
 use super::error::ChangelogError;
-use super::schema::{PARTITION_COLUMN, conform};
-use bytes::Bytes;
+use super::reader::read_data_file;
+use super::schema::{PARTITION_COLUMN, conform, table_arrow_schema};
 use chrono::NaiveDate;
 use deltalake::DeltaTable;
 use deltalake::arrow::array::{ArrayRef, Date32Array, RecordBatch};
-use deltalake::arrow::datatypes::{Schema, SchemaRef};
+use deltalake::arrow::datatypes::Schema;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, LogicalFileView};
-use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use object_store::ObjectStoreExt;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -117,15 +115,7 @@ pub async fn compact(
     if plans.is_empty() {
         return Ok(report);
     }
-    let snapshot = table.snapshot()?;
-    let table_schema: SchemaRef = Arc::new(
-        deltalake::kernel::engine::arrow_conversion::TryIntoArrow::try_into_arrow(
-            snapshot.schema().as_ref(),
-        )
-        .map_err(|e: deltalake::arrow::error::ArrowError| {
-            ChangelogError::Permanent(format!("table schema: {e}"))
-        })?,
-    );
+    let table_schema = table_arrow_schema(table)?;
     let store = table.object_store();
     let mut actions = Vec::new();
     for partition in &plans {
@@ -141,19 +131,7 @@ pub async fn compact(
             let mut writer = RecordBatchWriter::for_table(table)?
                 .with_target_file_size(config.target_file_mb * MB);
             for file in bin {
-                let bytes: Bytes = store
-                    .get(&file.object_store_path())
-                    .await
-                    .map_err(deltalake::DeltaTableError::from)?
-                    .bytes()
-                    .await
-                    .map_err(deltalake::DeltaTableError::from)?;
-                let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-                    .map_err(deltalake::DeltaTableError::from)?
-                    .with_batch_size(8192)
-                    .build()
-                    .map_err(deltalake::DeltaTableError::from)?;
-                for batch in reader {
+                for batch in read_data_file(store.as_ref(), &file.object_store_path()).await? {
                     let batch = batch.map_err(deltalake::DeltaTableError::from)?;
                     report.rows += batch.num_rows();
                     let batch = with_partition_column(&batch, days)?;

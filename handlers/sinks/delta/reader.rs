@@ -4,8 +4,10 @@
 use bytes::Bytes;
 use deltalake::arrow::array::{Array, AsArray, RecordBatch};
 use deltalake::arrow::datatypes::Int64Type;
-use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use deltalake::{DeltaTableBuilder, DeltaTableError};
+use deltalake::parquet::arrow::arrow_reader::{
+    ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+};
+use deltalake::{DeltaTableError, ObjectStore, Path};
 use object_store::ObjectStoreExt;
 use std::collections::HashMap;
 use url::Url;
@@ -30,14 +32,22 @@ pub struct ChangelogSnapshot {
     pub rows: Vec<ChangelogRow>,
 }
 
+/// One of the table's Parquet files, read whole and decoded batch by batch.
+pub async fn read_data_file(
+    store: &dyn ObjectStore,
+    path: &Path,
+) -> Result<ParquetRecordBatchReader, DeltaTableError> {
+    let bytes: Bytes = store.get(path).await?.bytes().await?;
+    Ok(ParquetRecordBatchReaderBuilder::try_new(bytes)?
+        .with_batch_size(8192)
+        .build()?)
+}
+
 pub async fn read_changelog(
     url: Url,
     storage_options: HashMap<String, String>,
 ) -> Result<ChangelogSnapshot, DeltaTableError> {
-    let table = DeltaTableBuilder::from_url(url)?
-        .with_storage_options(storage_options)
-        .load()
-        .await?;
+    let table = super::table::open(url, storage_options).await?;
     let store = table.object_store();
     let paths: Vec<_> = table
         .snapshot()?
@@ -47,9 +57,7 @@ pub async fn read_changelog(
         .collect();
     let mut rows = Vec::new();
     for path in &paths {
-        let bytes: Bytes = store.get(path).await?.bytes().await?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
-        for batch in reader {
+        for batch in read_data_file(store.as_ref(), path).await? {
             collect_rows(&batch?, &mut rows);
         }
     }

@@ -6,6 +6,7 @@
 //! schema at commit time (the table may hold columns other writers added).
 
 use super::config::{ColumnType, TypedColumn};
+use super::error::ChangelogError;
 use crate::change::Change;
 use crate::change::projection::{lookup, parse_path};
 use crate::sinks::BatchContext;
@@ -148,6 +149,20 @@ impl ChangelogSchema {
         }
         RecordBatch::try_new(self.arrow.clone(), arrays).map_err(|e| e.to_string())
     }
+}
+
+/// The table's current schema, as Arrow (it may hold columns other writers added).
+pub fn table_arrow_schema(table: &deltalake::DeltaTable) -> Result<SchemaRef, ChangelogError> {
+    use deltalake::kernel::engine::arrow_conversion::TryIntoArrow;
+    let schema: Schema = table
+        .snapshot()?
+        .schema()
+        .as_ref()
+        .try_into_arrow()
+        .map_err(|e: deltalake::arrow::error::ArrowError| {
+            ChangelogError::Permanent(format!("table schema: {e}"))
+        })?;
+    Ok(Arc::new(schema))
 }
 
 /// Maps a batch onto the table's schema by column name: the table's order, and nulls for

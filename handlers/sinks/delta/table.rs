@@ -10,12 +10,12 @@
 //! writers racing on the same batch conflict on the txn and the loser re-checks.
 
 use super::error::ChangelogError;
-use super::schema::{ChangelogSchema, PARTITION_COLUMN, conform};
+use super::schema::{ChangelogSchema, PARTITION_COLUMN, conform, table_arrow_schema};
 use super::txn_index::TxnIndex;
 use crate::change::Change;
 use crate::sinks::BatchContext;
 use chrono::Utc;
-use deltalake::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use deltalake::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use deltalake::arrow::compute::filter_record_batch;
 use deltalake::arrow::datatypes::Int64Type;
 use deltalake::kernel::Transaction;
@@ -33,6 +33,7 @@ use url::Url;
 /// How long the table remembers batch identities (the dedup window for re-deliveries and
 /// replays). Older identities expire so the table state does not grow without bound.
 pub const TXN_RETENTION: &str = "interval 30 days";
+/// The same window for the in-memory index (kept equal to `TXN_RETENTION` by a test).
 pub const TXN_RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
 /// How long commit files are kept (older ones are removed when a checkpoint is written). The
 /// changelog rows, not time travel, are the history; 7 days bounds the log's file count.
@@ -101,8 +102,6 @@ pub fn batch_app_id(ctx: &BatchContext, sink: &str, changes: &[&Change]) -> Stri
 #[derive(Debug, Clone)]
 pub struct PendingAppend {
     pub app_id: String,
-    /// Whether every row has an lsn (then a re-delivery appends only rows above the recorded one).
-    pub has_lsns: bool,
     pub batch: RecordBatch,
 }
 
@@ -154,7 +153,7 @@ pub async fn open_or_create(settings: &TableSettings) -> Result<DeltaTable, Delt
     match created {
         Ok(table) => Ok(table),
         // Another writer created it first: use theirs.
-        Err(_) => builder(settings)?.load().await,
+        Err(_) => open(settings.url.clone(), settings.storage_options.clone()).await,
     }
 }
 
@@ -206,14 +205,7 @@ pub async fn commit_appends(
         }
     }))
     .await?;
-    let table_schema = deltalake::arrow::datatypes::SchemaRef::new(
-        deltalake::kernel::engine::arrow_conversion::TryIntoArrow::try_into_arrow(
-            snapshot.schema().as_ref(),
-        )
-        .map_err(|e: deltalake::arrow::error::ArrowError| {
-            ChangelogError::Permanent(format!("table schema: {e}"))
-        })?,
-    );
+    let table_schema = table_arrow_schema(table)?;
     let mut fresh_batches = Vec::new();
     let mut txns = Vec::new();
     let mut outcomes = Vec::new();
@@ -267,7 +259,8 @@ fn fresh_rows(
     let max_lsn = lsns.iter().flatten().max().unwrap_or(0);
     match recorded {
         None => Ok((append.batch.clone(), max_lsn)),
-        Some(upto) if !append.has_lsns => Ok((append.batch.slice(0, 0), upto)),
+        // Rows without an lsn: the identity is the whole batch, which the table has.
+        Some(upto) if lsns.null_count() > 0 => Ok((append.batch.slice(0, 0), upto)),
         Some(upto) => {
             let keep: BooleanArray = lsns
                 .iter()
@@ -277,5 +270,16 @@ fn fresh_rows(
                 .map_err(|e| ChangelogError::Permanent(e.to_string()))?;
             Ok((fresh, max_lsn.max(upto)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_two_forms_of_the_txn_retention_agree() {
+        let days = TXN_RETENTION_MS / (24 * 3600 * 1000);
+        assert_eq!(TXN_RETENTION, format!("interval {days} days"));
     }
 }

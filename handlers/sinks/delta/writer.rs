@@ -62,10 +62,6 @@ impl ChangelogTable {
         &self.settings.url
     }
 
-    pub fn settings(&self) -> &TableSettings {
-        &self.settings
-    }
-
     /// Appends the changes not yet in the table. Returns once the commit holding them landed.
     pub async fn append(
         &self,
@@ -88,7 +84,6 @@ impl ChangelogTable {
             .map_err(ChangelogError::Permanent)?;
         let append = PendingAppend {
             app_id: batch_app_id(ctx, sink, changes),
-            has_lsns: changes.iter().all(|c| c.lsn.is_some()),
             batch,
         };
         let (reply, answer) = oneshot::channel();
