@@ -18,7 +18,7 @@ use std::sync::Arc;
 pub fn router(pipeline: Arc<Pipeline>, max_body_bytes: usize) -> Router {
     Router::new()
         // The host polls `/` until anything answers: answer at once, whatever the method.
-        .route("/", any(|| async { "fanout ready" }))
+        .route("/", any(readiness))
         .route("/{function}", post(invoke))
         // The limit is enforced while streaming (see `read_body`), so that an oversized body
         // can go to the dead-letter store instead of being refused.
@@ -174,4 +174,10 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown requested; finishing in-flight invocations");
+}
+
+/// Any answer on `/` means ready to the host. The process id in it lets a launcher tell its
+/// own handler from another process that holds the same port.
+async fn readiness() -> String {
+    format!("fanout ready, pid {}", std::process::id())
 }

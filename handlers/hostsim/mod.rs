@@ -107,6 +107,8 @@ pub enum HostError {
     NotReady(Duration, String),
     #[error("no free port: {0}")]
     Port(std::io::Error),
+    #[error("another process answers on port {0}")]
+    PortTaken(u16),
     #[error("HTTP: {0}")]
     Http(#[from] reqwest::Error),
 }
@@ -137,29 +139,43 @@ impl EmulatedHost {
         env: &[(&str, &str)],
         interval: Duration,
     ) -> Result<Self, HostError> {
-        let port = free_port().map_err(HostError::Port)?;
-        let mut cmd = Command::new(binary);
-        cmd.current_dir(app_root)
-            .env(PORT_ENV, port.to_string())
-            .stdin(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
+        // A free port is free only when probed: a concurrently started process may take it
+        // before the handler binds. The answer on `/` names the process that gave it; if that
+        // is not ours, start again on another port.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let port = free_port().map_err(HostError::Port)?;
+            let mut cmd = Command::new(binary);
+            cmd.current_dir(app_root)
+                .env(PORT_ENV, port.to_string())
+                .stdin(Stdio::null());
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let started = Instant::now();
+            let child = cmd.spawn().map_err(|source| HostError::Spawn {
+                binary: binary.to_path_buf(),
+                source,
+            })?;
+            let mut host = Self {
+                child: Some(child),
+                port,
+                client: reqwest::Client::new(),
+                startup: Duration::ZERO,
+            };
+            match host
+                .wait_ready(started, Duration::from_secs(30), interval)
+                .await
+            {
+                Ok(startup) => {
+                    host.startup = startup;
+                    return Ok(host);
+                }
+                Err(HostError::PortTaken(_)) if tries < 5 => host.kill(),
+                Err(e) => return Err(e),
+            }
         }
-        let started = Instant::now();
-        let child = cmd.spawn().map_err(|source| HostError::Spawn {
-            binary: binary.to_path_buf(),
-            source,
-        })?;
-        let mut host = Self {
-            child: Some(child),
-            port,
-            client: reqwest::Client::new(),
-            startup: Duration::ZERO,
-        };
-        host.startup = host
-            .wait_ready(started, Duration::from_secs(30), interval)
-            .await?;
-        Ok(host)
     }
 
     async fn wait_ready(
@@ -169,10 +185,16 @@ impl EmulatedHost {
         interval: Duration,
     ) -> Result<Duration, HostError> {
         let url = format!("http://127.0.0.1:{}/", self.port);
+        let ours = format!("pid {}", self.pid().unwrap_or_default());
         loop {
-            // Any HTTP answer counts, as for the host.
-            if self.client.get(&url).send().await.is_ok() {
-                return Ok(started.elapsed());
+            // Any HTTP answer counts, as for the host, once it is our process that answers.
+            if let Ok(answer) = self.client.get(&url).send().await {
+                let elapsed = started.elapsed();
+                let body = answer.text().await.unwrap_or_default();
+                if body.ends_with(&ours) {
+                    return Ok(elapsed);
+                }
+                return Err(HostError::PortTaken(self.port));
             }
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()

@@ -20,7 +20,11 @@ impl ChangelogError {
 
 impl From<DeltaTableError> for ChangelogError {
     fn from(e: DeltaTableError) -> Self {
-        let message = e.to_string();
+        let message = match &e {
+            // delta-rs words every I/O error as "Failed to read line from log record".
+            DeltaTableError::Io { source } => format!("I/O error: {source}"),
+            other => other.to_string(),
+        };
         match e {
             DeltaTableError::SchemaMismatch { .. }
             | DeltaTableError::InvalidTableLocation(_)
