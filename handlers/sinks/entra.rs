@@ -1,5 +1,5 @@
-//! Microsoft Entra tokens for sinks that authenticate with an identity (Redis, AI Search, the
-//! Kafka endpoint), from `azure_identity`: a managed identity in Azure (user-assigned when
+//! Microsoft Entra tokens for sinks that authenticate with an identity (Redis, AI Search, Event
+//! Hubs over AMQP and Kafka), from `azure_identity`: a managed identity in Azure (user-assigned when
 //! `AZURE_CLIENT_ID` is set), developer tools (`az login`, `azd auth login`) elsewhere.
 //! Tokens are cached and refreshed before they expire; they are never logged.
 
@@ -27,6 +27,27 @@ impl std::fmt::Debug for EntraToken {
     }
 }
 
+/// Picks the credential from the environment: a managed identity where the platform provides
+/// one (`IDENTITY_ENDPOINT` / `MSI_ENDPOINT`, or `AZURE_CLIENT_ID` set), else the developer's
+/// own login. Clients that take a credential themselves (the Event Hubs producer) use it as is.
+pub fn credential_from_env() -> Result<Arc<dyn TokenCredential>, String> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if env("IDENTITY_ENDPOINT").is_some()
+        || env("MSI_ENDPOINT").is_some()
+        || env("AZURE_CLIENT_ID").is_some()
+    {
+        let options = ManagedIdentityCredentialOptions {
+            user_assigned_id: env("AZURE_CLIENT_ID").map(UserAssignedId::ClientId),
+            ..Default::default()
+        };
+        Ok(ManagedIdentityCredential::new(Some(options))
+            .map_err(|e| format!("managed identity: {e}"))?)
+    } else {
+        Ok(DeveloperToolsCredential::new(None)
+            .map_err(|e| format!("developer credential (az login): {e}"))?)
+    }
+}
+
 /// A token's secret and when it stops working.
 pub struct Token {
     pub secret: String,
@@ -34,27 +55,10 @@ pub struct Token {
 }
 
 impl EntraToken {
-    /// Picks the credential from the environment: a managed identity where the platform
-    /// provides one (`IDENTITY_ENDPOINT` / `MSI_ENDPOINT`, or `AZURE_CLIENT_ID` set), else the
-    /// developer's own login.
+    /// A token source for `scope` with the credential [`credential_from_env`] picks.
     pub fn from_env(scope: &str) -> Result<Self, String> {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let credential: Arc<dyn TokenCredential> = if env("IDENTITY_ENDPOINT").is_some()
-            || env("MSI_ENDPOINT").is_some()
-            || env("AZURE_CLIENT_ID").is_some()
-        {
-            let options = ManagedIdentityCredentialOptions {
-                user_assigned_id: env("AZURE_CLIENT_ID").map(UserAssignedId::ClientId),
-                ..Default::default()
-            };
-            ManagedIdentityCredential::new(Some(options))
-                .map_err(|e| format!("managed identity: {e}"))?
-        } else {
-            DeveloperToolsCredential::new(None)
-                .map_err(|e| format!("developer credential (az login): {e}"))?
-        };
         Ok(Self {
-            credential,
+            credential: credential_from_env()?,
             scope: scope.to_string(),
             cached: Mutex::new(None),
         })

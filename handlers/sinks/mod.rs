@@ -5,6 +5,7 @@
 //! A sink is idempotent: the same change delivered twice leaves the sink as if delivered once.
 
 pub mod azure_search;
+pub mod cloudevent;
 pub mod delta;
 pub mod entra;
 pub mod event_hubs;
@@ -26,6 +27,7 @@ pub enum SinkConfig {
     Delta(delta::DeltaConfig),
     Redis(redis::RedisConfig),
     AzureSearch(azure_search::SearchConfig),
+    EventHubs(event_hubs::AmqpConfig),
     EventHubsBinding(event_hubs::BindingConfig),
 }
 
@@ -43,6 +45,7 @@ impl SinkConfig {
             SinkConfig::Delta(c) => c.validate(),
             SinkConfig::Redis(c) => c.validate(),
             SinkConfig::AzureSearch(c) => c.validate(),
+            SinkConfig::EventHubs(c) => c.validate(),
             SinkConfig::EventHubsBinding(c) => c.validate(),
         }
     }
@@ -66,6 +69,7 @@ impl SinkConfig {
             SinkConfig::Delta(_) => delta::KIND,
             SinkConfig::Redis(_) => redis::KIND,
             SinkConfig::AzureSearch(_) => azure_search::KIND,
+            SinkConfig::EventHubs(_) => event_hubs::amqp::KIND,
             SinkConfig::EventHubsBinding(_) => event_hubs::BINDING_KIND,
         }
     }
@@ -84,16 +88,29 @@ impl SinkConfig {
                 c,
                 ctx.app_root,
             )?)),
-            SinkConfig::EventHubsBinding(c) => {
-                let f = ctx.function;
-                let source = format!(
-                    "/cosmosdb/{}/{}",
-                    f.database.as_deref().unwrap_or("database"),
-                    f.container.as_deref().unwrap_or(&f.name)
-                );
-                Ok(Arc::new(event_hubs::BindingSink::new(name, c, source)))
-            }
+            SinkConfig::EventHubs(c) => Ok(Arc::new(event_hubs::AmqpSink::new(
+                name,
+                c,
+                ctx.event_source(),
+            )?)),
+            SinkConfig::EventHubsBinding(c) => Ok(Arc::new(event_hubs::BindingSink::new(
+                name,
+                c,
+                ctx.event_source(),
+            ))),
         }
+    }
+}
+
+impl BuildContext<'_> {
+    /// The default CloudEvents `source`: `/cosmosdb/{database}/{container}` from function.json.
+    pub fn event_source(&self) -> String {
+        let f = self.function;
+        format!(
+            "/cosmosdb/{}/{}",
+            f.database.as_deref().unwrap_or("database"),
+            f.container.as_deref().unwrap_or(&f.name)
+        )
     }
 }
 

@@ -7,9 +7,9 @@
 //! the invocation and its own retry policy re-delivers — on the last attempt those events are
 //! lost to us, we cannot see it. For delivery we control, use the direct AMQP or Kafka sinks.
 
-use super::cloudevent::EventFormat;
 use crate::change::Change;
 use crate::change::projection::FieldSelection;
+use crate::sinks::cloudevent::EventFormat;
 use crate::sinks::{BatchContext, Delivery, Rejected, Sink, SinkError};
 use async_trait::async_trait;
 use serde::Deserialize;

@@ -1,11 +1,12 @@
-//! Event Hubs: one CloudEvent per change. This folder holds the event format and the
-//! output-binding mode (`type = "event_hubs_binding"`); the direct AMQP producer and the Kafka
-//! protocol sink are to come (issue 5).
+//! Event Hubs: one CloudEvent per change (format in `sinks::cloudevent`), two ways out:
+//! `type = "event_hubs"` sends over AMQP with the Event Hubs SDK (`amqp/`), and
+//! `type = "event_hubs_binding"` hands the events to the host's output binding (`binding.rs`).
+//! The Kafka protocol (Event Hubs' Kafka endpoint or any Kafka cluster) is `sinks::kafka`.
 
+pub mod amqp;
 mod binding;
-mod cloudevent;
 
+pub use amqp::{AmqpConfig, AmqpSink};
 pub use binding::{BindingConfig, BindingSink, DEFAULT_MAX_EVENT_BYTES};
-pub use cloudevent::EventFormat;
 
 pub const BINDING_KIND: &str = "event_hubs_binding";

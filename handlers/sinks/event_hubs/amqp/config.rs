@@ -1,0 +1,72 @@
+use crate::sinks::cloudevent::{EventSettings, Partitioning};
+use serde::Deserialize;
+
+/// `type = "event_hubs"`: one CloudEvent per change, sent over AMQP with the Event Hubs SDK,
+/// authenticated with Microsoft Entra (the app's managed identity in Azure).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// The fully qualified namespace, `<namespace>.servicebus.windows.net`.
+    pub namespace: String,
+    /// The event hub's name.
+    pub event_hub: String,
+    /// `key` (default): each event carries a partition key (the change's partition key value,
+    /// or the `partition_key` path) so events of one key land in one partition, in order.
+    /// `none`: no key, the service spreads the events (round robin).
+    #[serde(default)]
+    pub partitioning: Partitioning,
+    /// A `/`-path in the document to key by instead of the Cosmos partition key.
+    pub partition_key: Option<String>,
+    /// CloudEvents layout: `{ mode = "structured" | "binary", source, type_prefix, fields }`.
+    #[serde(default)]
+    pub format: EventSettings,
+    /// An AMQP endpoint to connect to instead of the namespace (`amqp://host:port` or
+    /// `amqps://host:port`): an AMQP proxy, or a local fake. The namespace still names the hub.
+    pub endpoint: Option<String>,
+    /// Batches of different keys sent at once (one key's batches always go one after another).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn default_max_in_flight() -> usize {
+    16
+}
+
+impl AmqpConfig {
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = self.format.validate();
+        if self.namespace.is_empty() || self.namespace.contains("://") {
+            problems.push(format!(
+                "`namespace` must be the fully qualified namespace host, e.g. `myns.servicebus.windows.net` (got `{}`); put a custom address in `endpoint`",
+                self.namespace
+            ));
+        }
+        if self.event_hub.is_empty() {
+            problems.push("`event_hub` must name the event hub".into());
+        }
+        if let Some(e) = &self.endpoint
+            && !(e.starts_with("amqp://") || e.starts_with("amqps://"))
+        {
+            problems.push(format!(
+                "`endpoint` must be an amqp:// or amqps:// URL (got `{e}`)"
+            ));
+        }
+        if let Some(p) = &self.partition_key
+            && !p.starts_with('/')
+        {
+            problems.push(format!(
+                "`partition_key` must be a `/`-path such as `/customerId` (got `{p}`)"
+            ));
+        }
+        if self.partition_key.is_some() && self.partitioning == Partitioning::None {
+            problems.push(
+                "`partition_key` has no effect with `partitioning = \"none\"`: remove one of them"
+                    .into(),
+            );
+        }
+        if self.max_in_flight == 0 {
+            problems.push("`max_in_flight` must be at least 1".into());
+        }
+        problems
+    }
+}

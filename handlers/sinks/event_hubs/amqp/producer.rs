@@ -1,0 +1,185 @@
+//! The I/O side: one `ProducerClient` per sink, opened on the first batch and reused across
+//! invocations; reopened after a failure. Events of one key go out in order, packed into as
+//! few batches as the hub's maximum message size allows; different keys go out concurrently.
+
+use super::config::AmqpConfig;
+use crate::sinks::cloudevent::EncodedEvent;
+use azure_core::credentials::TokenCredential;
+use azure_messaging_eventhubs::models::EventData;
+use azure_messaging_eventhubs::{EventDataBatchOptions, ProducerClient, RetryOptions};
+use futures::StreamExt;
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// One key's events, in the order of the batch (`index` into the sink's `changes`).
+pub struct KeyedEvents {
+    pub key: Option<String>,
+    pub events: Vec<(usize, EncodedEvent)>,
+}
+
+/// How one key's events fared.
+#[derive(Default)]
+pub struct KeyOutcome {
+    pub sent: Vec<usize>,
+    /// Too large for any message: never sent, never retried.
+    pub too_large: Vec<(usize, usize)>,
+    /// Not sent because of `error` (the first failure stops the key, to keep its order).
+    pub unsent: Vec<usize>,
+    pub error: Option<String>,
+    pub batches: usize,
+    pub batch_bytes: u64,
+}
+
+pub struct Producer {
+    namespace: String,
+    event_hub: String,
+    endpoint: Option<String>,
+    max_in_flight: usize,
+    credential: Arc<dyn TokenCredential>,
+    client: Mutex<Option<Arc<ProducerClient>>>,
+}
+
+impl Producer {
+    pub fn new(config: &AmqpConfig, credential: Arc<dyn TokenCredential>) -> Self {
+        Self {
+            namespace: config.namespace.clone(),
+            event_hub: config.event_hub.clone(),
+            endpoint: config.endpoint.clone(),
+            max_in_flight: config.max_in_flight,
+            credential,
+            client: Mutex::new(None),
+        }
+    }
+
+    async fn client(&self) -> Result<Arc<ProducerClient>, String> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        // Few, short retries inside the SDK: the shared retry loop (with its budget below the
+        // function timeout) decides how long to keep trying.
+        let mut builder = ProducerClient::builder()
+            .with_application_id("cosmos-fanout".to_string())
+            .with_retry_options(RetryOptions {
+                initial_delay: azure_core::time::Duration::milliseconds(100),
+                max_delay: azure_core::time::Duration::seconds(2),
+                max_retries: 2,
+                max_total_elapsed: azure_core::time::Duration::seconds(10),
+            });
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder.with_custom_endpoint(endpoint.clone());
+        }
+        let client = builder
+            .open(&self.namespace, &self.event_hub, self.credential.clone())
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot connect to event hub `{}` in {}: {e}",
+                    self.event_hub, self.namespace
+                )
+            })?;
+        let client = Arc::new(client);
+        *slot = Some(client.clone());
+        tracing::info!(namespace = %self.namespace, event_hub = %self.event_hub, "event hubs producer connected");
+        Ok(client)
+    }
+
+    /// Forget the connection after a failure: the next attempt opens a new one.
+    async fn reset(&self) {
+        self.client.lock().await.take();
+    }
+
+    /// Sends every key's events; keys concurrently (at most `max_in_flight`), each key in order.
+    pub async fn send(&self, groups: Vec<KeyedEvents>) -> Vec<KeyOutcome> {
+        let client = match self.client().await {
+            Ok(c) => c,
+            Err(e) => {
+                return groups
+                    .into_iter()
+                    .map(|g| KeyOutcome {
+                        unsent: g.events.iter().map(|(i, _)| *i).collect(),
+                        error: Some(e.clone()),
+                        ..KeyOutcome::default()
+                    })
+                    .collect();
+            }
+        };
+        let outcomes: Vec<KeyOutcome> = futures::stream::iter(groups)
+            .map(|g| send_key(&client, g))
+            .buffer_unordered(self.max_in_flight)
+            .collect()
+            .await;
+        if outcomes.iter().any(|o| o.error.is_some()) {
+            self.reset().await;
+        }
+        outcomes
+    }
+}
+
+fn event_data(event: &EncodedEvent) -> EventData {
+    let mut builder = EventData::builder()
+        .with_body(event.body.clone())
+        .with_content_type(event.content_type.to_string())
+        .with_message_id(event.id.clone());
+    for (name, value) in &event.properties {
+        builder = builder.add_property(name.clone(), value.clone());
+    }
+    builder.build()
+}
+
+/// One key: fill a batch, send it when the next event does not fit, stop at the first failure.
+async fn send_key(client: &ProducerClient, group: KeyedEvents) -> KeyOutcome {
+    let mut out = KeyOutcome::default();
+    let mut events = group.events.into_iter().peekable();
+    while events.peek().is_some() {
+        let batch = match client
+            .create_batch(Some(EventDataBatchOptions {
+                partition_key: group.key.clone(),
+                ..Default::default()
+            }))
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                out.error = Some(format!("cannot open a batch: {e}"));
+                out.unsent.extend(events.map(|(i, _)| i));
+                return out;
+            }
+        };
+        let mut in_batch = Vec::new();
+        while let Some((index, event)) = events.peek() {
+            match batch.try_add_event_data(event_data(event), None) {
+                Ok(true) => {
+                    in_batch.push(*index);
+                    events.next();
+                }
+                Ok(false) if in_batch.is_empty() => {
+                    // Alone in an empty batch and still too big: no message can carry it.
+                    out.too_large.push((*index, event.size()));
+                    events.next();
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    out.error = Some(format!("cannot add an event to a batch: {e}"));
+                    out.unsent.extend(in_batch);
+                    out.unsent.extend(events.map(|(i, _)| i));
+                    return out;
+                }
+            }
+        }
+        if in_batch.is_empty() {
+            continue;
+        }
+        let bytes = batch.size();
+        if let Err(e) = client.send_batch(batch, None).await {
+            out.error = Some(format!("send failed: {e}"));
+            out.unsent.extend(in_batch);
+            out.unsent.extend(events.map(|(i, _)| i));
+            return out;
+        }
+        out.batches += 1;
+        out.batch_bytes += bytes;
+        out.sent.extend(in_batch);
+    }
+    out
+}
