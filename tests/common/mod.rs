@@ -2,6 +2,8 @@
 //! emulated host (`fanout::hostsim`), read-back helpers, and real local services (Azurite).
 #![allow(dead_code)]
 
+pub mod fake_event_hubs;
+pub mod fake_identity;
 pub mod search;
 
 use fanout::hostsim::EmulatedHost;

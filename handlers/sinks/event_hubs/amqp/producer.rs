@@ -78,9 +78,19 @@ impl Producer {
                     self.event_hub, self.namespace
                 )
             })?;
+        // A $management READ proves the hub exists and the identity may use it, and tells
+        // the operator how many partitions the keys spread over. Not fatal: a role that may
+        // send but not read still sends.
+        match client.get_eventhub_properties().await {
+            Ok(p) => {
+                tracing::info!(namespace = %self.namespace, event_hub = %self.event_hub, partitions = p.partition_ids.len(), "event hubs producer connected")
+            }
+            Err(e) => {
+                tracing::warn!(namespace = %self.namespace, event_hub = %self.event_hub, error = %e, "event hubs producer connected; reading the hub's properties failed")
+            }
+        }
         let client = Arc::new(client);
         *slot = Some(client.clone());
-        tracing::info!(namespace = %self.namespace, event_hub = %self.event_hub, "event hubs producer connected");
         Ok(client)
     }
 
@@ -127,6 +137,24 @@ fn event_data(event: &EncodedEvent) -> EventData {
     builder.build()
 }
 
+/// Whether `event` fits in an empty batch (the link's maximum message size decides).
+async fn fits_alone(
+    client: &ProducerClient,
+    key: Option<String>,
+    event: &EncodedEvent,
+) -> Result<bool, String> {
+    let probe = client
+        .create_batch(Some(EventDataBatchOptions {
+            partition_key: key,
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| format!("cannot open a batch: {e}"))?;
+    probe
+        .try_add_event_data(event_data(event), None)
+        .map_err(|e| format!("cannot add an event to a batch: {e}"))
+}
+
 /// One key: fill a batch, send it when the next event does not fit, stop at the first failure.
 async fn send_key(client: &ProducerClient, group: KeyedEvents) -> KeyOutcome {
     let mut out = KeyOutcome::default();
@@ -158,7 +186,23 @@ async fn send_key(client: &ProducerClient, group: KeyedEvents) -> KeyOutcome {
                     out.too_large.push((*index, event.size()));
                     events.next();
                 }
-                Ok(false) => break,
+                Ok(false) => {
+                    // Full, or this one event can never fit: only the latter may be skipped
+                    // (to the dead-letter store) while the batch goes on filling.
+                    match fits_alone(client, group.key.clone(), event).await {
+                        Ok(false) => {
+                            out.too_large.push((*index, event.size()));
+                            events.next();
+                        }
+                        Ok(true) => break,
+                        Err(e) => {
+                            out.error = Some(e);
+                            out.unsent.extend(in_batch);
+                            out.unsent.extend(events.map(|(i, _)| i));
+                            return out;
+                        }
+                    }
+                }
                 Err(e) => {
                     out.error = Some(format!("cannot add an event to a batch: {e}"));
                     out.unsent.extend(in_batch);

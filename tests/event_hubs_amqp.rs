@@ -1,0 +1,335 @@
+//! The direct AMQP sink (`type = "event_hubs"`) through the real binary and the real
+//! `azure_messaging_eventhubs` producer, against the FAKE Event Hubs endpoint in
+//! tests/common/fake_event_hubs.rs, authenticated through a FAKE managed-identity endpoint
+//! (the real `azure_identity` code path).
+
+mod common;
+
+use common::TestApp;
+use common::fake_event_hubs::{FakeEventHubs, ReceivedEvent};
+use common::fake_identity::{FakeIdentity, token_for};
+use fanout::hostsim::{cosmos_trigger_body, samples};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashSet};
+
+const NAMESPACE: &str = "fake.servicebus.windows.net";
+
+fn config(endpoint: &str, sink_extra: &str) -> String {
+    format!(
+        r#"
+[retry]
+initial_backoff_ms = 20
+max_backoff_ms = 100
+budget_ms = 5000
+
+[functions.orders]
+partition_key = "/customerId"
+soft_delete = {{ field = "/deleted" }}
+
+[functions.orders.sinks.events]
+type = "event_hubs"
+namespace = "{NAMESPACE}"
+event_hub = "orders"
+endpoint = "{endpoint}"
+{sink_extra}
+"#
+    )
+}
+
+fn body_json(e: &ReceivedEvent) -> Value {
+    serde_json::from_slice(&e.body).expect("event body is JSON")
+}
+
+async fn start(app: &TestApp, identity: &FakeIdentity) -> fanout::hostsim::EmulatedHost {
+    let env = identity.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    app.start_with(&env).await
+}
+
+#[tokio::test]
+async fn every_change_reaches_the_hub_keyed_in_order_as_a_cloudevent() {
+    let identity = FakeIdentity::start().await;
+    let hub = FakeEventHubs::new("orders", 4, 1024 * 1024);
+    let endpoint = hub.start(0).await.unwrap();
+    let app = TestApp::new();
+    app.function("orders", "documents", Some(2)).config(&config(
+        &endpoint,
+        r#"format = { type_prefix = "com.example.order" }"#,
+    ));
+    let host = start(&app, &identity).await;
+
+    let batches = samples::order_batches(1, 5, 100, 7);
+    for docs in &batches {
+        let call = host
+            .invoke(
+                "orders",
+                &cosmos_trigger_body("documents", "orders", docs, None),
+            )
+            .await
+            .unwrap();
+        assert_eq!(call.status, 200, "{:?}", call.logs());
+    }
+
+    // Authenticated like the service wants it: an Entra token for Event Hubs, per path.
+    let tokens = hub.put_tokens();
+    assert!(!tokens.is_empty());
+    for t in &tokens {
+        assert_eq!(t.token, token_for("https://eventhubs.azure.net"));
+        assert_eq!(t.token_type, "jwt");
+    }
+    assert!(
+        tokens
+            .iter()
+            .any(|t| t.name == format!("amqps://{NAMESPACE}/orders")),
+        "{tokens:?}"
+    );
+    // The producer checks the hub on connect with a $management READ.
+    assert!(
+        hub.management_reads()
+            .contains(&"com.microsoft:eventhub".to_string())
+    );
+
+    let events = hub.events();
+    assert_eq!(events.len(), 500, "one event per change");
+    let mut per_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut ids = HashSet::new();
+    for e in &events {
+        let ce = body_json(e);
+        assert_eq!(
+            e.content_type.as_deref(),
+            Some("application/cloudevents+json")
+        );
+        assert_eq!(ce["specversion"], "1.0");
+        assert_eq!(ce["source"], "/cosmosdb/shop/orders");
+        assert_eq!(
+            e.message_id.as_deref(),
+            ce["id"].as_str(),
+            "message-id = CloudEvents id"
+        );
+        let customer = ce["partitionkey"].as_str().unwrap().to_string();
+        assert_eq!(
+            e.partition_key.as_deref(),
+            Some(customer.as_str()),
+            "x-opt-partition-key is the document's partition key"
+        );
+        assert_eq!(ce["data"]["customerId"], json!(customer));
+        assert!(
+            ce["data"].get("_rid").is_none(),
+            "system properties are not in data"
+        );
+        per_key
+            .entry(customer)
+            .or_default()
+            .push(ce["cosmoslsn"].as_str().unwrap().parse().unwrap());
+        ids.insert(ce["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 500, "ids are unique per change");
+    assert_eq!(per_key.len(), 7);
+    for (key, lsns) in &per_key {
+        assert!(
+            lsns.windows(2).all(|w| w[0] < w[1]),
+            "order within key {key}: {lsns:?}"
+        );
+    }
+    let deleted = events
+        .iter()
+        .filter(|e| body_json(e)["type"] == "com.example.order.deleted")
+        .count();
+    assert_eq!(deleted, 50, "soft deletes are events too");
+    let updated = events
+        .iter()
+        .filter(|e| body_json(e)["type"] == "com.example.order.updated")
+        .count();
+    assert_eq!(updated, 450);
+
+    // One batch per key per invocation (each fits the 1 MB limit), each within the limit.
+    let transfers = hub.transfers();
+    assert_eq!(transfers.len(), 5 * 7, "{transfers:?}");
+    assert_eq!(transfers.iter().map(|t| t.events).sum::<usize>(), 500);
+    assert!(
+        transfers
+            .iter()
+            .all(|t| t.bytes as u64 <= hub.max_message_size)
+    );
+
+    // A re-delivery sends the same events again, with the same ids (consumers de-duplicate).
+    let again = host
+        .invoke(
+            "orders",
+            &cosmos_trigger_body("documents", "orders", &batches[0], None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.status, 200);
+    let events = hub.events();
+    let first: HashSet<String> = events[..500]
+        .iter()
+        .filter_map(|e| e.message_id.clone())
+        .collect();
+    let repeated: Vec<String> = events[500..]
+        .iter()
+        .filter_map(|e| e.message_id.clone())
+        .collect();
+    assert_eq!(repeated.len(), 100);
+    assert!(repeated.iter().all(|id| first.contains(id)));
+}
+
+#[tokio::test]
+async fn binary_mode_fills_batches_to_the_limit_and_dead_letters_an_oversized_event() {
+    let identity = FakeIdentity::start().await;
+    // A small hub limit, so one invocation needs several batches.
+    let limit = 16 * 1024;
+    let hub = FakeEventHubs::new("orders", 2, limit);
+    let endpoint = hub.start(0).await.unwrap();
+    let app = TestApp::new();
+    app.function("orders", "documents", Some(2)).config(&config(
+        &endpoint,
+        "partitioning = \"none\"\nformat = { mode = \"binary\", fields = [\"/id\", \"/customerId\", \"/note\"] }",
+    ));
+    let host = start(&app, &identity).await;
+
+    let mut docs = samples::order_batches(1, 1, 60, 3).remove(0);
+    docs[30]["note"] = json!("y".repeat(40 * 1024));
+    let call = host
+        .invoke(
+            "orders",
+            &cosmos_trigger_body("documents", "orders", &docs, None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(call.status, 200, "{:?}", call.logs());
+
+    let events = hub.events();
+    assert_eq!(events.len(), 59);
+    for (e, doc) in events.iter().zip(
+        docs.iter()
+            .filter(|d| d["note"].as_str().unwrap().len() < 1000),
+    ) {
+        assert_eq!(e.partition_key, None, "partitioning = none: no key");
+        assert_eq!(e.content_type.as_deref(), Some("application/json"));
+        assert_eq!(
+            body_json(e),
+            json!({"id": doc["id"], "customerId": doc["customerId"], "note": doc["note"]})
+        );
+        assert_eq!(e.properties["ce_specversion"], "1.0");
+        assert_eq!(e.properties["ce_subject"], doc["id"].as_str().unwrap());
+        assert_eq!(e.properties["ce_source"], "/cosmosdb/shop/orders");
+        assert_eq!(Some(&e.properties["ce_id"]), e.message_id.as_ref());
+        assert!(e.properties["ce_type"].starts_with("com.microsoft.cosmosdb.document."));
+    }
+    let transfers = hub.transfers();
+    assert!(transfers.len() >= 4, "{transfers:?}");
+    assert!(
+        transfers.iter().all(|t| t.bytes as u64 <= limit),
+        "{transfers:?}"
+    );
+    // Every batch but the last is full: the next event would not have fitted.
+    let fill: Vec<f64> = transfers
+        .iter()
+        .map(|t| t.bytes as f64 / limit as f64)
+        .collect();
+    assert!(fill[..fill.len() - 1].iter().all(|f| *f > 0.9), "{fill:?}");
+
+    let pending = app.dead_letters();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let record = app.dead_letter(&pending[0]);
+    assert_eq!(record["changes"].as_array().unwrap().len(), 1);
+    assert_eq!(record["changes"][0]["id"], docs[30]["id"]);
+    assert!(
+        record["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("does not fit in one Event Hubs message"),
+        "{record}"
+    );
+}
+
+// Multi-threaded: `fanout replay` runs as a blocking child process while the fake serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_hub_is_retried_then_dead_lettered_then_replayed() {
+    let identity = FakeIdentity::start().await;
+    let hub = FakeEventHubs::new("orders", 2, 1024 * 1024);
+    let endpoint = hub.start(0).await.unwrap();
+    let port = hub.port();
+    let app = TestApp::new();
+    app.function("orders", "documents", Some(1))
+        .config(&config(&endpoint, ""));
+    let host = start(&app, &identity).await;
+    let batches = samples::order_batches(1, 2, 50, 5);
+
+    let ok = host
+        .invoke(
+            "orders",
+            &cosmos_trigger_body("documents", "orders", &batches[0], None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 200);
+    assert_eq!(hub.events().len(), 50);
+
+    // The hub goes away mid-run: retried within the budget, the host re-delivers, and the
+    // last attempt dead-letters the batch.
+    hub.stop();
+    let calls = host
+        .invoke_with_retries(
+            "orders",
+            &cosmos_trigger_body("documents", "orders", &batches[1], None),
+            1,
+            5,
+        )
+        .await
+        .unwrap();
+    let statuses: Vec<u16> = calls.iter().map(|c| c.status).collect();
+    assert_eq!(
+        statuses,
+        vec![500, 200],
+        "{:?}",
+        calls.last().unwrap().logs()
+    );
+    let pending = app.dead_letters();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(
+        app.dead_letter(&pending[0])["changes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        50
+    );
+    assert_eq!(hub.events().len(), 50);
+
+    // Back on the same address: replay delivers the dead-lettered changes.
+    let hub2 = FakeEventHubs::new("orders", 2, 1024 * 1024);
+    hub2.start(port).await.unwrap();
+    let env = identity.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = app.run(&["replay"], &env);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    assert!(app.dead_letters().is_empty());
+    let replayed = hub2.events();
+    assert_eq!(replayed.len(), 50);
+    let expected: Vec<Value> = batches[1].iter().map(|d| d["id"].clone()).collect();
+    let got: Vec<Value> = replayed
+        .iter()
+        .map(|e| body_json(e)["subject"].clone())
+        .collect();
+    assert_eq!(
+        got.iter().collect::<HashSet<_>>(),
+        expected.iter().collect::<HashSet<_>>()
+    );
+
+    // And the running handler reconnects by itself for the next batch.
+    let after = host
+        .invoke(
+            "orders",
+            &cosmos_trigger_body("documents", "orders", &batches[0], None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(after.status, 200, "{:?}", after.logs());
+    assert_eq!(hub2.events().len(), 100);
+}
