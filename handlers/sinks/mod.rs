@@ -9,6 +9,7 @@ pub mod cloudevent;
 pub mod delta;
 pub mod entra;
 pub mod event_hubs;
+pub mod kafka;
 pub mod redis;
 
 use crate::change::Change;
@@ -29,6 +30,7 @@ pub enum SinkConfig {
     AzureSearch(azure_search::SearchConfig),
     EventHubs(event_hubs::AmqpConfig),
     EventHubsBinding(event_hubs::BindingConfig),
+    Kafka(kafka::KafkaConfig),
 }
 
 /// What a sink may know about its route when it is built.
@@ -47,6 +49,7 @@ impl SinkConfig {
             SinkConfig::AzureSearch(c) => c.validate(),
             SinkConfig::EventHubs(c) => c.validate(),
             SinkConfig::EventHubsBinding(c) => c.validate(),
+            SinkConfig::Kafka(c) => c.validate(),
         }
     }
 
@@ -71,6 +74,7 @@ impl SinkConfig {
             SinkConfig::AzureSearch(_) => azure_search::KIND,
             SinkConfig::EventHubs(_) => event_hubs::amqp::KIND,
             SinkConfig::EventHubsBinding(_) => event_hubs::BINDING_KIND,
+            SinkConfig::Kafka(_) => kafka::KIND,
         }
     }
 
@@ -98,6 +102,9 @@ impl SinkConfig {
                 c,
                 ctx.event_source(),
             ))),
+            SinkConfig::Kafka(c) => {
+                Ok(Arc::new(kafka::KafkaSink::new(name, c, ctx.event_source())))
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod fake_event_hubs;
 pub mod fake_identity;
+pub mod kafka;
 pub mod search;
 
 use fanout::hostsim::EmulatedHost;
