@@ -6,6 +6,8 @@
 # The binary must run on the Functions host image. By default it is linked against a glibc
 # baseline of 2.28 with cargo-zigbuild (zig from PyPI's `ziglang`), so it runs on every Debian
 # or Ubuntu based host image; the script checks the GLIBC symbol versions it actually needs.
+# OpenSSL (Kafka and AMQP TLS) is built from source and linked statically (`vendored-openssl`),
+# so the binary needs no libssl of the host image either.
 #   FANOUT_GLIBC=2.28     glibc baseline (default 2.28)
 #   FANOUT_NATIVE=1       plain `cargo build` instead (the binary then needs this machine's glibc)
 #   FANOUT_PROFILE=dist   cargo profile (dist = release + thin LTO)
@@ -18,7 +20,7 @@ TOOLS=tests/.tools
 log() { printf '[package] %s\n' "$*" >&2; }
 
 if [ "${FANOUT_NATIVE:-0}" = 1 ]; then
-  cargo build --locked --profile "$PROFILE" --bin fanout
+  cargo build --locked --profile "$PROFILE" --bin fanout --features vendored-openssl
   BIN="target/$PROFILE/fanout"
   GLIBC=$(ldd --version | head -1 | grep -o '[0-9]\+\.[0-9]\+$')
 else
@@ -33,7 +35,7 @@ else
   fi
   # cargo-zigbuild finds zig through `python -m ziglang` when CARGO_ZIGBUILD_ZIG_PATH is unset.
   export PATH="$PWD/$TOOLS/bin:$PWD/$TOOLS/venv/bin:$PATH"
-  cargo zigbuild --locked --profile "$PROFILE" --bin fanout --target "x86_64-unknown-linux-gnu.$GLIBC"
+  cargo zigbuild --locked --profile "$PROFILE" --bin fanout --features vendored-openssl --target "x86_64-unknown-linux-gnu.$GLIBC"
   BIN="target/x86_64-unknown-linux-gnu/$PROFILE/fanout"
 fi
 

@@ -1,5 +1,5 @@
 //! No configured secret (keys, passwords in URLs, storage keys) ever appears in what the
-//! handler prints or answers: its logs (debug level, every dependency included), the host's
+//! handler prints or answers: its logs (debug level, every dependency included, librdkafka's too), the host's
 //! `Logs`, the dead-letter records, and `check-config`. The sinks are pointed at closed
 //! loopback ports so that every error path runs. Also: the server listens on 127.0.0.1 only.
 
@@ -10,10 +10,11 @@ use fanout::hostsim::{cosmos_trigger_body, free_port, samples};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const SECRETS: [&str; 3] = [
+const SECRETS: [&str; 4] = [
     "LEAK-redis-url-password",
     "LEAK-search-api-key",
     "TEVBSy1zdG9yYWdlLWtleQ==",
+    "LEAK-event-hubs-key",
 ];
 
 fn config(closed: u16) -> String {
@@ -44,6 +45,15 @@ endpoint = "http://127.0.0.1:{closed}"
 index = "orders"
 auth = "api_key"
 api_key = "${{SEARCH_KEY}}"
+
+[functions.orders.sinks.stream]
+type = "kafka"
+brokers = "127.0.0.1:{closed}"
+topic = "orders"
+auth = "connection_string"
+connection_string = "${{EH_CONNECTION}}"
+tls = false
+message_timeout_ms = 200
 "#
     )
 }
@@ -53,6 +63,10 @@ fn secret_env() -> Vec<(&'static str, &'static str)> {
         ("REDIS_PASSWORD", SECRETS[0]),
         ("SEARCH_KEY", SECRETS[1]),
         ("STORAGE_KEY", SECRETS[2]),
+        (
+            "EH_CONNECTION",
+            "Endpoint=sb://fake.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=LEAK-event-hubs-key",
+        ),
     ]
 }
 
@@ -142,7 +156,7 @@ async fn no_secret_reaches_logs_answers_or_dead_letters() {
     assert!(logs.contains("DEBUG"), "debug logging was on");
     assert_no_secret("the handler's logs", &logs);
     let records = app.dead_letters();
-    assert_eq!(records.len(), 3, "{records:?}");
+    assert_eq!(records.len(), 4, "{records:?}");
     for key in records {
         assert_no_secret(&key, &app.dead_letter(&key).to_string());
     }

@@ -6,6 +6,10 @@
 #   - Azurite (npm): a real Azure Blob endpoint for the az:// table and dead-letter tests.
 #   - Prism (npm): a mock that validates requests against the AI Search OpenAPI spec.
 #   - redis-server (Debian): the real Redis the Redis sink tests start on free ports.
+#   - libssl-dev + pkg-config (Debian): OpenSSL for librdkafka (Kafka sink) and the Event Hubs
+#     AMQP stack, linked dynamically in test builds (the package links it statically).
+#   - tansu (crates.io, built from source, about 8 minutes on 2 cores): a Kafka-protocol broker
+#     the Kafka sink tests start with in-memory storage on free ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS=tests/.tools
@@ -34,13 +38,21 @@ if [ ! -x "$TOOLS/node_modules/.bin/prism" ]; then
   (cd "$TOOLS" && npm install --silent --no-audit --no-fund --prefix . @stoplight/prism-cli@5 >/dev/null)
 fi
 
-if ! command -v redis-server >/dev/null || ! command -v openssl >/dev/null; then
-  log "installing redis-server and openssl (apt)"
+if ! command -v redis-server >/dev/null || ! command -v openssl >/dev/null \
+  || ! command -v pkg-config >/dev/null || ! pkg-config --exists openssl 2>/dev/null; then
+  log "installing redis-server, openssl, libssl-dev and pkg-config (apt)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   # policy-rc.d keeps the package from starting a system-wide server we do not use.
   printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null && $SUDO chmod +x /usr/sbin/policy-rc.d
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends redis-server redis-tools openssl >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends redis-server redis-tools openssl libssl-dev pkg-config >/dev/null
   $SUDO rm -f /usr/sbin/policy-rc.d
+fi
+
+TANSU_VERSION=0.6.0
+if [ "$("$TOOLS/tansu/bin/tansu" --version 2>/dev/null | grep -o '[0-9.]*$')" != "$TANSU_VERSION" ]; then
+  log "building the tansu Kafka broker $TANSU_VERSION into $TOOLS/tansu (about 8 minutes)"
+  cargo install --quiet --locked --root "$TOOLS/tansu" "tansu@$TANSU_VERSION" \
+    --no-default-features --features dynostore
 fi
 log "ready"

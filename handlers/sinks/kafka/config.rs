@@ -163,6 +163,14 @@ impl KafkaConfig {
                 ));
             }
         }
+        if self.brokers.contains(".servicebus.windows.net")
+            && matches!(self.compression, Compression::Snappy | Compression::Lz4)
+        {
+            problems.push(format!(
+                "Event Hubs' Kafka endpoint does not accept `{}` compression: use `none`, or `gzip` on Premium / Dedicated",
+                self.compression.as_str()
+            ));
+        }
         if self.message_timeout_ms == 0 {
             problems.push("`message_timeout_ms` must be above 0".into());
         }

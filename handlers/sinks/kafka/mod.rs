@@ -281,5 +281,13 @@ client = { "enable.idempotence" = "false" }
         assert!(problems.contains("`topic` must name"), "{problems}");
         assert!(problems.contains("needs `connection_string"), "{problems}");
         assert!(problems.contains("set by the sink itself"), "{problems}");
+        let lz4_on_event_hubs = config(
+            "brokers = \"ns.servicebus.windows.net:9093\"\ntopic = \"t\"\nauth = \"entra\"\ncompression = \"lz4\"\n",
+        );
+        assert!(
+            lz4_on_event_hubs.validate()[0].contains("does not accept `lz4`"),
+            "{:?}",
+            lz4_on_event_hubs.validate()
+        );
     }
 }
