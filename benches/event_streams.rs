@@ -35,12 +35,14 @@ fn write_app(dir: &Path, sink: &str) {
     support::write_app(dir, "");
     std::fs::write(
         dir.join("fanout.toml"),
-        format!("[functions.orders]\npartition_key = \"/customerId\"\nsoft_delete = {{ field = \"/deleted\" }}\n[functions.orders.sinks.stream]\n{sink}\n"),
+        format!("[retry]\nbudget_ms = 5000\n[functions.orders]\npartition_key = \"/customerId\"\nsoft_delete = {{ field = \"/deleted\" }}\n[functions.orders.sinks.stream]\n{sink}\n"),
     )
     .unwrap();
 }
 
 struct Run {
+    /// Invocations answered non-2xx (a stall shows as budget-long failures).
+    failed: usize,
     events_per_s: f64,
     p50: Duration,
     p99: Duration,
@@ -59,22 +61,29 @@ async fn drive(
         let (host, bodies) = (host.clone(), bodies.clone());
         tokio::spawn(async move {
             let mut latencies = Vec::new();
+            let mut failed = 0;
             for body in bodies.iter().skip(s).step_by(senders) {
                 let call = host.invoke("orders", body).await.unwrap();
-                assert!(call.is_success(), "{:?}", call.logs());
+                if !call.is_success() {
+                    eprintln!("invocation failed: {:?}", call.logs());
+                    failed += 1;
+                }
                 latencies.push(call.elapsed);
             }
-            latencies
+            (latencies, failed)
         })
     });
-    let mut latencies: Vec<Duration> = join_all(tasks)
-        .await
-        .into_iter()
-        .flat_map(|r| r.unwrap())
-        .collect();
+    let mut failed = 0;
+    let mut latencies: Vec<Duration> = Vec::new();
+    for r in join_all(tasks).await {
+        let (l, f) = r.unwrap();
+        latencies.extend(l);
+        failed += f;
+    }
     let elapsed = started.elapsed();
     latencies.sort();
     Run {
+        failed,
         events_per_s: changes as f64 / elapsed.as_secs_f64(),
         p50: percentile(&latencies, 0.5),
         p99: percentile(&latencies, 0.99),
@@ -89,6 +98,14 @@ fn bodies(customers: usize, batch: usize, changes: usize) -> Vec<String> {
 }
 
 fn row(label: &str, r: &Run, extra: &str) {
+    let extra = if r.failed > 0 {
+        format!(
+            "{extra}; {} invocations FAILED (stalled until the budget ran out)",
+            r.failed
+        )
+    } else {
+        extra.to_string()
+    };
     println!(
         "| {label} | {:.0} events/s | p50 {:.1} ms, p99 {:.1} ms | {extra} |",
         r.events_per_s,
@@ -125,7 +142,10 @@ async fn kafka_run(binary: &Path, customers: usize, extra: &str) -> Run {
     })
     .await
     .unwrap();
-    assert_eq!(records, CHANGES, "every event is in the topic");
+    assert!(
+        run.failed > 0 || records == CHANGES,
+        "every event is in the topic"
+    );
     run
 }
 
@@ -156,9 +176,8 @@ async fn amqp_run(
     drive(host.clone(), warm, 1, batch).await;
     let before = hub.events().len();
     let run = drive(host, bodies(customers, batch, CHANGES), senders, CHANGES).await;
-    assert_eq!(
-        hub.events().len() - before,
-        CHANGES,
+    assert!(
+        run.failed > 0 || hub.events().len() - before == CHANGES,
         "every event reached the fake"
     );
     (run, hub)
@@ -173,19 +192,26 @@ async fn main() {
     println!("| run | throughput | invocation latency | notes |");
     println!("|---|---|---|---|");
 
-    let r = kafka_run(binary, 1000, "").await;
-    row(
-        "Kafka (tansu), key = partition key, 1000 keys, structured",
-        &r,
-        "8 partitions, idempotent, read back",
-    );
-    let r = kafka_run(
-        binary,
-        1000,
-        "compression = \"lz4\"\nformat = { mode = \"binary\" }",
-    )
-    .await;
-    row("Kafka (tansu), binary mode + lz4", &r, "");
+    // BENCH_ONLY=kafka|amqp runs one half.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only != "amqp" {
+        let r = kafka_run(binary, 1000, "").await;
+        row(
+            "Kafka (tansu), key = partition key, 1000 keys, structured",
+            &r,
+            "8 partitions, idempotent, read back",
+        );
+        let r = kafka_run(
+            binary,
+            1000,
+            "compression = \"lz4\"\nformat = { mode = \"binary\" }",
+        )
+        .await;
+        row("Kafka (tansu), binary mode + lz4", &r, "");
+    }
+    if only == "kafka" {
+        return;
+    }
 
     let identity = FakeIdentity::start().await;
     let (r, hub) = amqp_run(binary, &identity, 1024 * 1024, 1000, BATCH, SENDERS, "").await;
@@ -196,6 +222,26 @@ async fn main() {
         &r,
         &format!(
             "{} batches, {per:.1} events per batch (one key per batch)",
+            t.len()
+        ),
+    );
+    let (r, hub) = amqp_run(
+        binary,
+        &identity,
+        1024 * 1024,
+        1000,
+        BATCH,
+        SENDERS,
+        "partitioning = \"hash\"",
+    )
+    .await;
+    let t = hub.transfers();
+    let per = t.iter().map(|t| t.events).sum::<usize>() as f64 / t.len() as f64;
+    row(
+        "Event Hubs AMQP (fake), hash of the key -> partition id, 1000 keys",
+        &r,
+        &format!(
+            "{} batches, {per:.1} events per batch (8 partitions)",
             t.len()
         ),
     );
@@ -256,12 +302,15 @@ async fn main() {
             }
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let closed_full = if full.is_empty() {
+            "none (every invocation fits in one batch)".to_string()
+        } else {
+            format!("{:.1}% ({} batches)", mean(&full) * 100.0, full.len())
+        };
         println!(
-            "| limit {} KB | {} | {:.1}% ({} batches) | {:.1}% |",
+            "| limit {} KB | {} | {closed_full} | {:.1}% |",
             limit / 1024,
             t.len(),
-            mean(&full) * 100.0,
-            full.len(),
             mean(&fills) * 100.0
         );
     }

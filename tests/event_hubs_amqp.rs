@@ -333,3 +333,130 @@ async fn a_stopped_hub_is_retried_then_dead_lettered_then_replayed() {
     assert_eq!(after.status, 200, "{:?}", after.logs());
     assert_eq!(hub2.events().len(), 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_invocations_share_one_producer() {
+    let identity = FakeIdentity::start().await;
+    let hub = FakeEventHubs::new("orders", 4, 1024 * 1024);
+    let endpoint = hub.start(0).await.unwrap();
+    let app = TestApp::new();
+    app.function("orders", "documents", Some(2))
+        .config(&config(&endpoint, ""));
+    let host = std::sync::Arc::new(start(&app, &identity).await);
+    let batches = samples::order_batches(1, 64, 100, 300);
+    let calls = futures::future::join_all(batches.iter().map(|docs| {
+        let host = host.clone();
+        let body = cosmos_trigger_body("documents", "orders", docs, None);
+        async move { host.invoke("orders", &body).await.unwrap() }
+    }))
+    .await;
+    for c in &calls {
+        assert_eq!(c.status, 200, "{:?}", c.logs());
+    }
+    assert_eq!(
+        hub.events().len(),
+        6400,
+        "{} transfers",
+        hub.transfers().len()
+    );
+    // One connection: a single put-token for the hub path however many invocations ran.
+    let hub_tokens = hub
+        .put_tokens()
+        .iter()
+        .filter(|t| t.name == format!("amqps://{NAMESPACE}/orders"))
+        .count();
+    assert_eq!(hub_tokens, 1);
+}
+
+#[tokio::test]
+async fn a_large_invocation_goes_out_in_full_multi_frame_batches() {
+    let identity = FakeIdentity::start().await;
+    let hub = FakeEventHubs::new("orders", 2, 1024 * 1024);
+    let endpoint = hub.start(0).await.unwrap();
+    let app = TestApp::new();
+    app.function("orders", "documents", Some(2))
+        .config(&config(&endpoint, "partitioning = \"none\""));
+    let host = start(&app, &identity).await;
+    // ~1.1 MB of events: one full 1 MB batch (16 AMQP frames of 64 KB) and the rest.
+    let docs = samples::order_batches(1, 1, 1000, 50).remove(0);
+    for _ in 0..2 {
+        let call = host
+            .invoke(
+                "orders",
+                &cosmos_trigger_body("documents", "orders", &docs, None),
+            )
+            .await
+            .unwrap();
+        assert_eq!(call.status, 200, "{:?}", call.logs());
+    }
+    let transfers = hub.transfers();
+    assert_eq!(hub.events().len(), 2000);
+    assert_eq!(transfers.len(), 4, "{transfers:?}");
+    assert!(
+        transfers[0].bytes as f64 > 0.95 * hub.max_message_size as f64,
+        "{transfers:?}"
+    );
+}
+
+#[tokio::test]
+async fn hash_partitioning_sends_many_keys_per_batch_to_stable_partitions() {
+    let identity = FakeIdentity::start().await;
+    let hub = FakeEventHubs::new("orders", 4, 1024 * 1024);
+    let endpoint = hub.start(0).await.unwrap();
+    let app = TestApp::new();
+    app.function("orders", "documents", Some(2))
+        .config(&config(&endpoint, "partitioning = \"hash\""));
+    let host = start(&app, &identity).await;
+    for docs in samples::order_batches(1, 3, 100, 40) {
+        let call = host
+            .invoke(
+                "orders",
+                &cosmos_trigger_body("documents", "orders", &docs, None),
+            )
+            .await
+            .unwrap();
+        assert_eq!(call.status, 200, "{:?}", call.logs());
+    }
+    let events = hub.events();
+    assert_eq!(events.len(), 300);
+    let mut partition_of: BTreeMap<String, HashSet<String>> = BTreeMap::new();
+    let mut per_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for e in &events {
+        let ce = body_json(e);
+        let key = ce["partitionkey"].as_str().unwrap().to_string();
+        assert!(
+            e.target
+                .starts_with(&format!("amqps://{NAMESPACE}/orders/Partitions/")),
+            "sent to a partition: {}",
+            e.target
+        );
+        assert_eq!(
+            e.partition_key, None,
+            "the partition id carries the routing"
+        );
+        partition_of
+            .entry(key.clone())
+            .or_default()
+            .insert(e.target.clone());
+        per_key
+            .entry(key)
+            .or_default()
+            .push(ce["cosmoslsn"].as_str().unwrap().parse().unwrap());
+    }
+    assert!(
+        partition_of.values().all(|p| p.len() == 1),
+        "one key, one partition"
+    );
+    let used: HashSet<&String> = partition_of.values().flatten().collect();
+    assert!(used.len() > 1, "keys spread over partitions");
+    for (key, lsns) in &per_key {
+        assert!(
+            lsns.windows(2).all(|w| w[0] < w[1]),
+            "order of {key}: {lsns:?}"
+        );
+    }
+    // At most one batch per partition per invocation: many keys per batch.
+    let transfers = hub.transfers();
+    assert!(transfers.len() <= 3 * 4, "{transfers:?}");
+    assert!(transfers.iter().all(|t| t.events > 1));
+}

@@ -102,6 +102,11 @@ pub enum Partitioning {
     /// partition, in order.
     #[default]
     Key,
+    /// Event Hubs over AMQP: the key's hash picks the partition on our side and events go to
+    /// that partition id, many keys per batch (full batches, far fewer sends). Same order per
+    /// key as `key` while the hub's partition count stays the same. Kafka: the same as `key`
+    /// (the client always hashes keys itself).
+    Hash,
     /// No key: the service spreads events over partitions (round robin); no order across events.
     None,
 }

@@ -168,7 +168,12 @@ impl FakeEventHubs {
 }
 
 async fn connection_main(mut conn: ListenerConnectionHandle, state: Arc<FakeEventHubs>) {
-    let sessions = SessionAcceptor::new();
+    // Windows as large as the service's: fe2o3's default (2048 transfers) is not reopened,
+    // and a long run would stall once it is used up.
+    let sessions = SessionAcceptor::builder()
+        .incoming_window(u32::MAX)
+        .outgoing_window(u32::MAX)
+        .build();
     while let Ok(session) = sessions.accept(&mut conn).await {
         tokio::spawn(session_main(session, state.clone()));
     }
@@ -249,7 +254,22 @@ async fn receiver_main(mut receiver: Receiver, replies: ReplyRouter, state: Arc<
         .as_ref()
         .and_then(|t| t.address.clone())
         .unwrap_or_default();
+    // Link credit handed out explicitly, in large grants: fe2o3's automatic credit renewal
+    // was seen to stop after a few hundred deliveries under load, stalling the sender.
+    const CREDIT: u32 = 10_000;
+    receiver.set_credit_mode(fe2o3_amqp::link::receiver::CreditMode::Manual);
+    if receiver.set_credit(CREDIT).await.is_err() {
+        return;
+    }
+    let mut since_grant = 0u32;
     loop {
+        if since_grant >= CREDIT / 2 {
+            since_grant = 0;
+            if receiver.set_credit(CREDIT).await.is_err() {
+                return;
+            }
+        }
+        since_grant += 1;
         let delivery = match receiver.recv::<Body<Value>>().await {
             Ok(d) => d,
             Err(_) => return,

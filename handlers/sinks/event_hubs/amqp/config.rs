@@ -12,7 +12,9 @@ pub struct AmqpConfig {
     pub event_hub: String,
     /// `key` (default): each event carries a partition key (the change's partition key value,
     /// or the `partition_key` path) so events of one key land in one partition, in order.
-    /// `none`: no key, the service spreads the events (round robin).
+    /// `hash`: the key's hash picks a partition id here, so one batch carries many keys
+    /// (much faster with many distinct keys per invocation; the partition count must not
+    /// change). `none`: no key, the service spreads the events (round robin).
     #[serde(default)]
     pub partitioning: Partitioning,
     /// A `/`-path in the document to key by instead of the Cosmos partition key.

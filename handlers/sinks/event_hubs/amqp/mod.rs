@@ -26,6 +26,7 @@ pub struct AmqpSink {
     format: EventFormat,
     mode: EventMode,
     key: EventKey,
+    hashed: bool,
     producer: Producer,
 }
 
@@ -38,6 +39,7 @@ impl AmqpSink {
             format: config.format.format(default_source),
             mode: config.format.mode,
             key: EventKey::new(config.partitioning, config.partition_key.as_deref()),
+            hashed: config.partitioning == crate::sinks::cloudevent::Partitioning::Hash,
             producer: Producer::new(config, credential),
         })
     }
@@ -86,7 +88,7 @@ impl Sink for AmqpSink {
     ) -> Result<Delivery, SinkError> {
         let groups = group_by_key(&self.format, self.mode, &self.key, ctx, changes);
         let keys = groups.len();
-        let outcomes = self.producer.send(groups).await;
+        let outcomes = self.producer.send(groups, self.hashed).await;
 
         let mut delivery = Delivery::default();
         let (mut sent, mut batches, mut bytes) = (0, 0, 0u64);

@@ -17,6 +17,53 @@ pub struct KeyedEvents {
     pub events: Vec<(usize, EncodedEvent)>,
 }
 
+/// What one batch is addressed to: a partition key (the service hashes it), a partition id
+/// (we hashed the key), or neither.
+#[derive(Clone, Default)]
+struct Address {
+    key: Option<String>,
+    partition_id: Option<String>,
+}
+
+/// A stable 64-bit FNV-1a hash: the same key picks the same partition in every process and
+/// every version.
+fn fnv1a(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Regroups per-key events by the partition their key hashes to, keeping batch order.
+fn by_partition(
+    groups: Vec<KeyedEvents>,
+    partition_ids: &[String],
+) -> Vec<(Address, Vec<(usize, EncodedEvent)>)> {
+    let mut parts: Vec<Vec<(usize, EncodedEvent)>> = vec![Vec::new(); partition_ids.len()];
+    for g in groups {
+        let p = g
+            .key
+            .as_deref()
+            .map(|k| (fnv1a(k) % partition_ids.len() as u64) as usize)
+            .unwrap_or(0);
+        parts[p].extend(g.events);
+    }
+    parts
+        .into_iter()
+        .zip(partition_ids)
+        .filter(|(events, _)| !events.is_empty())
+        .map(|(mut events, id)| {
+            events.sort_by_key(|(i, _)| *i);
+            (
+                Address {
+                    key: None,
+                    partition_id: Some(id.clone()),
+                },
+                events,
+            )
+        })
+        .collect()
+}
+
 /// How one key's events fared.
 #[derive(Default)]
 pub struct KeyOutcome {
@@ -37,6 +84,8 @@ pub struct Producer {
     max_in_flight: usize,
     credential: Arc<dyn TokenCredential>,
     client: Mutex<Option<Arc<ProducerClient>>>,
+    /// The hub's partition ids, read on connect (`partitioning = "hash"` needs them).
+    partition_ids: Mutex<Vec<String>>,
 }
 
 impl Producer {
@@ -48,6 +97,7 @@ impl Producer {
             max_in_flight: config.max_in_flight,
             credential,
             client: Mutex::new(None),
+            partition_ids: Mutex::new(Vec::new()),
         }
     }
 
@@ -83,7 +133,8 @@ impl Producer {
         // send but not read still sends.
         match client.get_eventhub_properties().await {
             Ok(p) => {
-                tracing::info!(namespace = %self.namespace, event_hub = %self.event_hub, partitions = p.partition_ids.len(), "event hubs producer connected")
+                tracing::info!(namespace = %self.namespace, event_hub = %self.event_hub, partitions = p.partition_ids.len(), "event hubs producer connected");
+                *self.partition_ids.lock().await = p.partition_ids;
             }
             Err(e) => {
                 tracing::warn!(namespace = %self.namespace, event_hub = %self.event_hub, error = %e, "event hubs producer connected; reading the hub's properties failed")
@@ -99,23 +150,46 @@ impl Producer {
         self.client.lock().await.take();
     }
 
-    /// Sends every key's events; keys concurrently (at most `max_in_flight`), each key in order.
-    pub async fn send(&self, groups: Vec<KeyedEvents>) -> Vec<KeyOutcome> {
+    /// Sends every key's events; keys (or, hashed, partitions) concurrently, at most
+    /// `max_in_flight` at once, each in order.
+    pub async fn send(&self, groups: Vec<KeyedEvents>, hashed: bool) -> Vec<KeyOutcome> {
+        let fail_all = |groups: Vec<KeyedEvents>, e: String| -> Vec<KeyOutcome> {
+            groups
+                .into_iter()
+                .map(|g| KeyOutcome {
+                    unsent: g.events.iter().map(|(i, _)| *i).collect(),
+                    error: Some(e.clone()),
+                    ..KeyOutcome::default()
+                })
+                .collect()
+        };
         let client = match self.client().await {
             Ok(c) => c,
-            Err(e) => {
-                return groups
-                    .into_iter()
-                    .map(|g| KeyOutcome {
-                        unsent: g.events.iter().map(|(i, _)| *i).collect(),
-                        error: Some(e.clone()),
-                        ..KeyOutcome::default()
-                    })
-                    .collect();
-            }
+            Err(e) => return fail_all(groups, e),
         };
-        let outcomes: Vec<KeyOutcome> = futures::stream::iter(groups)
-            .map(|g| send_key(&client, g))
+        let addressed: Vec<(Address, Vec<(usize, EncodedEvent)>)> = if hashed {
+            let ids = self.partition_ids.lock().await.clone();
+            if ids.is_empty() {
+                self.reset().await;
+                return fail_all(groups, "`partitioning = \"hash\"` needs the hub's partition ids, which could not be read (the identity needs read access to the hub's properties; or use `partitioning = \"key\"`)".into());
+            }
+            by_partition(groups, &ids)
+        } else {
+            groups
+                .into_iter()
+                .map(|g| {
+                    (
+                        Address {
+                            key: g.key,
+                            partition_id: None,
+                        },
+                        g.events,
+                    )
+                })
+                .collect()
+        };
+        let outcomes: Vec<KeyOutcome> = futures::stream::iter(addressed)
+            .map(|(address, events)| send_key(&client, address, events))
             .buffer_unordered(self.max_in_flight)
             .collect()
             .await;
@@ -140,14 +214,11 @@ fn event_data(event: &EncodedEvent) -> EventData {
 /// Whether `event` fits in an empty batch (the link's maximum message size decides).
 async fn fits_alone(
     client: &ProducerClient,
-    key: Option<String>,
+    address: &Address,
     event: &EncodedEvent,
 ) -> Result<bool, String> {
     let probe = client
-        .create_batch(Some(EventDataBatchOptions {
-            partition_key: key,
-            ..Default::default()
-        }))
+        .create_batch(Some(batch_options(address)))
         .await
         .map_err(|e| format!("cannot open a batch: {e}"))?;
     probe
@@ -155,18 +226,25 @@ async fn fits_alone(
         .map_err(|e| format!("cannot add an event to a batch: {e}"))
 }
 
-/// One key: fill a batch, send it when the next event does not fit, stop at the first failure.
-async fn send_key(client: &ProducerClient, group: KeyedEvents) -> KeyOutcome {
+fn batch_options(address: &Address) -> EventDataBatchOptions {
+    EventDataBatchOptions {
+        partition_key: address.key.clone(),
+        partition_id: address.partition_id.clone(),
+        ..Default::default()
+    }
+}
+
+/// One key (or partition): fill a batch, send it when the next event does not fit, stop at
+/// the first failure.
+async fn send_key(
+    client: &ProducerClient,
+    address: Address,
+    events: Vec<(usize, EncodedEvent)>,
+) -> KeyOutcome {
     let mut out = KeyOutcome::default();
-    let mut events = group.events.into_iter().peekable();
+    let mut events = events.into_iter().peekable();
     while events.peek().is_some() {
-        let batch = match client
-            .create_batch(Some(EventDataBatchOptions {
-                partition_key: group.key.clone(),
-                ..Default::default()
-            }))
-            .await
-        {
+        let batch = match client.create_batch(Some(batch_options(&address))).await {
             Ok(b) => b,
             Err(e) => {
                 out.error = Some(format!("cannot open a batch: {e}"));
@@ -189,7 +267,7 @@ async fn send_key(client: &ProducerClient, group: KeyedEvents) -> KeyOutcome {
                 Ok(false) => {
                     // Full, or this one event can never fit: only the latter may be skipped
                     // (to the dead-letter store) while the batch goes on filling.
-                    match fits_alone(client, group.key.clone(), event).await {
+                    match fits_alone(client, &address, event).await {
                         Ok(false) => {
                             out.too_large.push((*index, event.size()));
                             events.next();
