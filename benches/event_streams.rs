@@ -214,62 +214,41 @@ async fn main() {
     }
 
     let identity = FakeIdentity::start().await;
-    let (r, hub) = amqp_run(binary, &identity, 1024 * 1024, 1000, BATCH, SENDERS, "").await;
-    let t = hub.transfers();
-    let per = t.iter().map(|t| t.events).sum::<usize>() as f64 / t.len() as f64;
-    row(
-        "Event Hubs AMQP (fake), key = partition key, 1000 keys",
-        &r,
-        &format!(
-            "{} batches, {per:.1} events per batch (one key per batch)",
-            t.len()
+    let scenarios = [
+        (
+            "key = partition key, 1000 keys",
+            1000,
+            "",
+            "one key per batch",
         ),
-    );
-    let (r, hub) = amqp_run(
-        binary,
-        &identity,
-        1024 * 1024,
-        1000,
-        BATCH,
-        SENDERS,
-        "partitioning = \"hash\"",
-    )
-    .await;
-    let t = hub.transfers();
-    let per = t.iter().map(|t| t.events).sum::<usize>() as f64 / t.len() as f64;
-    row(
-        "Event Hubs AMQP (fake), hash of the key -> partition id, 1000 keys",
-        &r,
-        &format!(
-            "{} batches, {per:.1} events per batch (8 partitions)",
-            t.len()
+        (
+            "hash of the key -> partition id, 1000 keys",
+            1000,
+            "partitioning = \"hash\"",
+            "8 partitions",
         ),
-    );
-    let (r, hub) = amqp_run(binary, &identity, 1024 * 1024, 10, BATCH, SENDERS, "").await;
-    let t = hub.transfers();
-    let per = t.iter().map(|t| t.events).sum::<usize>() as f64 / t.len() as f64;
-    row(
-        "Event Hubs AMQP (fake), key = partition key, 10 keys",
-        &r,
-        &format!("{} batches, {per:.1} events per batch", t.len()),
-    );
-    let (r, hub) = amqp_run(
-        binary,
-        &identity,
-        1024 * 1024,
-        1000,
-        BATCH,
-        SENDERS,
-        "partitioning = \"none\"",
-    )
-    .await;
-    let t = hub.transfers();
-    let per = t.iter().map(|t| t.events).sum::<usize>() as f64 / t.len() as f64;
-    row(
-        "Event Hubs AMQP (fake), no key",
-        &r,
-        &format!("{} batches, {per:.1} events per batch", t.len()),
-    );
+        ("key = partition key, 10 keys", 10, "", ""),
+        ("no key", 1000, "partitioning = \"none\"", ""),
+    ];
+    for (label, customers, extra, note) in scenarios {
+        let (r, hub) = amqp_run(
+            binary,
+            &identity,
+            1024 * 1024,
+            customers,
+            BATCH,
+            SENDERS,
+            extra,
+        )
+        .await;
+        let t = hub.transfers();
+        let per = t.iter().map(|t| t.events).sum::<usize>() as f64 / t.len() as f64;
+        row(
+            &format!("Event Hubs AMQP (fake), {label}"),
+            &r,
+            &format!("{} batches, {per:.1} events per batch {note}", t.len()),
+        );
+    }
 
     // Batch fill: small events (projection of two fields, ~330 B), no key, 1000-change
     // invocations one at a time, against the Basic tier's 256 KB limit and Standard's 1 MB.
