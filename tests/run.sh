@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 bash tests/setup.sh
 echo "== infra templates (pytest: Bicep <-> ARM in step, checkov) =="
 tests/.tools/venv/bin/python -m pytest tests/infra -q -p no:cacheprovider
+echo "== supply chain (cargo deny: licenses, bans, sources, advisories) =="
+bash tests/security.sh
 echo "== Rust tests =="
 cargo test --locked --lib --bins --tests 2>&1
 echo "== deployable package (glibc 2.28 baseline) =="
