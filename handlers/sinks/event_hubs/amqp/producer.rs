@@ -1,6 +1,8 @@
 //! The I/O side: one `ProducerClient` per sink, opened on the first batch and reused across
 //! invocations; reopened after a failure. Events of one key go out in order, packed into as
 //! few batches as the hub's maximum message size allows; different keys go out concurrently.
+//! With `partitioning = "hash"` the keys are first regrouped by the partition id their hash
+//! picks, and each partition's events (many keys) are batched the same way.
 
 use super::config::AmqpConfig;
 use crate::sinks::cloudevent::EncodedEvent;
@@ -304,4 +306,57 @@ async fn send_key(
         out.sent.extend(in_batch);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(i: usize) -> (usize, EncodedEvent) {
+        (
+            i,
+            EncodedEvent {
+                id: i.to_string(),
+                content_type: "application/json",
+                body: Vec::new(),
+                properties: Vec::new(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_key_always_hashes_to_the_same_partition_and_batch_order_is_kept() {
+        // FNV-1a is fixed: the mapping must not change between versions or processes.
+        assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+        let ids: Vec<String> = (0..4).map(|p| p.to_string()).collect();
+        let groups = vec![
+            KeyedEvents {
+                key: Some("c1".into()),
+                events: vec![event(0), event(3)],
+            },
+            KeyedEvents {
+                key: Some("c2".into()),
+                events: vec![event(1)],
+            },
+            KeyedEvents {
+                key: Some("c3".into()),
+                events: vec![event(2), event(4)],
+            },
+        ];
+        let parts = by_partition(groups, &ids);
+        let total: usize = parts.iter().map(|(_, e)| e.len()).sum();
+        assert_eq!(total, 5);
+        for (address, events) in &parts {
+            assert!(address.key.is_none() && address.partition_id.is_some());
+            let order: Vec<usize> = events.iter().map(|(i, _)| *i).collect();
+            assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+        }
+        let partition_of = |k: &str| (fnv1a(k) % 4).to_string();
+        let c1 = parts
+            .iter()
+            .find(|(a, _)| a.partition_id.as_deref() == Some(partition_of("c1").as_str()))
+            .unwrap();
+        assert!(c1.1.iter().any(|(i, _)| *i == 0) && c1.1.iter().any(|(i, _)| *i == 3));
+    }
 }
