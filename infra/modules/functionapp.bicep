@@ -166,6 +166,20 @@ var commonAppSettings = [
     value: eventHubName
   }
   {
+    // For the host's Event Hubs output binding (`"connection": "EventHubConnection"` in
+    // function.json, the event_hubs_binding sink): identity-based, the namespace allows no keys.
+    name: 'EventHubConnection__fullyQualifiedNamespace'
+    value: eventHubsNamespaceHost
+  }
+  {
+    name: 'EventHubConnection__credential'
+    value: 'managedidentity'
+  }
+  {
+    name: 'EventHubConnection__clientId'
+    value: identityClientId
+  }
+  {
     name: 'SEARCH_ENDPOINT'
     value: searchEndpoint
   }

@@ -66,6 +66,9 @@ REQUIRED_APP_SETTINGS = [
     "ORDERS_CHANGELOG_TABLE",
     "EVENTHUBS_NAMESPACE",
     "EVENTHUB_NAME",
+    "EventHubConnection__fullyQualifiedNamespace",
+    "EventHubConnection__credential",
+    "EventHubConnection__clientId",
     "SEARCH_ENDPOINT",
     "SEARCH_INDEX",
     "REDIS_URL",
@@ -923,6 +926,9 @@ def test_app_settings_identical_and_correct(plan_kind):
     assert settings["CosmosDBConnection__accountEndpoint"] == Ref(resource_id(cosmos["type"], [cosmos["name"]]), ("documentEndpoint",))
     assert settings["CosmosDBConnection__credential"] == "managedidentity"
     assert settings["CosmosDBConnection__clientId"] == client_id
+    assert settings["EventHubConnection__credential"] == "managedidentity"
+    assert settings["EventHubConnection__clientId"] == client_id
+    assert settings["EventHubConnection__fullyQualifiedNamespace"] == settings["EVENTHUBS_NAMESPACE"]
     assert settings["COSMOS_DATABASE"] == "shop"
     assert settings["AZURE_CLIENT_ID"] == client_id
     assert settings["FANOUT_DEAD_LETTER_URL"] == f"abfss://deadletter@{adls[0]}.dfs.core.windows.net/fanout"
