@@ -411,8 +411,24 @@ impl Pipeline {
         logs.extend(dl_lines);
         logs.extend(lost.iter().cloned());
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        // Per sink, for dashboards: `name=outcome/attempts/ms`, one entry per sink of the route.
+        let sinks = route
+            .sinks
+            .iter()
+            .map(|sink| match runs.iter().find(|r| r.sink == sink.name()) {
+                Some(run) => format!(
+                    "{}={}/{}/{}",
+                    run.sink,
+                    if run.delivered() { "ok" } else { "failed" },
+                    run.attempts,
+                    run.elapsed.as_millis()
+                ),
+                None => format!("{}=already/0/0", sink.name()),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
         if ok {
-            tracing::info!(function, invocation_id = %ctx.invocation_id, changes = changes.len(), deletes, dead_lettered, retry = attempt.retry_count, lag_s, elapsed_ms, "batch delivered");
+            tracing::info!(function, invocation_id = %ctx.invocation_id, changes = changes.len(), deletes, dead_lettered, retry = attempt.retry_count, lag_s, elapsed_ms, sinks, "batch delivered");
         } else if attempt.is_last() && !lost.is_empty() {
             // The trigger checkpoints after this answer: these changes are gone from the feed.
             let first = changes.first().map(|c| (c.id.as_str(), c.lsn));
@@ -420,7 +436,7 @@ impl Pipeline {
             tracing::error!(function, invocation_id = %ctx.invocation_id, ?first, ?last, problems = ?lost, "CHANGES LOST: last attempt failed and the dead-letter store is unavailable");
         } else {
             let failing: Vec<&str> = retry_sinks.iter().map(|r| r.sink.as_str()).collect();
-            tracing::warn!(function, invocation_id = %ctx.invocation_id, changes = changes.len(), ?failing, retry = attempt.retry_count, elapsed_ms, "batch failed; the host will re-deliver");
+            tracing::warn!(function, invocation_id = %ctx.invocation_id, changes = changes.len(), ?failing, retry = attempt.retry_count, lag_s, elapsed_ms, sinks, "batch failed; the host will re-deliver");
         }
         for line in &logs[1..] {
             tracing::debug!(function, "{line}");

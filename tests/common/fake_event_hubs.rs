@@ -174,8 +174,16 @@ async fn connection_main(mut conn: ListenerConnectionHandle, state: Arc<FakeEven
         .incoming_window(u32::MAX)
         .outgoing_window(u32::MAX)
         .build();
-    while let Ok(session) = sessions.accept(&mut conn).await {
-        tokio::spawn(session_main(session, state.clone()));
+    // The client opens and ends sessions all the time (one per $cbs authorization): a session
+    // that fails to begin must not stop the fake from accepting the next one.
+    loop {
+        match sessions.accept(&mut conn).await {
+            Ok(session) => {
+                tokio::spawn(session_main(session, state.clone()));
+            }
+            Err(fe2o3_amqp::session::BeginError::IllegalConnectionState) => break,
+            Err(e) => eprintln!("fake-event-hubs: a session did not begin: {e}"),
+        }
     }
     let _ = conn.on_close().await;
 }
@@ -185,7 +193,18 @@ async fn session_main(mut session: ListenerSessionHandle, state: Arc<FakeEventHu
         .max_message_size(state.max_message_size)
         .build();
     let replies = ReplyRouter::default();
-    while let Ok(link) = links.accept(&mut session).await {
+    loop {
+        let link = match links.accept(&mut session).await {
+            Ok(link) => link,
+            // The session ended: no more links on it.
+            Err(fe2o3_amqp::acceptor::error::AcceptorAttachError::IllegalSessionState) => break,
+            // One refused attach (e.g. a link detached while attaching) must not stop the
+            // session from accepting the next link.
+            Err(e) => {
+                eprintln!("fake-event-hubs: an attach failed: {e:?}");
+                continue;
+            }
+        };
         match link {
             // The client's sender: `$cbs`, `$management`, or the hub / a partition.
             LinkEndpoint::Receiver(rx) => {

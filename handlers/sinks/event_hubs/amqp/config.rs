@@ -28,6 +28,14 @@ pub struct AmqpConfig {
     /// Batches of different keys sent at once (one key's batches always go one after another).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// How long one batch may wait for the hub's acknowledgement before the connection is
+    /// dropped and the batch retried on a new one (a hung link must not eat the whole budget).
+    #[serde(default = "default_send_timeout_ms")]
+    pub send_timeout_ms: u64,
+}
+
+fn default_send_timeout_ms() -> u64 {
+    5_000
 }
 
 fn default_max_in_flight() -> usize {
@@ -65,6 +73,9 @@ impl AmqpConfig {
                 "`partition_key` has no effect with `partitioning = \"none\"`: remove one of them"
                     .into(),
             );
+        }
+        if self.send_timeout_ms == 0 {
+            problems.push("`send_timeout_ms` must be above 0".into());
         }
         if self.max_in_flight == 0 {
             problems.push("`max_in_flight` must be at least 1".into());

@@ -84,6 +84,11 @@ pub struct Producer {
     event_hub: String,
     endpoint: Option<String>,
     max_in_flight: usize,
+    send_timeout: std::time::Duration,
+    /// One batch on the wire at a time: the SDK (0.15) locks its link sender until the
+    /// disposition arrives anyway; taking turns here keeps `send_timeout` about the send itself,
+    /// not the wait for a turn. Batches are still built concurrently.
+    link: Arc<tokio::sync::Semaphore>,
     credential: Arc<dyn TokenCredential>,
     client: Mutex<Option<Arc<ProducerClient>>>,
     /// The hub's partition ids, read on connect (`partitioning = "hash"` needs them).
@@ -97,6 +102,8 @@ impl Producer {
             event_hub: config.event_hub.clone(),
             endpoint: config.endpoint.clone(),
             max_in_flight: config.max_in_flight,
+            send_timeout: std::time::Duration::from_millis(config.send_timeout_ms),
+            link: Arc::new(tokio::sync::Semaphore::new(1)),
             credential,
             client: Mutex::new(None),
             partition_ids: Mutex::new(Vec::new()),
@@ -191,7 +198,9 @@ impl Producer {
                 .collect()
         };
         let outcomes: Vec<KeyOutcome> = futures::stream::iter(addressed)
-            .map(|(address, events)| send_key(&client, address, events))
+            .map(|(address, events)| {
+                send_key(&client, &self.link, self.send_timeout, address, events)
+            })
             .buffer_unordered(self.max_in_flight)
             .collect()
             .await;
@@ -240,13 +249,22 @@ fn batch_options(address: &Address) -> EventDataBatchOptions {
 /// the first failure.
 async fn send_key(
     client: &ProducerClient,
+    link: &tokio::sync::Semaphore,
+    send_timeout: std::time::Duration,
     address: Address,
     events: Vec<(usize, EncodedEvent)>,
 ) -> KeyOutcome {
     let mut out = KeyOutcome::default();
     let mut events = events.into_iter().peekable();
     while events.peek().is_some() {
-        let batch = match client.create_batch(Some(batch_options(&address))).await {
+        let opened = tokio::time::timeout(
+            send_timeout,
+            client.create_batch(Some(batch_options(&address))),
+        )
+        .await
+        .map_err(|_| format!("no link within {} ms", send_timeout.as_millis()))
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        let batch = match opened {
             Ok(b) => b,
             Err(e) => {
                 out.error = Some(format!("cannot open a batch: {e}"));
@@ -295,7 +313,14 @@ async fn send_key(
             continue;
         }
         let bytes = batch.size();
-        if let Err(e) = client.send_batch(batch, None).await {
+        // A send the hub never acknowledges fails after `send_timeout`; the connection is then
+        // replaced and the batch retried (it may have arrived: at least once, same ids).
+        let _turn = link.acquire().await.expect("the semaphore is never closed");
+        let sent = tokio::time::timeout(send_timeout, client.send_batch(batch, None))
+            .await
+            .map_err(|_| format!("not acknowledged within {} ms", send_timeout.as_millis()))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = sent {
             out.error = Some(format!("send failed: {e}"));
             out.unsent.extend(in_batch);
             out.unsent.extend(events.map(|(i, _)| i));
