@@ -6,11 +6,9 @@
 mod common;
 
 use common::TestApp;
-use fanout::hostsim::{cosmos_trigger_body, free_port, samples};
+use fanout::hostsim::{cosmos_trigger_body, samples};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn every_invocation_logs_one_json_summary_with_what_the_kql_reads() {
@@ -40,25 +38,10 @@ table = "tables/broken"
         "a file where the table should be",
     )
     .unwrap();
-    let port = free_port().unwrap();
-    let log_path = app.path().join("stderr.log");
-    let mut child = Command::new(common::binary())
-        .current_dir(app.path())
-        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
-        .env("FANOUT_LOG_FORMAT", "json")
-        .env("FANOUT_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no answer on /"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let handler = app
+        .serve_logged(&[("FANOUT_LOG_FORMAT", "json"), ("FANOUT_LOG", "info")])
+        .await;
+    let port = handler.port;
     let docs = &samples::order_batches(1, 1, 20, 3)[0];
     let client = reqwest::Client::new();
     let post = |body: String| {
@@ -80,11 +63,8 @@ table = "tables/broken"
     );
     let last = post(retry).await.unwrap();
     assert_eq!(last.status(), 200);
-    let _ = child.kill();
-    let _ = child.wait();
-
-    let lines: Vec<Value> = std::fs::read_to_string(&log_path)
-        .unwrap()
+    let logs = handler.stop();
+    let lines: Vec<Value> = logs
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();

@@ -7,8 +7,6 @@ mod common;
 
 use common::TestApp;
 use fanout::hostsim::{cosmos_trigger_body, free_port, samples};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 const SECRETS: [&str; 4] = [
     "LEAK-redis-url-password",
@@ -85,25 +83,10 @@ async fn no_secret_reaches_logs_answers_or_dead_letters() {
     let app = TestApp::new();
     app.function("orders", "documents", None)
         .config(&config(closed));
-    let port = free_port().unwrap();
-    let log_path = app.path().join("stderr.log");
-    let mut child = Command::new(common::binary())
-        .current_dir(app.path())
-        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
-        .env("FANOUT_LOG", "debug")
-        .envs(secret_env())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no answer on /"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut env = secret_env();
+    env.push(("FANOUT_LOG", "debug"));
+    let handler = app.serve_logged(&env).await;
+    let port = handler.port;
 
     // Listening on loopback only: the kernel's table shows 127.0.0.1, not 0.0.0.0 / ::.
     let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
@@ -150,9 +133,7 @@ async fn no_secret_reaches_logs_answers_or_dead_letters() {
     );
     assert_no_secret("the answer to the host", &answer);
 
-    let _ = child.kill();
-    let _ = child.wait();
-    let logs = std::fs::read_to_string(&log_path).unwrap();
+    let logs = handler.stop();
     assert!(logs.contains("DEBUG"), "debug logging was on");
     assert_no_secret("the handler's logs", &logs);
     let records = app.dead_letters();

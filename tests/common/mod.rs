@@ -78,6 +78,34 @@ impl TestApp {
             .expect("handler starts and answers on /")
     }
 
+    /// The handler started by hand (not by the emulated host) with its stderr kept in a file:
+    /// for tests that read what it logs. Waits until the port accepts connections.
+    pub async fn serve_logged(&self, env: &[(&str, &str)]) -> LoggedHandler {
+        let port = fanout::hostsim::free_port().unwrap();
+        let log_path = self.path().join("stderr.log");
+        let child = Command::new(binary())
+            .current_dir(self.path())
+            .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no answer on /"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        LoggedHandler {
+            child,
+            port,
+            log_path,
+        }
+    }
+
     /// Runs a `fanout` subcommand in the app root.
     pub fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(binary());
@@ -104,6 +132,22 @@ impl TestApp {
             std::fs::read_to_string(self.path().join(".fanout/dead-letter/pending").join(key))
                 .unwrap();
         serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// A handler process started by [`TestApp::serve_logged`].
+pub struct LoggedHandler {
+    child: Child,
+    pub port: u16,
+    log_path: PathBuf,
+}
+
+impl LoggedHandler {
+    /// Kills the handler and returns everything it logged.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.log_path).unwrap()
     }
 }
 
