@@ -15,6 +15,7 @@ pub mod hostsim;
 pub mod pipeline;
 pub mod server;
 pub mod sinks;
+pub mod telemetry;
 
 /// Several TLS stacks share rustls; with both of its crypto backends compiled in, rustls
 /// cannot choose one by itself. Call once at start-up (idempotent).

@@ -87,8 +87,8 @@ enum Command {
 fn main() -> ExitCode {
     fanout::limit_malloc_arenas();
     let cli = Cli::parse();
-    commands::init_tracing();
     fanout::install_crypto_provider();
+    let telemetry = fanout::telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -122,6 +122,9 @@ fn main() -> ExitCode {
             Command::Demo { batches } => commands::demo::run(&ctx, batches).await,
         }
     });
+    // Outside the runtime: flushing the OTLP exporters blocks.
+    drop(runtime);
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

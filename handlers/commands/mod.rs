@@ -65,20 +65,3 @@ impl Context {
         Ok((config, pipeline))
     }
 }
-
-/// Structured logs on stderr (the host collects them): `FANOUT_LOG` (or `RUST_LOG`) sets the
-/// filter, `FANOUT_LOG_FORMAT=json` switches to JSON lines. Logs never carry config values.
-pub fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("FANOUT_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("warn,fanout=info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if std::env::var("FANOUT_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().try_init()
-    } else {
-        builder.with_target(false).try_init()
-    };
-}

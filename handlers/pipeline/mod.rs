@@ -18,12 +18,15 @@ use crate::deadletter::{
 };
 use crate::host::{DecodeError, HostRequest, InvocationResponse, RetryContext, RetryState};
 use crate::sinks::{BatchContext, BuildContext, Sink, SinkError};
+use crate::telemetry;
 use chrono::Utc;
 use futures::future::join_all;
+use opentelemetry::KeyValue;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 
 /// One routed function, ready to run.
 pub struct Route {
@@ -152,8 +155,48 @@ impl Pipeline {
         &self.dead_letter
     }
 
-    /// Handles one invocation body for `function`.
+    /// Handles one invocation body for `function`, in an `invocation` span, and records the
+    /// invocation's metrics.
     pub async fn handle(
+        &self,
+        function: &str,
+        invocation_id: Option<String>,
+        body: &[u8],
+        origin: Origin,
+    ) -> Answer {
+        let span = tracing::info_span!(
+            "invocation",
+            otel.name = %format_args!("invoke {function}"),
+            otel.kind = "server",
+            function,
+            invocation_id = invocation_id.as_deref().unwrap_or_default(),
+            otel.status_code = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let answer = self
+            .handle_in_span(function, invocation_id, body, origin)
+            .instrument(span.clone())
+            .await;
+        let ok = (200..300).contains(&answer.status);
+        span.record("otel.status_code", if ok { "OK" } else { "ERROR" });
+        let m = telemetry::metrics();
+        let f = KeyValue::new("function", function.to_string());
+        m.invocations.add(
+            1,
+            &[
+                f.clone(),
+                KeyValue::new("outcome", if ok { "ok" } else { "retry" }),
+            ],
+        );
+        m.invocation_duration
+            .record(started.elapsed().as_secs_f64(), std::slice::from_ref(&f));
+        if answer.dead_lettered > 0 {
+            m.dead_lettered.add(answer.dead_lettered as u64, &[f]);
+        }
+        answer
+    }
+
+    async fn handle_in_span(
         &self,
         function: &str,
         invocation_id: Option<String>,
@@ -238,7 +281,27 @@ impl Pipeline {
                     .sinks
                     .iter()
                     .filter(|s| !already.contains(s.name()))
-                    .map(|s| deliver_with_retry(s.as_ref(), ctx, &changes, &route.retry)),
+                    .map(|s| {
+                        let span = tracing::info_span!(
+                            "sink",
+                            otel.name = %format_args!("deliver {}", s.name()),
+                            otel.kind = "client",
+                            sink = s.name(),
+                            kind = s.kind(),
+                            attempts = tracing::field::Empty,
+                            otel.status_code = tracing::field::Empty,
+                        );
+                        let run = deliver_with_retry(s.as_ref(), ctx, &changes, &route.retry);
+                        async move {
+                            let run = run.instrument(span.clone()).await;
+                            span.record("attempts", run.attempts);
+                            span.record(
+                                "otel.status_code",
+                                if run.delivered() { "OK" } else { "ERROR" },
+                            );
+                            run
+                        }
+                    }),
             )
             .await
         };
@@ -427,6 +490,7 @@ impl Pipeline {
             })
             .collect::<Vec<_>>()
             .join(",");
+        record_batch_metrics(function, changes.len(), lag_s, &runs);
         if ok {
             tracing::info!(function, invocation_id = %ctx.invocation_id, changes = changes.len(), deletes, dead_lettered, retry = attempt.retry_count, lag_s, elapsed_ms, sinks, "batch delivered");
         } else if attempt.is_last() && !lost.is_empty() {
@@ -705,6 +769,25 @@ fn plural(n: usize, word: &str) -> String {
         format!("1 {word}")
     } else {
         format!("{n} {word}s")
+    }
+}
+
+/// Per-batch metrics: changes and lag per function, outcome and latency per sink.
+fn record_batch_metrics(function: &str, changes: usize, lag_s: Option<i64>, runs: &[SinkRun]) {
+    let m = telemetry::metrics();
+    let f = KeyValue::new("function", function.to_string());
+    m.changes.add(changes as u64, std::slice::from_ref(&f));
+    if let Some(lag) = lag_s {
+        m.lag.record(lag.max(0) as f64, std::slice::from_ref(&f));
+    }
+    for run in runs {
+        let attrs = [
+            f.clone(),
+            KeyValue::new("sink", run.sink.clone()),
+            KeyValue::new("outcome", if run.delivered() { "ok" } else { "failed" }),
+        ];
+        m.sink_deliveries.add(1, &attrs);
+        m.sink_duration.record(run.elapsed.as_secs_f64(), &attrs);
     }
 }
 
