@@ -39,6 +39,8 @@ use support::percentile;
 
 const SENDERS: usize = 8;
 const BATCH: usize = 100;
+/// Invocations sent one at a time after the concurrent run (handler overhead alone).
+const SEQUENTIAL: usize = 300;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -231,6 +233,8 @@ struct EndToEnd {
     p99: Duration,
     /// Latency minus the slowest sink (Rust only: from the handler's Logs).
     overhead: Option<(Duration, Duration)>,
+    /// The same, one invocation at a time.
+    overhead_alone: Option<(Duration, Duration)>,
     cpu_s: f64,
     wall_s: f64,
     peak_rss_mb: f64,
@@ -253,12 +257,13 @@ fn slowest_sink(logs: &[String]) -> Option<Duration> {
 async fn drive(
     host: Arc<EmulatedHost>,
     bodies: Arc<Vec<String>>,
+    senders: usize,
 ) -> (Vec<Duration>, Vec<Duration>, usize) {
-    let tasks = (0..SENDERS).map(|s| {
+    let tasks = (0..senders).map(|s| {
         let (host, bodies) = (host.clone(), bodies.clone());
         tokio::spawn(async move {
             let (mut latencies, mut overheads, mut failed) = (Vec::new(), Vec::new(), 0);
-            for body in bodies.iter().skip(s).step_by(SENDERS) {
+            for body in bodies.iter().skip(s).step_by(senders) {
                 let call = host.invoke("orders", body).await.unwrap();
                 if !call.is_success() {
                     failed += 1;
@@ -308,29 +313,45 @@ async fn end_to_end(
         .iter()
         .map(|d| cosmos_trigger_body("documents", "orders", d, None))
         .collect();
-    drive(host.clone(), Arc::new(warm)).await;
+    drive(host.clone(), Arc::new(warm), SENDERS).await;
     let bodies: Vec<String> = samples::order_batches(1_000_000, changes / BATCH, BATCH, 1000)
         .iter()
         .map(|d| cosmos_trigger_body("documents", "orders", d, None))
         .collect();
     let cpu_before = cpu_seconds(pid);
     let started = Instant::now();
-    let (mut latencies, mut overheads, failed) = drive(host.clone(), Arc::new(bodies)).await;
+    let (mut latencies, mut overheads, failed) =
+        drive(host.clone(), Arc::new(bodies), SENDERS).await;
     let wall = started.elapsed();
     let cpu_s = cpu_seconds(pid) - cpu_before;
     let peak_rss_mb = proc_status_kb(pid, "VmHWM:") as f64 / 1024.0;
+    // One invocation at a time: the overhead without queueing behind the other seven.
+    let alone: Vec<String> = samples::order_batches(5_000_000, SEQUENTIAL, BATCH, 1000)
+        .iter()
+        .map(|d| cosmos_trigger_body("documents", "orders", d, None))
+        .collect();
+    let (_, mut alone_overheads, _) = drive(host.clone(), Arc::new(alone), 1).await;
+    alone_overheads.sort();
     drop(host); // kills the handler
     latencies.sort();
     overheads.sort();
     let rows = common::read_table(table).await.rows.len();
     let broker = &services.broker;
-    let records = broker.consume(topic, 8, changes + 2 * BATCH).len();
+    let records = broker
+        .consume(topic, 8, changes + (2 + SEQUENTIAL) * BATCH)
+        .len();
     EndToEnd {
         changes_per_s: changes as f64 / wall.as_secs_f64(),
         p50: percentile(&latencies, 0.5),
         p99: percentile(&latencies, 0.99),
         overhead: (!overheads.is_empty())
             .then(|| (percentile(&overheads, 0.5), percentile(&overheads, 0.99))),
+        overhead_alone: (!alone_overheads.is_empty()).then(|| {
+            (
+                percentile(&alone_overheads, 0.5),
+                percentile(&alone_overheads, 0.99),
+            )
+        }),
         cpu_s,
         wall_s: wall.as_secs_f64(),
         peak_rss_mb,
@@ -370,10 +391,10 @@ fn e2e_rows(name: &str, r: &EndToEnd, changes: usize) -> Vec<Row> {
         Row {
             label: format!("{name}: read back"),
             value: format!(
-                "{} Delta rows, {} Kafka records (of {} sent incl. warm-up){}",
+                "{} Delta rows, {} Kafka records (of {} sent incl. warm-up and the one-at-a-time run){}",
                 r.rows,
                 r.records,
-                changes + 2 * BATCH,
+                changes + (2 + SEQUENTIAL) * BATCH,
                 if r.failed > 0 {
                     format!("; {} invocations FAILED", r.failed)
                 } else {
@@ -382,6 +403,21 @@ fn e2e_rows(name: &str, r: &EndToEnd, changes: usize) -> Vec<Row> {
             ),
         },
     ];
+    if let Some((p50, p99)) = r.overhead_alone {
+        rows.insert(
+            2,
+            Row {
+                label: format!(
+                    "{name}: handler overhead p50 / p99, one invocation at a time ({SEQUENTIAL})"
+                ),
+                value: format!(
+                    "{:.1} ms / {:.1} ms",
+                    p50.as_secs_f64() * 1e3,
+                    p99.as_secs_f64() * 1e3
+                ),
+            },
+        );
+    }
     if let Some((p50, p99)) = r.overhead {
         rows.insert(
             2,

@@ -486,6 +486,7 @@ impl Pipeline {
                     run.attempts,
                     run.elapsed.as_millis()
                 ),
+                None if changes.is_empty() => format!("{}=empty/0/0", sink.name()),
                 None => format!("{}=already/0/0", sink.name()),
             })
             .collect::<Vec<_>>()
