@@ -17,28 +17,6 @@ const ROUNDS: usize = 20;
 const BATCHES: usize = 30;
 const BATCH: usize = 1000;
 
-fn rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn hwm_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 #[tokio::main]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -56,24 +34,7 @@ async fn main() {
     // Start-up and idle memory.
     let dir = tempfile::tempdir().unwrap();
     write_app(dir.path(), "");
-    let mut startups = Vec::new();
-    let mut idle_rss = Vec::new();
-    for _ in 0..ROUNDS {
-        let mut host = EmulatedHost::start_polling(
-            binary,
-            dir.path(),
-            &[("FANOUT_LOG", "warn")],
-            Duration::from_millis(1),
-        )
-        .await
-        .unwrap();
-        startups.push(host.startup);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        idle_rss.push(rss_kb(host.pid().unwrap()).unwrap_or(0));
-        host.terminate();
-    }
-    startups.sort();
-    idle_rss.sort();
+    let (startups, idle_rss) = support::measure_startup(binary, dir.path(), ROUNDS).await;
     println!("| measure | value |");
     println!("|---|---|");
     println!(
@@ -128,7 +89,7 @@ async fn main() {
     }
     let end_to_end = (BATCHES * BATCH) as f64 / started.elapsed().as_secs_f64();
     latencies.sort();
-    let peak = hwm_kb(host.pid().unwrap()).unwrap_or(0);
+    let peak = support::proc_status_kb(host.pid().unwrap(), "VmHWM:");
     host.terminate();
     println!(
         "| Delta append, end to end over HTTP, {BATCHES} x {BATCH}-change batches ({:.1} MB body each) | {:.0} changes/s (p50 {:.1} ms, p99 {:.1} ms per invocation) |",

@@ -35,7 +35,7 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::percentile;
+use support::{percentile, proc_status_kb};
 
 const SENDERS: usize = 8;
 const BATCH: usize = 100;
@@ -44,20 +44,6 @@ const SEQUENTIAL: usize = 300;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn proc_status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
 }
 
 /// utime + stime of a process, in seconds.
@@ -192,24 +178,7 @@ fn search_sink() -> fanout::sinks::azure_search::SearchSink {
 async fn startup(binary: &Path) -> Vec<Row> {
     let dir = tempfile::tempdir().unwrap();
     support::write_app(dir.path(), "");
-    let mut startups = Vec::new();
-    let mut idle = Vec::new();
-    for _ in 0..20 {
-        let mut host = EmulatedHost::start_polling(
-            binary,
-            dir.path(),
-            &[("FANOUT_LOG", "warn")],
-            Duration::from_millis(1),
-        )
-        .await
-        .unwrap();
-        startups.push(host.startup);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        idle.push(proc_status_kb(host.pid().unwrap(), "VmRSS:"));
-        host.terminate();
-    }
-    startups.sort();
-    idle.sort();
+    let (startups, idle) = support::measure_startup(binary, dir.path(), 20).await;
     vec![
         Row {
             label: "start-up to the first answer on / (p50 / max of 20)".into(),

@@ -10,19 +10,7 @@ use fanout::hostsim::cosmos_trigger_body;
 use serde_json::{Value, json};
 
 fn app() -> TestApp {
-    let app = TestApp::new();
-    app.function("orders", "documents", Some(3)).config(
-        r#"
-[functions.orders]
-partition_key = "/customerId"
-soft_delete = { field = "/deleted" }
-
-[functions.orders.sinks.changelog]
-type = "delta"
-table = "tables/orders"
-"#,
-    );
-    app
+    common::orders_to_delta(Some(3))
 }
 
 fn peak_rss_mb(pid: u32) -> f64 {

@@ -74,19 +74,7 @@ fn text(v: Option<&AnyValue>) -> Option<String> {
 }
 
 fn app() -> TestApp {
-    let app = TestApp::new();
-    app.function("orders", "documents", Some(2)).config(
-        r#"
-[functions.orders]
-partition_key = "/customerId"
-soft_delete = { field = "/deleted" }
-
-[functions.orders.sinks.changelog]
-type = "delta"
-table = "tables/orders"
-"#,
-    );
-    app
+    common::orders_to_delta(Some(2))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -135,6 +135,24 @@ impl TestApp {
     }
 }
 
+/// A Function App routing `orders` (binding `documents`, partition key `/customerId`, soft
+/// delete `/deleted`) to one Delta sink `changelog` at `tables/orders`.
+pub fn orders_to_delta(max_retry_count: Option<i64>) -> TestApp {
+    let app = TestApp::new();
+    app.function("orders", "documents", max_retry_count).config(
+        r#"
+[functions.orders]
+partition_key = "/customerId"
+soft_delete = { field = "/deleted" }
+
+[functions.orders.sinks.changelog]
+type = "delta"
+table = "tables/orders"
+"#,
+    );
+    app
+}
+
 /// A handler process started by [`TestApp::serve_logged`].
 pub struct LoggedHandler {
     child: Child,
