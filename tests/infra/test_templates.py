@@ -1422,3 +1422,62 @@ def test_checkov_on_the_resolved_site(plan_kind, tmp_path):
     passed = {c["check_id"] for c in report["results"]["passed_checks"]}
     expected = set(RESOLVED_SITE_CHECKS) - ({"CKV_AZURE_78"} if plan_kind == "flex" else set())
     assert expected <= passed, f"{plan_kind}: not passed: {sorted(expected - passed)}"
+
+
+# --------------------------------------------------------------------------
+# Deploy recipes in the docs
+# --------------------------------------------------------------------------
+
+DOC_FILES = [ROOT / "README.md", INFRA / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.M | re.S)
+PUBLISH = "func azure functionapp publish"
+
+
+def shell_blocks(path: Path) -> list[str]:
+    """The fenced code blocks of a Markdown file, with backslash continuations joined."""
+    return [m.group(1).replace("\\\n", " ") for m in FENCE.finditer(path.read_text())]
+
+
+def publish_commands() -> list[tuple[str, str, str]]:
+    """(file, working directory, command) of every `func azure functionapp publish` in a code
+    block, following `cd` (incl. `cd -` and `( ... )` subshells) from the block's start (the repo root)."""
+    found = []
+    for path in DOC_FILES:
+        for block in shell_blocks(path):
+            cwd, previous = ".", "."
+            for line in block.splitlines():
+                line = line.split(" #", 1)[0] if not line.lstrip().startswith("#") else ""
+                saved = cwd
+                for part in re.split(r"&&|;|\|\|", line):
+                    part = part.strip().strip("() ")
+                    if part.startswith("cd "):
+                        target = part[3:].strip()
+                        previous, cwd = cwd, (previous if target == "-" else target)
+                    elif part.startswith(PUBLISH):
+                        found.append((path.relative_to(ROOT).as_posix(), cwd, part))
+                if line.strip().startswith("(") and line.rstrip().endswith(")"):
+                    cwd = saved  # a subshell's cd does not outlive its line
+    return found
+
+
+def test_every_documented_publish_passes_custom_and_runs_from_the_package():
+    commands = publish_commands()
+    files = {f for f, _, _ in commands}
+    assert {"README.md", "infra/README.md"} <= files, commands
+    for file, cwd, command in commands:
+        # Core Tools learns the worker runtime from --custom, FUNCTIONS_WORKER_RUNTIME or
+        # local.settings.json (GlobalCoreToolsSettings.Init, WorkerRuntimeLanguageHelper); the
+        # package folder has neither file nor setting, so without the flag publishing stops with
+        # "Can't determine project language from files".
+        assert "--custom" in command.split(), f"{file}: `{command}` lacks --custom"
+        assert cwd == "dist/app", f"{file}: `{command}` runs from {cwd!r}, not the package folder dist/app"
+    # dist/app is the package layout: scripts/package.sh builds it with host.json at its root and
+    # tests/check_package.sh checks exactly that folder.
+    package = (ROOT / "scripts" / "package.sh").read_text()
+    assert re.search(r"^OUT=dist/app$", package, re.M)
+    assert 'cp host.json fanout.toml fanout.azure.toml "$OUT/"' in package
+    assert re.search(r"^APP=dist/app$", (ROOT / "tests" / "check_package.sh").read_text(), re.M)
+    # Prose that spells a publish command with an app name says --custom too.
+    for path in DOC_FILES:
+        for span in re.findall(r"`([^`\n]*functionapp publish [^`\n]+)`", path.read_text()):
+            assert "--custom" in span.split(), f"{path.name}: `{span}` lacks --custom"
