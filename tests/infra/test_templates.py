@@ -1481,3 +1481,48 @@ def test_every_documented_publish_passes_custom_and_runs_from_the_package():
     for path in DOC_FILES:
         for span in re.findall(r"`([^`\n]*functionapp publish [^`\n]+)`", path.read_text()):
             assert "--custom" in span.split(), f"{path.name}: `{span}` lacks --custom"
+
+
+# --------------------------------------------------------------------------
+# local.settings.json.example: works on a laptop
+# --------------------------------------------------------------------------
+
+
+def test_local_settings_example_validates_and_uses_the_developer_login():
+    import jsonschema
+
+    schema = json.loads((ROOT / "tests" / "fixtures" / "schemas" / "local.settings.schema.json").read_text())
+    example = json.loads((ROOT / "local.settings.json.example").read_text())
+    jsonschema.Draft4Validator.check_schema(schema)
+    validator = jsonschema.Draft4Validator(schema)
+    errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(example)]
+    assert errors == [], errors
+    # The validator must reject a broken file, or the check above proves nothing.
+    assert not validator.is_valid({"IsEncrypted": "no", "Values": {"FUNCTIONS_WORKER_RUNTIME": "rust"}})
+    values = example["Values"]
+    assert values["FUNCTIONS_WORKER_RUNTIME"] == "custom"
+    # Locally there is no managed identity: an identity-based connection must use the
+    # developer's login (DefaultAzureCredential: az login), so no `__credential` =
+    # managedidentity and no `__clientId` (Microsoft, "Local development with identity-based
+    # connections": you don't need to set credential or clientId during local development).
+    for name, value in values.items():
+        assert not name.endswith("__clientId"), f"{name}: a user-assigned identity exists only in Azure"
+        assert not (name.endswith("__credential") and value.lower() == "managedidentity"), name
+    # The handler's own Entra sinks pick a managed identity as soon as AZURE_CLIENT_ID is set
+    # (handlers/sinks/entra.rs), so the example must not set it either.
+    assert "AZURE_CLIENT_ID" not in values
+    # Host storage on the local emulator (Azurite).
+    assert values["AzureWebJobsStorage"] == "UseDevelopmentStorage=true"
+    # Every Cosmos DB connection the function folders name has its endpoint, and nothing else.
+    for folder in sorted(p.parent for p in ROOT.glob("*/function.json")):
+        for binding in json.loads((folder / "function.json").read_text())["bindings"]:
+            if binding["type"] == "cosmosDBTrigger":
+                prefix = binding["connection"] + "__"
+                assert values[prefix + "accountEndpoint"].startswith("https://")
+                assert sorted(k for k in values if k.startswith(prefix)) == [prefix + "accountEndpoint"]
+    # object_store (Delta changelog, dead-letter store) falls back to the instance metadata
+    # service (a managed identity) unless told to use the Azure CLI login; locally both are
+    # folders by default, and the flag makes an abfss:// URL work with `az login` too.
+    assert values["AZURE_USE_AZURE_CLI"] == "true"
+    assert not values["FANOUT_DEAD_LETTER_URL"].startswith(("abfss://", "az://"))
+    assert not values["ORDERS_CHANGELOG_TABLE"].startswith(("abfss://", "az://"))
