@@ -2,8 +2,8 @@
 //! invocation, a request-size limit, and graceful shutdown on SIGTERM (the in-flight batch
 //! finishes before the process exits).
 
-use crate::host::{INVOCATION_ID_HEADER, InvocationResponse};
-use crate::pipeline::{Answer, Origin, Pipeline};
+use crate::host::INVOCATION_ID_HEADER;
+use crate::pipeline::{Answer, Deadlines, Origin, Pipeline};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -42,7 +42,11 @@ enum ReadBody {
         head: Vec<Bytes>,
         rest: axum::body::BodyDataStream,
     },
-    Broken(String),
+    /// The stream failed: what arrived before it broke off, and why.
+    Broken {
+        head: Bytes,
+        error: String,
+    },
 }
 
 async fn read_body(body: Body, limit: usize) -> ReadBody {
@@ -61,17 +65,26 @@ async fn read_body(body: Body, limit: usize) -> ReadBody {
                     };
                 }
             }
-            Err(e) => return ReadBody::Broken(e.to_string()),
+            Err(e) => {
+                return ReadBody::Broken {
+                    head: concat(chunks, size),
+                    error: e.to_string(),
+                };
+            }
         }
     }
+    ReadBody::Whole(concat(chunks, size))
+}
+
+fn concat(mut chunks: Vec<Bytes>, size: usize) -> Bytes {
     if chunks.len() == 1 {
-        return ReadBody::Whole(chunks.pop().expect("one chunk"));
+        return chunks.pop().expect("one chunk");
     }
     let mut whole = BytesMut::with_capacity(size);
     for c in chunks {
         whole.extend_from_slice(&c);
     }
-    ReadBody::Whole(whole.freeze())
+    whole.freeze()
 }
 
 async fn invoke(
@@ -85,21 +98,24 @@ async fn invoke(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let pipeline = state.pipeline.clone();
+    let state_pipeline = state.pipeline.clone();
+    // The body as read, kept (a cheap reference-counted handle) so that a panic on it can
+    // still put it in the dead-letter store.
+    let (body_tx, body_rx) = tokio::sync::oneshot::channel::<Bytes>();
+    let task_function = function.clone();
+    let task_invocation_id = invocation_id.clone();
     // Run the batch on its own task: if the host drops the connection (timeout), the batch
     // still finishes and its outcome (delivery or dead-letter) is not cut off half-way.
     let task = tokio::spawn(async move {
+        let (function, invocation_id) = (task_function, task_invocation_id);
         match read_body(body, state.max_body_bytes).await {
             ReadBody::Whole(body) => {
+                let _ = body_tx.send(body.clone());
                 pipeline
                     .handle(&function, invocation_id, &body, Origin::Host)
                     .await
             }
             ReadBody::TooLarge { head, rest } => {
-                if !pipeline.routes().contains_key(&function) {
-                    return pipeline
-                        .handle(&function, invocation_id, &[], Origin::Host)
-                        .await;
-                }
                 let rest = rest.map(|r| r.map_err(|e| e.to_string()));
                 pipeline
                     .dead_letter_oversized(
@@ -111,31 +127,77 @@ async fn invoke(
                     )
                     .await
             }
-            ReadBody::Broken(e) => {
-                // The host's request broke off: nothing to decode; it will retry.
-                tracing::warn!(function, error = %e, "request body broke off");
-                Answer {
-                    status: 400,
-                    response: InvocationResponse::with_logs(vec![format!(
-                        "fanout {function}: the request body broke off: {e}"
-                    )]),
-                    dead_lettered: 0,
-                }
+            ReadBody::Broken { head, error } => {
+                // The host's request broke off: what arrived is kept with the reason (the
+                // host may not retry it: this may have been its last attempt).
+                tracing::warn!(
+                    function,
+                    error,
+                    received = head.len(),
+                    "request body broke off"
+                );
+                let reason = format!(
+                    "the request body broke off after {} bytes: {error}",
+                    head.len()
+                );
+                let deadlines =
+                    Deadlines::new(std::time::Instant::now(), pipeline.function_timeout());
+                let mut answer = pipeline
+                    .dead_letter_raw(&function, invocation_id, &head, reason, &deadlines)
+                    .await;
+                // Never 2xx: the host must not take a broken request for a delivered batch.
+                answer.status = 400;
+                answer
             }
         }
     });
-    match task.await {
-        Ok(answer) => {
-            let status =
-                StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            (status, Json(answer.response)).into_response()
-        }
+    let answer = match task.await {
+        Ok(answer) => answer,
         Err(e) => {
-            tracing::error!(error = %e, "invocation task failed");
-            let response =
-                InvocationResponse::with_logs(vec![format!("fanout: internal error: {e}")]);
-            (StatusCode::INTERNAL_SERVER_ERROR, Json(response)).into_response()
+            // A panic: the batch is kept raw, like input no sink could take.
+            let what = panic_message(e);
+            tracing::error!(function, error = %what, "invocation task panicked");
+            let reason = format!("fanout panicked while handling this batch: {what}");
+            let deadlines =
+                Deadlines::new(std::time::Instant::now(), state_pipeline.function_timeout());
+            match body_rx.await {
+                Ok(body) => {
+                    state_pipeline
+                        .dead_letter_raw(&function, invocation_id, &body, reason, &deadlines)
+                        .await
+                }
+                Err(_) => {
+                    // It panicked before the body was read: nothing to keep.
+                    let mut answer =
+                        Answer::logged(500, format!("fanout: internal error: {reason}"));
+                    answer.response.logs.push(crate::pipeline::report_lost(
+                        &crate::pipeline::Lost {
+                            function: function.clone(),
+                            invocation_id: invocation_id.unwrap_or_default(),
+                            count: 1,
+                            first: None,
+                            last: None,
+                            certain: false,
+                            reason,
+                        },
+                    ));
+                    answer
+                }
+            }
         }
+    };
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(answer.response)).into_response()
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(panic) => panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "(no message)".into()),
+        Err(e) => e.to_string(),
     }
 }
 
@@ -147,6 +209,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, routes = ?pipeline.routes().keys().collect::<Vec<_>>(), "listening");
+    tokio::spawn(sweep_in_flight(pipeline.clone()));
     axum::serve(listener, router(pipeline, max_body_bytes))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
@@ -174,6 +237,21 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown requested; finishing in-flight invocations");
+}
+
+/// Every function timeout (and once at start-up, in the background), moves the write-ahead
+/// records of last attempts whose process died to `pending/`, so replay and the pending-record
+/// count see them.
+async fn sweep_in_flight(pipeline: Arc<Pipeline>) {
+    let every = pipeline
+        .function_timeout()
+        .max(std::time::Duration::from_secs(30));
+    loop {
+        if let Err(e) = pipeline.recover_in_flight().await {
+            tracing::warn!(error = %e, "could not look for unfinished last attempts");
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// Any answer on `/` means ready to the host. The process id in it lets a launcher tell its

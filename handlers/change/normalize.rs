@@ -77,10 +77,7 @@ impl Normalizer {
         doc: &Map<String, Value>,
     ) -> Result<Header, (Option<String>, String)> {
         let id = document_id(doc)?;
-        let soft_deleted = self
-            .soft_delete
-            .as_ref()
-            .is_some_and(|sd| lookup(doc, &sd.path).is_some_and(|v| v == &sd.equals));
+        let soft_deleted = self.soft_deleted(doc);
         let lsn = integer_field(doc, "_lsn").map_err(|r| (Some(id.clone()), r))?;
         let ts = integer_field(doc, "_ts").map_err(|r| (Some(id.clone()), r))?;
         Ok(Header {
@@ -97,6 +94,13 @@ impl Normalizer {
             id,
             body: Body::Whole,
         })
+    }
+
+    /// Whether the document carries the route's soft-delete marker.
+    fn soft_deleted(&self, doc: &Map<String, Value>) -> bool {
+        self.soft_delete
+            .as_ref()
+            .is_some_and(|sd| lookup(doc, &sd.path).is_some_and(|v| v == &sd.equals))
     }
 
     /// Reads an all-versions-and-deletes item (`{"current", "metadata"}`), by reference.
@@ -135,13 +139,18 @@ impl Normalizer {
                     Some(l) => Some(l),
                     None => integer_field(doc, "_lsn").map_err(|r| (Some(id.clone()), r))?,
                 };
+                // An application that marks documents deleted does so in this mode too: the
+                // marker is a delete for the sinks, as in latest-version mode.
+                let soft_deleted = self.soft_deleted(doc);
                 Ok(Header {
-                    operation: if op == "create" {
+                    operation: if soft_deleted {
+                        Operation::Delete
+                    } else if op == "create" {
                         Operation::Create
                     } else {
                         Operation::Replace
                     },
-                    delete_kind: None,
+                    delete_kind: soft_deleted.then_some(DeleteKind::Soft),
                     partition_key: self.partition_key.extract(doc),
                     lsn,
                     ts,

@@ -23,6 +23,11 @@ pub fn run(ctx: &Context) -> Result<(), CommandError> {
             route.function.container.as_deref().unwrap_or("?"),
             route.retry.budget.as_millis()
         );
+        if let Some(route_config) = config.routes.get(name) {
+            for w in route_config.warnings() {
+                println!("    warning: {w}");
+            }
+        }
         for sink in &route.sinks {
             println!("    sink {} ({})", sink.name(), sink.kind());
             if let Some(cfg) = config

@@ -70,6 +70,19 @@ pub async fn run(
     }
 
     let store = pipeline.dead_letter();
+    // Last attempts whose process died mid-way are replayed like any other record.
+    if !dry_run {
+        let recovered = pipeline
+            .recover_in_flight()
+            .await
+            .map_err(|e| CommandError::Failed(e.to_string()))?;
+        if !recovered.is_empty() {
+            println!(
+                "{} unfinished last attempts (their process died) moved to pending/",
+                recovered.len()
+            );
+        }
+    }
     let prefix = match (&function, &sink) {
         (Some(f), Some(s)) => format!("{f}/{s}/"),
         (Some(f), None) => format!("{f}/"),
@@ -81,7 +94,11 @@ pub async fn run(
         .await
         .map_err(|e| CommandError::Failed(e.to_string()))?
         .into_iter()
-        .filter(|k| k.starts_with(&prefix))
+        .filter(|k| {
+            k.strip_prefix(fanout::deadletter::FALLBACK_PREFIX)
+                .unwrap_or(k)
+                .starts_with(&prefix)
+        })
         .collect();
     if keys.is_empty() {
         println!("nothing to replay in {}", store.location());
@@ -109,14 +126,7 @@ pub async fn run(
             ));
         } else {
             match pipeline.replay_record(&record).await {
-                Ok(detail) => match async {
-                    if let Some(body) = &record.raw_body_object {
-                        store.mark_replayed(body).await?;
-                    }
-                    store.mark_replayed(key).await
-                }
-                .await
-                {
+                Ok(detail) => match store.mark_replayed(key, &record).await {
                     Ok(()) => {
                         replayed += 1;
                         changes += record.size();

@@ -18,6 +18,11 @@ pub async fn run(ctx: &Context, port: Option<u16>) -> Result<(), CommandError> {
         ))
     })?;
     let (config, pipeline) = ctx.pipeline()?;
+    for (function, route) in &config.routes {
+        for warning in route.warnings() {
+            tracing::warn!(function, "{warning}");
+        }
+    }
     // The host always calls 127.0.0.1: listen there only.
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     fanout::server::serve(Arc::new(pipeline), addr, config.max_body_bytes)

@@ -38,10 +38,17 @@ pub struct HostRetryPolicy {
 impl HostRetryPolicy {
     /// No policy at all: the first failure is the last.
     pub const NONE: HostRetryPolicy = HostRetryPolicy { max_retry_count: 0 };
+}
 
-    pub fn retries_forever(&self) -> bool {
-        self.max_retry_count < 0
-    }
+/// The trigger's `changeFeedMode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChangeFeedMode {
+    /// The default: the latest version of each changed item; no deletes (mark them instead).
+    #[default]
+    LatestVersion,
+    /// Every version and every delete (hard deletes and TTL expiry); needs continuous backup,
+    /// starts from now only.
+    AllVersionsAndDeletes,
 }
 
 /// What the handler needs from one function folder.
@@ -55,6 +62,11 @@ pub struct FunctionDefinition {
     pub retry: HostRetryPolicy,
     /// Output bindings: (name, type), e.g. ("events", "eventHub").
     pub outputs: Vec<(String, String)>,
+    pub change_feed_mode: ChangeFeedMode,
+    /// `startFromBeginning: true`.
+    pub start_from_beginning: bool,
+    /// `startFromTime`, as written.
+    pub start_from_time: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -137,6 +149,22 @@ pub fn read_function(app_root: &Path, name: &str) -> Result<FunctionDefinition, 
             message: "has no binding of type `cosmosDBTrigger`".into(),
         })?;
     let text = |key: &str| trigger.get(key).and_then(Value::as_str).map(str::to_string);
+    // The host takes the mode case-insensitively ("AllVersionsAndDeletes" in the docs).
+    let change_feed_mode = match text("changeFeedMode") {
+        None => ChangeFeedMode::LatestVersion,
+        Some(m) if m.eq_ignore_ascii_case("LatestVersion") => ChangeFeedMode::LatestVersion,
+        Some(m) if m.eq_ignore_ascii_case("AllVersionsAndDeletes") => {
+            ChangeFeedMode::AllVersionsAndDeletes
+        }
+        Some(other) => {
+            return Err(FunctionFileError::Invalid {
+                path,
+                message: format!(
+                    "changeFeedMode `{other}` is not a mode of the Cosmos DB trigger: use `LatestVersion` (the default) or `AllVersionsAndDeletes`"
+                ),
+            });
+        }
+    };
     let binding = text("name").ok_or_else(|| FunctionFileError::Invalid {
         path: path.clone(),
         message: "the cosmosDBTrigger binding has no `name`".into(),
@@ -163,6 +191,10 @@ pub fn read_function(app_root: &Path, name: &str) -> Result<FunctionDefinition, 
                 ))
             })
             .collect(),
+        change_feed_mode,
+        start_from_beginning: trigger.get("startFromBeginning").and_then(Value::as_bool)
+            == Some(true),
+        start_from_time: text("startFromTime").filter(|t| !t.trim().is_empty()),
     })
 }
 

@@ -6,8 +6,9 @@ mod functions;
 mod interpolate;
 
 pub use functions::{
-    DEFAULT_FUNCTION_TIMEOUT, FunctionDefinition, FunctionFileError, HostRetryPolicy,
-    discover_cosmos_functions, parse_timespan, read_function, read_function_timeout,
+    ChangeFeedMode, DEFAULT_FUNCTION_TIMEOUT, FunctionDefinition, FunctionFileError,
+    HostRetryPolicy, discover_cosmos_functions, parse_timespan, read_function,
+    read_function_timeout,
 };
 pub use interpolate::{InterpolationError, interpolate};
 
@@ -71,11 +72,20 @@ pub struct RetrySettings {
     pub budget: Duration,
 }
 
-#[derive(Debug, Clone)]
-pub struct DeadLetterConfig {
-    /// Local folder (relative to the app root) or `az://` / `abfss://` / `file://` URL.
+/// One storage location: a local folder (relative to the app root) or an `az://` /
+/// `abfss://` / `file://` URL, with its object_store options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreLocationConfig {
     pub url: String,
     pub storage_options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadLetterConfig {
+    pub primary: StoreLocationConfig,
+    /// Tried when the primary fails or does not answer in time: another container or
+    /// account, or a local folder.
+    pub fallback: Option<StoreLocationConfig>,
 }
 
 /// One routed function, validated.
@@ -86,6 +96,27 @@ pub struct RouteConfig {
     pub soft_delete: Option<SoftDelete>,
     pub retry: RetrySettings,
     pub sinks: BTreeMap<String, SinkConfig>,
+}
+
+impl RouteConfig {
+    /// Combinations of the trigger's settings and the route's that cannot work or do nothing,
+    /// each saying what to change. Shown by `check-config` and logged at start-up.
+    pub fn warnings(&self) -> Vec<String> {
+        let f = &self.function;
+        let mut warnings = Vec::new();
+        if f.change_feed_mode == ChangeFeedMode::AllVersionsAndDeletes {
+            if f.start_from_beginning {
+                warnings.push(format!("{}/function.json: `startFromBeginning` cannot be used with changeFeedMode `AllVersionsAndDeletes` (that mode starts from now only; the host will not start the trigger): remove it, and take the baseline with a temporary latest-version function (docs/change-feed-modes.md)", f.name));
+            }
+            if f.start_from_time.is_some() {
+                warnings.push(format!("{}/function.json: `startFromTime` cannot be used with changeFeedMode `AllVersionsAndDeletes` (that mode starts from now only): remove it", f.name));
+            }
+            if self.soft_delete.is_some() {
+                warnings.push("soft_delete: with changeFeedMode `AllVersionsAndDeletes` hard deletes and TTL expiry reach the sinks as deletes by themselves; keep `soft_delete` only if the application also marks documents deleted instead of deleting them".to_string());
+            }
+        }
+        warnings
+    }
 }
 
 /// The whole validated configuration.
@@ -117,6 +148,15 @@ struct FileConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeadLetterFile {
+    url: String,
+    #[serde(default)]
+    storage_options: BTreeMap<String, String>,
+    fallback: Option<LocationFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocationFile {
     url: String,
     #[serde(default)]
     storage_options: BTreeMap<String, String>,
@@ -381,6 +421,10 @@ fn validate(
             let sink_at = format!("{at}.sinks.{sink_name}");
             if !is_simple_name(sink_name) {
                 problem(&sink_at, "sink names may use only letters, digits, `_` and `-` (they name dead-letter folders)".into());
+            } else if sink_name.starts_with('_') {
+                // `_input` names what failed before reaching any sink (dead-letter records,
+                // re-delivery progress): a sink of that name would be counted as done.
+                problem(&sink_at, "sink names starting with `_` are reserved for fanout itself (`_input` is what failed before any sink); rename the sink".into());
             }
             for message in sink.validate() {
                 problem(&sink_at, message);
@@ -430,16 +474,39 @@ fn validate(
     }
     let dead_letter = match parsed.dead_letter {
         Some(d) => DeadLetterConfig {
-            url: d.url,
-            storage_options: d.storage_options,
+            primary: StoreLocationConfig {
+                url: d.url,
+                storage_options: d.storage_options,
+            },
+            fallback: d.fallback.map(|f| StoreLocationConfig {
+                url: f.url,
+                storage_options: f.storage_options,
+            }),
         },
         None => DeadLetterConfig {
-            url: DEFAULT_DEAD_LETTER_URL.into(),
-            storage_options: BTreeMap::new(),
+            primary: StoreLocationConfig {
+                url: DEFAULT_DEAD_LETTER_URL.into(),
+                storage_options: BTreeMap::new(),
+            },
+            fallback: None,
         },
     };
-    if dead_letter.url.trim().is_empty() {
-        problem("dead_letter.url", "is empty; use a folder such as `.fanout/dead-letter` or an `az://container/prefix` URL".into());
+    let tiers = std::iter::once(("dead_letter.url", &dead_letter.primary)).chain(
+        dead_letter
+            .fallback
+            .iter()
+            .map(|f| ("dead_letter.fallback.url", f)),
+    );
+    for (at, location) in tiers {
+        if let Some(message) = location_problem(&location.url) {
+            problem(at, message);
+        }
+    }
+    if dead_letter.fallback.as_ref().map(|f| &f.url) == Some(&dead_letter.primary.url) {
+        problem(
+            "dead_letter.fallback.url",
+            "is the same location as `dead_letter.url`; a fallback helps only when it fails apart from the primary: use another container, account or a local folder".into(),
+        );
     }
     AppConfig {
         app_root: app_root.to_path_buf(),
@@ -451,6 +518,20 @@ fn validate(
             .unwrap_or(DEFAULT_MAX_BODY_BYTES),
         function_timeout,
         routes,
+    }
+}
+
+/// What is wrong with a store location as written, if anything.
+fn location_problem(url: &str) -> Option<String> {
+    if url.trim().is_empty() {
+        return Some("is empty; use a folder such as `.fanout/dead-letter` or an `az://container/prefix` URL".into());
+    }
+    let (scheme, _) = url.split_once("://")?;
+    match scheme {
+        "file" | "az" | "azure" | "abfs" | "abfss" | "adl" => None,
+        other => Some(format!(
+            "unsupported scheme `{other}://`; use a folder, `az://container/prefix` or `abfss://container@account.dfs.core.windows.net/prefix`"
+        )),
     }
 }
 

@@ -4,24 +4,34 @@
 //!
 //! Layout under the configured root:
 //! `pending/{function}/{sink}/{fingerprint}-{kind}.json` - waiting for replay;
-//! `replayed/{function}/{sink}/{fingerprint}-{kind}.json` - delivered by a replay (kept for audit).
+//! `replayed/{function}/{sink}/{fingerprint}-{kind}.json` - delivered by a replay (kept for audit);
+//! `in-flight/{function}/_input/{fingerprint}-in_flight.json` - a last attempt being delivered
+//! (the write-ahead record: settled when the outcome is known; one left behind by a process
+//! that died is moved to `pending/` by [`DeadLetterStore::recover_in_flight`]).
 //! The key is deterministic, so a re-delivered batch overwrites its own record instead of adding one.
+//!
+//! Two tiers: the configured store and an optional fallback (`[dead_letter.fallback]`: another
+//! container or account, or a local folder). Every write is bounded by a deadline; the primary
+//! gets half of the time left when there is a fallback, the fallback the rest. A write fails only
+//! when both tiers failed. Keys of records in the fallback carry the `fallback:` prefix, so a key
+//! names its tier wherever it is printed or passed back.
+
+mod location;
 
 use crate::change::Change;
 use crate::config::DeadLetterConfig;
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
-use object_store::azure::MicrosoftAzureBuilder;
-use object_store::local::LocalFileSystem;
-use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use location::Location;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
-use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub const PENDING: &str = "pending";
 pub const REPLAYED: &str = "replayed";
+pub const IN_FLIGHT: &str = "in-flight";
+/// The prefix of keys that live in the fallback tier.
+pub const FALLBACK_PREFIX: &str = "fallback:";
 /// The pseudo-sink name for items or batches that failed before reaching any sink.
 pub const INPUT_SINK: &str = "_input";
 
@@ -36,6 +46,16 @@ pub enum DeadLetterError {
         key: String,
         source: serde_json::Error,
     },
+    #[error("`{location}`: {source}")]
+    At {
+        location: String,
+        source: Box<DeadLetterError>,
+    },
+    #[error("dead-letter store `{location}`: no answer within {} ms", .after.as_millis())]
+    TimedOut { location: String, after: Duration },
+    /// Every tier failed; each tier's error, in order.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; then "))]
+    Unavailable(Vec<DeadLetterError>),
 }
 
 /// Why the record exists.
@@ -48,8 +68,12 @@ pub enum DeadLetterKind {
     RejectedChanges,
     /// Feed items that could not be normalized (no id, wrong types, ...): kept raw.
     MalformedItems,
-    /// The request body itself could not be decoded: kept raw.
+    /// The request body itself could not be decoded (or never reached the pipeline: no route,
+    /// a handler panic, a body that broke off): kept raw.
     MalformedBatch,
+    /// A last attempt whose outcome was never settled: the process died while delivering it.
+    /// Kept raw; replay delivers it to every sink of the route.
+    InFlight,
 }
 
 impl DeadLetterKind {
@@ -59,6 +83,7 @@ impl DeadLetterKind {
             DeadLetterKind::RejectedChanges => "rejected_changes",
             DeadLetterKind::MalformedItems => "malformed_items",
             DeadLetterKind::MalformedBatch => "malformed_batch",
+            DeadLetterKind::InFlight => "in_flight",
         }
     }
 }
@@ -95,6 +120,10 @@ pub struct DeadLetterRecord {
     /// `pending/`, beside the record).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw_body_object: Option<String>,
+    /// InFlight: the process delivering it ([`process_owner`]), so that one on the same
+    /// machine can tell at once that it died.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl DeadLetterRecord {
@@ -123,6 +152,7 @@ impl DeadLetterRecord {
             items: Vec::new(),
             raw_body: None,
             raw_body_object: None,
+            owner: None,
         }
     }
 
@@ -140,7 +170,7 @@ impl DeadLetterRecord {
     /// How many changes (or raw items) the record holds.
     pub fn size(&self) -> usize {
         match self.kind {
-            DeadLetterKind::MalformedBatch => 1,
+            DeadLetterKind::MalformedBatch | DeadLetterKind::InFlight => 1,
             DeadLetterKind::MalformedItems => self.items.len(),
             _ => self.changes.len(),
         }
@@ -159,180 +189,536 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
+/// Where a record was written: its key (tier-prefixed) and a readable location for logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub key: String,
+    /// `{store url}/{area}/{key}`, e.g. `.fanout/dead-letter/pending/orders/changelog/ab-sink_failure.json`.
+    pub path: String,
+    pub in_fallback: bool,
+}
+
+/// The dead-letter store: the configured location and an optional fallback.
 #[derive(Clone)]
 pub struct DeadLetterStore {
-    store: Arc<dyn ObjectStore>,
-    root: StorePath,
-    location: String,
+    primary: Location,
+    fallback: Option<Location>,
 }
 
 impl std::fmt::Debug for DeadLetterStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DeadLetterStore({})", self.location)
+        write!(f, "DeadLetterStore({})", self.location())
     }
 }
 
 impl DeadLetterStore {
-    /// Opens the store: a local folder (relative to the app root, created if missing) or an
-    /// `az://container/prefix` / `abfss://container@account.dfs.core.windows.net/prefix` URL,
-    /// with credentials from `storage_options` and the environment (`AZURE_*`, managed identity).
+    /// Opens the configured store and its fallback (no I/O but creating local folders).
     pub fn open(config: &DeadLetterConfig, app_root: &Path) -> Result<Self, DeadLetterError> {
-        let location = config.url.clone();
-        let fail = |message: String| DeadLetterError::Config {
-            location: location.clone(),
-            message,
-        };
-        if !location.contains("://") || location.starts_with("file://") {
-            let raw = location.strip_prefix("file://").unwrap_or(&location);
-            let path = app_root.join(raw);
-            std::fs::create_dir_all(&path)
-                .map_err(|e| fail(format!("cannot create {}: {e}", path.display())))?;
-            let store = LocalFileSystem::new_with_prefix(&path).map_err(|e| fail(e.to_string()))?;
-            return Ok(Self {
-                store: Arc::new(store),
-                root: StorePath::default(),
-                location,
+        Ok(Self {
+            primary: Location::open(&config.primary, app_root)?,
+            fallback: config
+                .fallback
+                .as_ref()
+                .map(|f| Location::open(f, app_root))
+                .transpose()?,
+        })
+    }
+
+    /// The configured location (the fallback's is [`Self::fallback_location`]).
+    pub fn location(&self) -> &str {
+        &self.primary.url
+    }
+
+    pub fn fallback_location(&self) -> Option<&str> {
+        self.fallback.as_ref().map(|f| f.url.as_str())
+    }
+
+    fn tiers(&self) -> impl Iterator<Item = (bool, &Location)> {
+        std::iter::once((false, &self.primary)).chain(self.fallback.iter().map(|f| (true, f)))
+    }
+
+    /// The tier a key names, and the key within it.
+    fn resolve<'k>(&self, key: &'k str) -> Result<(&Location, &'k str), DeadLetterError> {
+        match key.strip_prefix(FALLBACK_PREFIX) {
+            None => Ok((&self.primary, key)),
+            Some(rest) => match &self.fallback {
+                Some(f) => Ok((f, rest)),
+                None => Err(DeadLetterError::Config {
+                    location: self.primary.url.clone(),
+                    message: format!(
+                        "`{key}` is in the fallback store, and this config names none: add `[dead_letter.fallback]` back"
+                    ),
+                }),
+            },
+        }
+    }
+
+    /// Writes `body` under `area/key` in the first tier that takes it before `deadline`: the
+    /// primary gets half of the time left when there is a fallback.
+    async fn put_tiered(
+        &self,
+        area: &str,
+        key: &str,
+        body: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Stored, DeadLetterError> {
+        let mut errors = Vec::new();
+        let mut tiers = self.tiers().peekable();
+        while let Some((in_fallback, tier)) = tiers.next() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let share = if tiers.peek().is_some() {
+                left / 2
+            } else {
+                left
+            };
+            let share = share.max(Duration::from_millis(1));
+            match tokio::time::timeout(share, tier.put(area, key, body.clone())).await {
+                Ok(Ok(())) => {
+                    if !errors.is_empty() {
+                        tracing::warn!(key, primary_error = %DeadLetterError::Unavailable(errors), "dead-letter record written to the fallback store");
+                    }
+                    return Ok(Stored {
+                        key: if in_fallback {
+                            format!("{FALLBACK_PREFIX}{key}")
+                        } else {
+                            key.to_string()
+                        },
+                        path: format!("{}/{area}/{key}", tier.url),
+                        in_fallback,
+                    });
+                }
+                Ok(Err(e)) => errors.push(DeadLetterError::At {
+                    location: tier.url.clone(),
+                    source: Box::new(e),
+                }),
+                Err(_) => errors.push(DeadLetterError::TimedOut {
+                    location: tier.url.clone(),
+                    after: share,
+                }),
+            }
+        }
+        Err(DeadLetterError::Unavailable(errors))
+    }
+
+    /// Writes (or overwrites) the record under `pending/`, before `deadline`.
+    pub async fn put(
+        &self,
+        record: &DeadLetterRecord,
+        deadline: Instant,
+    ) -> Result<Stored, DeadLetterError> {
+        let body = serde_json::to_vec_pretty(record).expect("records serialize");
+        self.put_tiered(PENDING, &record.key(), body, deadline)
+            .await
+    }
+
+    /// The write-ahead record of a last attempt (kind [`DeadLetterKind::InFlight`], the raw
+    /// body), under `in-flight/`.
+    pub async fn put_in_flight(
+        &self,
+        record: &DeadLetterRecord,
+        deadline: Instant,
+    ) -> Result<Stored, DeadLetterError> {
+        let body = serde_json::to_vec(record).expect("records serialize");
+        self.put_tiered(IN_FLIGHT, &record.key(), body, deadline)
+            .await
+    }
+
+    /// Removes a write-ahead record once the attempt's outcome is known.
+    pub async fn settle_in_flight(
+        &self,
+        stored: &Stored,
+        deadline: Instant,
+    ) -> Result<(), DeadLetterError> {
+        let (tier, key) = self.resolve(&stored.key)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::timeout(left, tier.delete(IN_FLIGHT, key))
+            .await
+            .map_err(|_| DeadLetterError::TimedOut {
+                location: tier.url.clone(),
+                after: left,
+            })?
+    }
+
+    /// Moves the write-ahead records of processes that are gone to `pending/`, where replay
+    /// finds them: records older than `older_than` (no attempt outlives the function timeout),
+    /// and younger ones whose owner ran on this machine and is no longer running. Returns
+    /// their keys.
+    pub async fn recover_in_flight(
+        &self,
+        older_than: Duration,
+    ) -> Result<Vec<String>, DeadLetterError> {
+        let cutoff =
+            Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let mut moved = Vec::new();
+        for (in_fallback, tier) in self.tiers() {
+            for listed in tier.list(IN_FLIGHT).await? {
+                if !listed.key.ends_with(".json") {
+                    continue;
+                }
+                if listed.last_modified > cutoff {
+                    let owner = match tier.get(IN_FLIGHT, &listed.key).await {
+                        Ok(bytes) => serde_json::from_slice::<DeadLetterRecord>(&bytes)
+                            .ok()
+                            .and_then(|r| r.owner),
+                        // Settled meanwhile.
+                        Err(_) => continue,
+                    };
+                    if owner.as_deref().and_then(owner_is_gone) != Some(true) {
+                        continue;
+                    }
+                }
+                tier.rename(&listed.key, IN_FLIGHT, PENDING).await?;
+                moved.push(if in_fallback {
+                    format!("{FALLBACK_PREFIX}{}", listed.key)
+                } else {
+                    listed.key
+                });
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Keys of what waits for replay, in both tiers, sorted: the records, and request bodies
+    /// whose record could not be written (an orphaned `.body` is listed as its own record).
+    pub async fn list_pending(&self) -> Result<Vec<String>, DeadLetterError> {
+        let mut records = Vec::new();
+        let mut bodies = Vec::new();
+        for (in_fallback, tier) in self.tiers() {
+            let prefix = if in_fallback { FALLBACK_PREFIX } else { "" };
+            for listed in tier.list(PENDING).await? {
+                if listed.key.ends_with(".json") {
+                    records.push(format!("{prefix}{}", listed.key));
+                } else if listed.key.ends_with(BODY_SUFFIX) {
+                    bodies.push(format!("{prefix}{}", listed.key));
+                }
+            }
+        }
+        // A body's record may be in either tier.
+        let bare: std::collections::HashSet<&str> = records
+            .iter()
+            .map(|k| k.strip_prefix(FALLBACK_PREFIX).unwrap_or(k))
+            .collect();
+        let orphans: Vec<String> = bodies
+            .into_iter()
+            .filter(|b| {
+                let bare_body = b.strip_prefix(FALLBACK_PREFIX).unwrap_or(b);
+                !bare.contains(body_record_key(bare_body).as_str())
+            })
+            .collect();
+        records.extend(orphans);
+        records.sort();
+        Ok(records)
+    }
+
+    /// Reads a pending record. For an orphaned request body (a key ending in `.body`), a
+    /// `malformed_batch` record pointing at it.
+    pub async fn get(&self, key: &str) -> Result<DeadLetterRecord, DeadLetterError> {
+        let (tier, bare) = self.resolve(key)?;
+        if bare.ends_with(BODY_SUFFIX) {
+            let function = bare.split('/').next().unwrap_or_default();
+            let fingerprint = bare
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches(BODY_SUFFIX);
+            return Ok(DeadLetterRecord {
+                raw_body_object: Some(key.to_string()),
+                ..DeadLetterRecord::new(
+                    DeadLetterKind::MalformedBatch,
+                    function,
+                    INPUT_SINK,
+                    String::new(),
+                    fingerprint.to_string(),
+                    "a stored request body whose record could not be written".into(),
+                )
             });
         }
-        let url = url::Url::parse(&location).map_err(|e| fail(format!("not a valid URL: {e}")))?;
-        match url.scheme() {
-            "az" | "azure" | "abfs" | "abfss" | "adl" => {
-                let mut builder = MicrosoftAzureBuilder::from_env().with_url(location.as_str());
-                for (key, value) in &config.storage_options {
-                    let key = key.parse().map_err(|e: object_store::Error| {
-                        fail(format!("storage option `{key}`: {e}"))
-                    })?;
-                    builder = builder.with_config(key, value);
-                }
-                let store = builder.build().map_err(|e| fail(e.to_string()))?;
-                // az://container/prefix: the prefix is the path; abfss://container@host/prefix likewise.
-                let root = StorePath::from(url.path().trim_start_matches('/'));
-                Ok(Self {
-                    store: Arc::new(store),
-                    root,
-                    location,
-                })
-            }
-            other => Err(fail(format!(
-                "unsupported scheme `{other}://`; use a folder, `az://` or `abfss://`"
-            ))),
-        }
-    }
-
-    pub fn location(&self) -> &str {
-        &self.location
-    }
-
-    fn path(&self, area: &str, key: &str) -> StorePath {
-        let mut p = self.root.clone();
-        for part in area
-            .split('/')
-            .chain(key.split('/'))
-            .filter(|p| !p.is_empty())
-        {
-            p = p.clone().join(part);
-        }
-        p
-    }
-
-    /// Writes (or overwrites) the record; returns its key.
-    pub async fn put(&self, record: &DeadLetterRecord) -> Result<String, DeadLetterError> {
-        let key = record.key();
-        let body = serde_json::to_vec_pretty(record).expect("records serialize");
-        self.store
-            .put(&self.path(PENDING, &key), PutPayload::from(body))
-            .await?;
-        Ok(key)
-    }
-
-    /// Keys of the records waiting for replay, sorted (oldest batches are not necessarily first:
-    /// replay order across records does not matter because sinks compare versions).
-    pub async fn list_pending(&self) -> Result<Vec<String>, DeadLetterError> {
-        let prefix = self.path(PENDING, "");
-        let prefix_str = format!("{}/", prefix.as_ref().trim_end_matches('/'));
-        let mut keys: Vec<String> = self
-            .store
-            .list(Some(&prefix))
-            .map_ok(|meta| {
-                meta.location
-                    .as_ref()
-                    .strip_prefix(&prefix_str)
-                    .unwrap_or(meta.location.as_ref())
-                    .to_string()
-            })
-            .try_collect()
-            .await?;
-        // Records only: stored request bodies (`.body`) belong to their record.
-        keys.retain(|k| k.ends_with(".json"));
-        keys.sort();
-        Ok(keys)
-    }
-
-    pub async fn get(&self, key: &str) -> Result<DeadLetterRecord, DeadLetterError> {
-        let bytes = self
-            .store
-            .get(&self.path(PENDING, key))
-            .await?
-            .bytes()
-            .await?;
+        let bytes = tier.get(PENDING, bare).await?;
         serde_json::from_slice(&bytes).map_err(|source| DeadLetterError::Record {
             key: key.to_string(),
             source,
         })
     }
 
-    /// Streams a request body into `pending/{key}` without holding it in memory; returns its size.
+    /// Streams a request body into `pending/{key}` of the primary tier without holding it in
+    /// memory (a stream cannot be re-sent to a fallback); returns its size.
     pub async fn put_body_stream<S>(
         &self,
         key: &str,
         head: Vec<bytes::Bytes>,
-        mut rest: S,
+        rest: S,
     ) -> Result<u64, DeadLetterError>
     where
         S: futures::Stream<Item = Result<bytes::Bytes, String>> + Unpin,
     {
-        use futures::StreamExt;
-        let upload = self.store.put_multipart(&self.path(PENDING, key)).await?;
-        let mut writer = object_store::WriteMultipart::new(upload);
-        let mut size = 0u64;
-        for chunk in head {
-            size += chunk.len() as u64;
-            writer.put(chunk);
-        }
-        while let Some(chunk) = rest.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = writer.abort().await;
-                    return Err(DeadLetterError::Config {
-                        location: self.location.clone(),
-                        message: format!("request body broke off: {e}"),
-                    });
-                }
-            };
-            size += chunk.len() as u64;
-            writer.wait_for_capacity(4).await?;
-            writer.put(chunk);
-        }
-        writer.finish().await?;
-        Ok(size)
+        self.primary.put_stream(PENDING, key, head, rest).await
     }
 
     /// Reads an object under `pending/` (a stored request body).
     pub async fn get_raw(&self, key: &str) -> Result<bytes::Bytes, DeadLetterError> {
-        Ok(self
-            .store
-            .get(&self.path(PENDING, key))
-            .await?
-            .bytes()
-            .await?)
+        let (tier, bare) = self.resolve(key)?;
+        tier.get(PENDING, bare).await
     }
 
-    /// Moves a record from `pending/` to `replayed/` once a replay delivered it.
-    pub async fn mark_replayed(&self, key: &str) -> Result<(), DeadLetterError> {
-        let from = self.path(PENDING, key);
-        self.store.copy(&from, &self.path(REPLAYED, key)).await?;
-        self.store.delete(&from).await?;
-        Ok(())
+    /// Moves a record (and the request body it points at) from `pending/` to `replayed/` once
+    /// a replay delivered it.
+    pub async fn mark_replayed(
+        &self,
+        key: &str,
+        record: &DeadLetterRecord,
+    ) -> Result<(), DeadLetterError> {
+        if let Some(body) = record.raw_body_object.as_deref().filter(|b| *b != key) {
+            let (tier, bare) = self.resolve(body)?;
+            tier.rename(bare, PENDING, REPLAYED).await?;
+        }
+        let (tier, bare) = self.resolve(key)?;
+        tier.rename(bare, PENDING, REPLAYED).await
+    }
+}
+
+/// Who this process is: `{host name}:{pid}:{start time in clock ticks since boot}`. The start
+/// time tells a live process from a later one that reused the pid.
+pub fn process_owner() -> String {
+    static OWNER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    OWNER
+        .get_or_init(|| {
+            let pid = std::process::id();
+            format!(
+                "{}:{pid}:{}",
+                host_name(),
+                process_start(pid).unwrap_or_default()
+            )
+        })
+        .clone()
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .or_else(|_| std::env::var("COMPUTERNAME"))
+        .unwrap_or_default()
+}
+
+/// Field 22 of `/proc/{pid}/stat` (after the parenthesized command name, which may hold spaces).
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Some(true) when `owner` ran on this machine and is gone; None when that cannot be told
+/// (another machine, or no /proc).
+fn owner_is_gone(owner: &str) -> Option<bool> {
+    let mut parts = owner.rsplitn(3, ':');
+    let (start, pid, host) = (parts.next()?, parts.next()?, parts.next()?);
+    if host != host_name() || host.is_empty() || !Path::new("/proc/self/stat").exists() {
+        return None;
+    }
+    let pid: u32 = pid.parse().ok()?;
+    Some(process_start(pid).map(|s| s.to_string()) != Some(start.to_string()))
+}
+
+/// Stored request bodies end so.
+pub const BODY_SUFFIX: &str = ".body";
+
+/// The key of an oversized request body's object (beside its record).
+pub fn body_key(function: &str, fingerprint: &str) -> String {
+    format!(
+        "{}/{INPUT_SINK}/{fingerprint}{BODY_SUFFIX}",
+        sanitize(function)
+    )
+}
+
+/// The record key that belongs to a stored body (`X.body` -> `X-malformed_batch.json`).
+fn body_record_key(body: &str) -> String {
+    format!(
+        "{}-{}.json",
+        body.trim_end_matches(BODY_SUFFIX),
+        DeadLetterKind::MalformedBatch.as_str()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreLocationConfig;
+
+    fn local(dir: &Path, name: &str) -> StoreLocationConfig {
+        StoreLocationConfig {
+            url: dir.join(name).display().to_string(),
+            storage_options: Default::default(),
+        }
+    }
+
+    fn record(fp: &str) -> DeadLetterRecord {
+        DeadLetterRecord::new(
+            DeadLetterKind::SinkFailure,
+            "orders",
+            "cache",
+            "inv".into(),
+            fp.into(),
+            "down".into(),
+        )
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn a_failing_primary_falls_back_and_keys_name_the_tier() {
+        let dir = tempfile::tempdir().unwrap();
+        let primary = StoreLocationConfig {
+            url: dir.path().join("ok").display().to_string(),
+            storage_options: Default::default(),
+        };
+        let store = DeadLetterStore::open(
+            &DeadLetterConfig {
+                primary,
+                fallback: Some(local(dir.path(), "fallback")),
+            },
+            dir.path(),
+        )
+        .unwrap();
+        let first = store.put(&record("a"), soon()).await.unwrap();
+        assert!(!first.in_fallback);
+        // Break the primary: its pending/ folder becomes a file.
+        std::fs::remove_dir_all(dir.path().join("ok/pending")).unwrap();
+        std::fs::write(dir.path().join("ok/pending"), b"").unwrap();
+        let second = store.put(&record("b"), soon()).await.unwrap();
+        assert!(second.in_fallback, "{second:?}");
+        assert_eq!(second.key, "fallback:orders/cache/b-sink_failure.json");
+        assert_eq!(store.get(&second.key).await.unwrap().batch_fingerprint, "b");
+        std::fs::remove_file(dir.path().join("ok/pending")).unwrap();
+        std::fs::create_dir(dir.path().join("ok/pending")).unwrap();
+        assert_eq!(
+            store.list_pending().await.unwrap(),
+            vec!["fallback:orders/cache/b-sink_failure.json".to_string()]
+        );
+        let r = store.get(&second.key).await.unwrap();
+        store.mark_replayed(&second.key, &r).await.unwrap();
+        assert!(store.list_pending().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn both_tiers_failing_is_an_error_naming_both_and_the_deadline_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeadLetterStore::open(
+            &DeadLetterConfig {
+                primary: local(dir.path(), "a"),
+                fallback: Some(local(dir.path(), "b")),
+            },
+            dir.path(),
+        )
+        .unwrap();
+        for t in ["a", "b"] {
+            std::fs::write(dir.path().join(t).join("pending"), b"").unwrap();
+        }
+        let e = store.put(&record("x"), soon()).await.unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("/a`") && text.contains("/b`"), "{text}");
+        // An expired deadline is an error too, not a hang.
+        let e = store.put(&record("y"), Instant::now()).await.unwrap_err();
+        assert!(matches!(e, DeadLetterError::Unavailable(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn in_flight_records_are_settled_or_recovered_when_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeadLetterStore::open(
+            &DeadLetterConfig {
+                primary: local(dir.path(), "dl"),
+                fallback: None,
+            },
+            dir.path(),
+        )
+        .unwrap();
+        let mut r = record("f");
+        r.kind = DeadLetterKind::InFlight;
+        r.sink = INPUT_SINK.into();
+        r.raw_body = Some("{}".into());
+        let stored = store.put_in_flight(&r, soon()).await.unwrap();
+        // Young: a live process may still be delivering it.
+        assert!(
+            store
+                .recover_in_flight(Duration::from_secs(60))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        store.settle_in_flight(&stored, soon()).await.unwrap();
+        assert!(
+            store
+                .recover_in_flight(Duration::ZERO)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Left behind: recovered into pending/.
+        store.put_in_flight(&r, soon()).await.unwrap();
+        let moved = store.recover_in_flight(Duration::ZERO).await.unwrap();
+        assert_eq!(moved, vec!["orders/_input/f-in_flight.json".to_string()]);
+        assert_eq!(store.list_pending().await.unwrap(), moved);
+        assert_eq!(
+            store.get(&moved[0]).await.unwrap().kind,
+            DeadLetterKind::InFlight
+        );
+    }
+
+    #[test]
+    fn a_live_owner_is_not_gone_and_a_dead_one_is() {
+        assert_eq!(owner_is_gone(&process_owner()), Some(false));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert_eq!(
+            owner_is_gone(&format!("{}:{pid}:1", host_name())),
+            Some(true)
+        );
+        assert_eq!(owner_is_gone("another-machine:1:1"), None);
+    }
+
+    #[tokio::test]
+    async fn an_orphaned_body_is_listed_as_its_own_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeadLetterStore::open(
+            &DeadLetterConfig {
+                primary: local(dir.path(), "dl"),
+                fallback: None,
+            },
+            dir.path(),
+        )
+        .unwrap();
+        let key = body_key("orders", "abc-oversized");
+        store
+            .put_body_stream(
+                &key,
+                vec![bytes::Bytes::from_static(b"{}")],
+                futures::stream::empty(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.list_pending().await.unwrap(), vec![key.clone()]);
+        let r = store.get(&key).await.unwrap();
+        assert_eq!(r.kind, DeadLetterKind::MalformedBatch);
+        assert_eq!(r.raw_body_object.as_deref(), Some(key.as_str()));
+        assert_eq!(store.get_raw(&key).await.unwrap().as_ref(), b"{}");
+        // With its record beside it, only the record is listed.
+        let mut rec = DeadLetterRecord::new(
+            DeadLetterKind::MalformedBatch,
+            "orders",
+            INPUT_SINK,
+            "i".into(),
+            "abc-oversized".into(),
+            "too big".into(),
+        );
+        rec.raw_body_object = Some(key.clone());
+        let stored = store.put(&rec, soon()).await.unwrap();
+        assert_eq!(
+            store.list_pending().await.unwrap(),
+            vec![stored.key.clone()]
+        );
+        store.mark_replayed(&stored.key, &rec).await.unwrap();
+        assert!(store.list_pending().await.unwrap().is_empty());
     }
 }

@@ -65,6 +65,18 @@ pub struct HostRequest {
     pub retry: RetryState,
 }
 
+fn retry_state(mut metadata: serde_json::Map<String, Value>) -> RetryState {
+    match metadata.remove("RetryContext").map(unwrap_string_encoded) {
+        None | Some(Value::Null) => RetryState::FirstOrUnknown,
+        Some(v) => match serde_json::from_value::<RetryContext>(v) {
+            Ok(ctx) => RetryState::Retry(ctx),
+            // Present but unreadable: we cannot tell which attempt this is. Err towards
+            // dead-lettering (treat it as the last) rather than losing the batch.
+            Err(_) => RetryState::Unreadable,
+        },
+    }
+}
+
 /// `"{\"RetryCount\":1}"` -> `{"RetryCount":1}`; anything else unchanged.
 fn unwrap_string_encoded(v: Value) -> Value {
     match v {
@@ -89,6 +101,18 @@ pub enum DecodeError {
 }
 
 impl HostRequest {
+    /// What the body's `Metadata.RetryContext` says, for a body that may not decode as a whole
+    /// (None when it is not a JSON object at all).
+    pub fn peek_retry(body: &[u8]) -> Option<RetryState> {
+        #[derive(Deserialize)]
+        struct MetadataOnly {
+            #[serde(rename = "Metadata", default)]
+            metadata: Option<serde_json::Map<String, Value>>,
+        }
+        let parsed: MetadataOnly = serde_json::from_slice(body).ok()?;
+        Some(retry_state(parsed.metadata.unwrap_or_default()))
+    }
+
     /// Decodes an invocation body, taking the documents from the trigger binding `binding`.
     pub fn decode(body: &[u8], binding: &str) -> Result<Self, DecodeError> {
         let raw: RawRequest<'_> =
@@ -102,15 +126,7 @@ impl HostRequest {
             .map(unwrap_string_encoded)
             .and_then(|v| serde_json::from_value(v).ok())
             .unwrap_or_default();
-        let retry = match metadata.remove("RetryContext").map(unwrap_string_encoded) {
-            None | Some(Value::Null) => RetryState::FirstOrUnknown,
-            Some(v) => match serde_json::from_value::<RetryContext>(v) {
-                Ok(ctx) => RetryState::Retry(ctx),
-                // Present but unreadable: we cannot tell which attempt this is. Err towards
-                // dead-lettering (treat it as the last) rather than losing the batch.
-                Err(_) => RetryState::Unreadable,
-            },
-        };
+        let retry = retry_state(metadata);
         let data = raw.data.ok_or(DecodeError::MissingData)?;
         let value = data
             .get(binding)

@@ -5,18 +5,20 @@
 //! on the policy's last attempt (the trigger checkpoints after it, whatever we answer) failures
 //! are dead-lettered first. A re-delivery re-drives only the sinks that failed before.
 
+mod budget;
 mod progress;
 mod retry;
 
+pub use budget::Deadlines;
 pub use progress::ProgressBook;
 pub use retry::{SinkResult, SinkRun, deliver_with_retry};
 
 use crate::change::{Change, Normalizer, Unreadable};
 use crate::config::{AppConfig, FunctionDefinition, HostRetryPolicy, RetrySettings};
 use crate::deadletter::{
-    DeadLetterError, DeadLetterKind, DeadLetterRecord, DeadLetterStore, INPUT_SINK,
+    DeadLetterError, DeadLetterKind, DeadLetterRecord, DeadLetterStore, INPUT_SINK, Stored,
 };
-use crate::host::{DecodeError, HostRequest, InvocationResponse, RetryContext, RetryState};
+use crate::host::{HostRequest, InvocationResponse, RetryContext, RetryState};
 use crate::sinks::{BatchContext, BuildContext, Sink, SinkError};
 use crate::telemetry;
 use chrono::Utc;
@@ -25,7 +27,7 @@ use opentelemetry::KeyValue;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 /// One routed function, ready to run.
@@ -85,6 +87,21 @@ pub struct Answer {
     pub status: u16,
     pub response: InvocationResponse,
     pub dead_lettered: usize,
+    /// The last attempt's write-ahead record is what keeps the batch (the dead-letter writes
+    /// failed): it must not be settled.
+    pub kept_in_write_ahead: bool,
+}
+
+impl Answer {
+    /// An answer with one log line and nothing dead-lettered.
+    pub fn logged(status: u16, line: String) -> Self {
+        Self {
+            status,
+            response: InvocationResponse::with_logs(vec![line]),
+            dead_lettered: 0,
+            kept_in_write_ahead: false,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +120,57 @@ pub struct Pipeline {
     routes: BTreeMap<String, Route>,
     dead_letter: DeadLetterStore,
     progress: ProgressBook,
+    function_timeout: Duration,
+}
+
+/// What could not be kept anywhere on a delivery after which the trigger may checkpoint.
+/// Reported one way only ([`report_lost`]), which the `CHANGES LOST` alert matches.
+#[derive(Debug, Clone)]
+pub struct Lost {
+    pub function: String,
+    pub invocation_id: String,
+    /// How many changes (or, for a body that was never decoded, 1 batch).
+    pub count: usize,
+    pub first: Option<(String, Option<i64>)>,
+    pub last: Option<(String, Option<i64>)>,
+    /// Whether the trigger checkpoints after this answer for sure (the last attempt), or may
+    /// (the attempt is unknown: the body was never read).
+    pub certain: bool,
+    pub reason: String,
+}
+
+/// Logs a loss the one way every path does: `CHANGES LOST` at ERROR, with the function, the
+/// first and last id and lsn, and the count. Returns the line for the host's Logs.
+pub fn report_lost(lost: &Lost) -> String {
+    let first_id = lost.first.as_ref().map(|f| f.0.as_str());
+    let first_lsn = lost.first.as_ref().and_then(|f| f.1);
+    let last_id = lost.last.as_ref().map(|l| l.0.as_str());
+    let last_lsn = lost.last.as_ref().and_then(|l| l.1);
+    let when = if lost.certain {
+        "the trigger checkpoints after this last attempt"
+    } else {
+        "the trigger checkpoints after this answer if it was the last attempt"
+    };
+    tracing::error!(
+        function = %lost.function,
+        invocation_id = %lost.invocation_id,
+        count = lost.count,
+        first_id,
+        first_lsn,
+        last_id,
+        last_lsn,
+        certain = lost.certain,
+        reason = %lost.reason,
+        "CHANGES LOST: {when}, and neither dead-letter store could keep the batch"
+    );
+    format!(
+        "CHANGES LOST: fanout {}: {} ({}..{}) could not be kept: {}; {when}",
+        lost.function,
+        plural(lost.count, "change"),
+        first_id.unwrap_or("?"),
+        last_id.unwrap_or("?"),
+        lost.reason
+    )
 }
 
 impl Pipeline {
@@ -144,6 +212,7 @@ impl Pipeline {
             routes,
             dead_letter,
             progress: ProgressBook::default(),
+            function_timeout: config.function_timeout,
         })
     }
 
@@ -153,6 +222,23 @@ impl Pipeline {
 
     pub fn dead_letter(&self) -> &DeadLetterStore {
         &self.dead_letter
+    }
+
+    pub fn function_timeout(&self) -> Duration {
+        self.function_timeout
+    }
+
+    /// Moves the write-ahead records of attempts that never finished (older than the function
+    /// timeout: their process is gone) to `pending/`, and says so. Returns their keys.
+    pub async fn recover_in_flight(&self) -> Result<Vec<String>, DeadLetterError> {
+        let moved = self
+            .dead_letter
+            .recover_in_flight(self.function_timeout)
+            .await?;
+        if !moved.is_empty() {
+            tracing::warn!(records = moved.len(), keys = ?moved, "last attempts that never finished (the process died) moved to the dead-letter store; `fanout replay` delivers them");
+        }
+        Ok(moved)
     }
 
     /// Handles one invocation body for `function`, in an `invocation` span, and records the
@@ -203,25 +289,24 @@ impl Pipeline {
         body: &[u8],
         origin: Origin,
     ) -> Answer {
+        let started = Instant::now();
+        let deadlines = Deadlines::new(started, self.function_timeout);
         let Some(route) = self.routes.get(function) else {
             let known: Vec<&str> = self.routes.keys().map(String::as_str).collect();
             let message = format!(
-                "no route for function `{function}`; routed functions: {}. Add `[functions.{function}]` to fanout.toml",
+                "no route for function `{function}`; routed functions: {}. Add `[functions.{function}]` to fanout.toml, then `fanout replay` delivers what was kept",
                 known.join(", ")
             );
             tracing::error!(function, "{message}");
-            return Answer {
-                status: 404,
-                response: InvocationResponse::with_logs(vec![message]),
-                dead_lettered: 0,
-            };
+            return self
+                .dead_letter_raw(function, invocation_id, body, message, &deadlines)
+                .await;
         };
-        let started = Instant::now();
         let request = match HostRequest::decode(body, &route.function.binding) {
             Ok(request) => request,
             Err(e) => {
                 return self
-                    .dead_letter_malformed_batch(function, invocation_id, body, e)
+                    .dead_letter_raw(function, invocation_id, body, e.to_string(), &deadlines)
                     .await;
             }
         };
@@ -258,10 +343,71 @@ impl Pipeline {
             fingerprint: fingerprint(function, &changes, &unreadable),
             received_at: Utc::now(),
         };
-        self.fan_out(route, &ctx, changes, unreadable, attempt, started)
-            .await
+        // Write-ahead: after the last attempt the trigger checkpoints whatever happens, so the
+        // batch is kept before it is delivered - a process that dies now loses nothing.
+        let write_ahead = if origin == Origin::Host && attempt.is_last() {
+            self.write_ahead(&ctx, body, &deadlines).await
+        } else {
+            None
+        };
+        let answer = self
+            .fan_out(
+                route,
+                &ctx,
+                changes,
+                unreadable,
+                attempt,
+                &deadlines,
+                write_ahead.as_ref(),
+            )
+            .await;
+        if let Some(stored) = &write_ahead
+            && !answer.kept_in_write_ahead
+            && let Err(e) = self
+                .dead_letter
+                .settle_in_flight(stored, deadlines.answer)
+                .await
+        {
+            // Harmless: recovered into pending/ later, and replay is idempotent.
+            tracing::warn!(function, key = %stored.key, error = %e, "write-ahead record not settled; it will be replayed");
+        }
+        answer
     }
 
+    /// Writes the write-ahead record of a last attempt (the raw body). A store that fails
+    /// does not stop the attempt: the usual dead-letter path still runs after it.
+    async fn write_ahead(
+        &self,
+        ctx: &BatchContext,
+        body: &[u8],
+        deadlines: &Deadlines,
+    ) -> Option<Stored> {
+        let record = DeadLetterRecord {
+            raw_body: Some(String::from_utf8_lossy(body).into_owned()),
+            owner: Some(crate::deadletter::process_owner()),
+            ..DeadLetterRecord::new(
+                DeadLetterKind::InFlight,
+                &ctx.function,
+                INPUT_SINK,
+                ctx.invocation_id.clone(),
+                ctx.fingerprint.clone(),
+                "the last attempt did not finish (the process died while delivering it)".into(),
+            )
+        };
+        match self
+            .dead_letter
+            .put_in_flight(&record, deadlines.write_ahead)
+            .await
+        {
+            Ok(stored) => Some(stored),
+            Err(e) => {
+                tracing::warn!(function = %ctx.function, error = %e, "write-ahead record of the last attempt could not be written; delivering without it");
+                None
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn fan_out(
         &self,
         route: &Route,
@@ -269,8 +415,14 @@ impl Pipeline {
         changes: Vec<Change>,
         unreadable: Vec<Unreadable>,
         attempt: Attempt,
-        started: Instant,
+        deadlines: &Deadlines,
+        write_ahead: Option<&Stored>,
     ) -> Answer {
+        let started = deadlines.started;
+        let retry = RetrySettings {
+            budget: deadlines.sink_budget(Instant::now(), route.retry.budget),
+            ..route.retry
+        };
         let function = ctx.function.as_str();
         let already = self.progress.done(function, &ctx.fingerprint);
         let runs: Vec<SinkRun> = if changes.is_empty() {
@@ -291,7 +443,7 @@ impl Pipeline {
                             attempts = tracing::field::Empty,
                             otel.status_code = tracing::field::Empty,
                         );
-                        let run = deliver_with_retry(s.as_ref(), ctx, &changes, &route.retry);
+                        let run = deliver_with_retry(s.as_ref(), ctx, &changes, &retry);
                         async move {
                             let run = run.instrument(span.clone()).await;
                             span.record("attempts", run.attempts);
@@ -372,25 +524,32 @@ impl Pipeline {
                 SinkResult::Failed { .. } => retry_sinks.push(run),
             }
         }
-        let writes = join_all(records.iter().map(|r| self.dead_letter.put(r))).await;
+        let writes = join_all(
+            records
+                .iter()
+                .map(|r| self.dead_letter.put(r, deadlines.answer)),
+        )
+        .await;
         let mut dead_lettered = 0;
         let mut lost: Vec<String> = Vec::new();
+        let mut lost_count = 0;
         let mut dl_lines: Vec<String> = Vec::new();
         let mut failed_sinks: HashSet<&str> = HashSet::new();
         for (r, written) in records.iter().zip(writes) {
             match written {
-                Ok(key) => {
+                Ok(stored) => {
                     dead_lettered += r.size();
                     dl_lines.push(format!(
-                        "dead-lettered {} from `{}` to {}/pending/{key}: {}",
+                        "dead-lettered {} from `{}` to {}: {}",
                         plural(r.size(), "change"),
                         r.sink,
-                        self.dead_letter.location(),
+                        stored.path,
                         r.error
                     ));
                 }
                 Err(e) => {
                     failed_sinks.insert(&r.sink);
+                    lost_count += r.size();
                     lost.push(format!(
                         "could not dead-letter {} from `{}`: {e}",
                         plural(r.size(), "change"),
@@ -411,6 +570,7 @@ impl Pipeline {
             }
         }
         let ok = retry_sinks.is_empty() && lost.is_empty();
+        let mut kept_in_write_ahead = false;
         if ok {
             self.progress.forget(function, &ctx.fingerprint);
         } else {
@@ -495,10 +655,27 @@ impl Pipeline {
         if ok {
             tracing::info!(function, invocation_id = %ctx.invocation_id, changes = changes.len(), deletes, dead_lettered, retry = attempt.retry_count, lag_s, elapsed_ms, sinks, "batch delivered");
         } else if attempt.is_last() && !lost.is_empty() {
-            // The trigger checkpoints after this answer: these changes are gone from the feed.
-            let first = changes.first().map(|c| (c.id.as_str(), c.lsn));
-            let last = changes.last().map(|c| (c.id.as_str(), c.lsn));
-            tracing::error!(function, invocation_id = %ctx.invocation_id, ?first, ?last, problems = ?lost, "CHANGES LOST: last attempt failed and the dead-letter store is unavailable");
+            // The trigger checkpoints after this answer: what is in no store is gone from the feed.
+            match write_ahead {
+                Some(stored) => {
+                    kept_in_write_ahead = true;
+                    let line = format!(
+                        "the dead-letter store failed, but the whole batch is kept in its write-ahead record {}: `fanout replay` delivers it",
+                        stored.path
+                    );
+                    tracing::warn!(function, invocation_id = %ctx.invocation_id, key = %stored.key, problems = ?lost, "last attempt failed and the dead-letter store failed; the batch is kept in its write-ahead record");
+                    logs.push(line);
+                }
+                None => logs.push(report_lost(&Lost {
+                    function: function.to_string(),
+                    invocation_id: ctx.invocation_id.clone(),
+                    count: lost_count,
+                    first: changes.first().map(|c| (c.id.clone(), c.lsn)),
+                    last: changes.last().map(|c| (c.id.clone(), c.lsn)),
+                    certain: true,
+                    reason: lost.join("; "),
+                })),
+            }
         } else {
             let failing: Vec<&str> = retry_sinks.iter().map(|r| r.sink.as_str()).collect();
             tracing::warn!(function, invocation_id = %ctx.invocation_id, changes = changes.len(), ?failing, retry = attempt.retry_count, lag_s, elapsed_ms, sinks, "batch failed; the host will re-deliver");
@@ -523,60 +700,91 @@ impl Pipeline {
             status: if ok { 200 } else { 500 },
             response,
             dead_lettered,
+            kept_in_write_ahead,
         }
     }
 
-    async fn dead_letter_malformed_batch(
+    /// Keeps a request body that cannot go through the sinks (it does not decode, its function
+    /// has no route, the handler panicked on it, it broke off): a `malformed_batch` record with
+    /// the raw body and the reason, answered 2xx, since retrying cannot help and the trigger
+    /// would checkpoint it away. `fanout replay` delivers it once the cause is fixed. Only when
+    /// no store takes it: `CHANGES LOST` (the attempt is unknown unless the body says) and 500.
+    pub async fn dead_letter_raw(
         &self,
         function: &str,
         invocation_id: Option<String>,
         body: &[u8],
-        error: DecodeError,
+        reason: String,
+        deadlines: &Deadlines,
     ) -> Answer {
-        let mut h = Sha256::new();
-        h.update(body);
-        let fingerprint = hex::encode(&h.finalize()[..16]);
+        let fingerprint = hex::encode(&Sha256::digest(body)[..16]);
+        let invocation_id = invocation_id.unwrap_or_default();
         let record = DeadLetterRecord {
             raw_body: Some(String::from_utf8_lossy(body).into_owned()),
             ..DeadLetterRecord::new(
                 DeadLetterKind::MalformedBatch,
                 function,
                 INPUT_SINK,
-                invocation_id.unwrap_or_default(),
+                invocation_id.clone(),
                 fingerprint,
-                error.to_string(),
+                reason.clone(),
             )
         };
-        match self.dead_letter.put(&record).await {
-            Ok(key) => {
-                let line = format!(
-                    "fanout {function}: malformed batch dead-lettered to {}/pending/{key}: {error}",
-                    self.dead_letter.location()
-                );
-                tracing::warn!(function, %error, key, "malformed batch dead-lettered");
+        match self.dead_letter.put(&record, deadlines.answer).await {
+            Ok(stored) => {
+                tracing::warn!(function, reason, key = %stored.key, "batch kept raw in the dead-letter store");
                 Answer {
-                    status: 200,
-                    response: InvocationResponse::with_logs(vec![line]),
                     dead_lettered: 1,
+                    ..Answer::logged(
+                        200,
+                        format!(
+                            "fanout {function}: batch dead-lettered to {}: {reason}",
+                            stored.path
+                        ),
+                    )
                 }
             }
             Err(e) => {
-                let line = format!(
-                    "fanout {function}: malformed batch ({error}) and the dead-letter store failed: {e}"
+                // Which attempt this is, if the body says: unreadable counts as unknown.
+                let attempt = match HostRequest::peek_retry(body) {
+                    None | Some(RetryState::Unreadable) => None,
+                    Some(retry) => Some(Attempt::new(retry.context(), self.policy(function))),
+                };
+                let mut answer = Answer::logged(
+                    500,
+                    format!("fanout {function}: {reason}; the dead-letter store failed: {e}"),
                 );
-                tracing::error!(function, %error, dead_letter_error = %e, "malformed batch could not be dead-lettered");
-                Answer {
-                    status: 500,
-                    response: InvocationResponse::with_logs(vec![line]),
-                    dead_lettered: 0,
+                if attempt.is_none_or(|a| a.is_last()) {
+                    let line = report_lost(&Lost {
+                        function: function.to_string(),
+                        invocation_id,
+                        count: 1,
+                        first: None,
+                        last: None,
+                        certain: attempt.is_some(),
+                        reason: format!("{reason}; {e}"),
+                    });
+                    answer.response.logs.push(line);
+                } else {
+                    tracing::error!(function, reason, dead_letter_error = %e, "batch could not be dead-lettered; the host will re-deliver");
                 }
+                answer
             }
         }
     }
 
+    /// The host's retry policy for `function` (none for a function with no route).
+    fn policy(&self, function: &str) -> HostRetryPolicy {
+        self.routes
+            .get(function)
+            .map(|r| r.function.retry)
+            .unwrap_or(HostRetryPolicy::NONE)
+    }
+
     /// A request body over the size limit: streamed into the dead-letter store as it arrives
     /// (never held in memory) with a record saying why, and answered 2xx, so the batch is kept
-    /// rather than lost when the trigger checkpoints. `fanout replay` delivers it later.
+    /// rather than lost when the trigger checkpoints. `fanout replay` delivers it later. A body
+    /// stored without its record is still listed by replay (see `DeadLetterStore::list_pending`).
     pub async fn dead_letter_oversized<S>(
         &self,
         function: &str,
@@ -588,66 +796,81 @@ impl Pipeline {
     where
         S: futures::Stream<Item = Result<bytes::Bytes, String>> + Unpin,
     {
+        let deadlines = Deadlines::new(Instant::now(), self.function_timeout);
         let invocation_id = invocation_id.unwrap_or_else(|| {
             format!(
                 "local-{}",
                 Utc::now().timestamp_nanos_opt().unwrap_or_default()
             )
         });
-        let fingerprint = hex::encode(&Sha256::digest(invocation_id.as_bytes())[..16]);
-        let body_key = format!("{}/{INPUT_SINK}/{fingerprint}-oversized.body", function);
-        let stored = self
-            .dead_letter
-            .put_body_stream(&body_key, head, rest)
-            .await;
+        let fingerprint = format!(
+            "{}-oversized",
+            hex::encode(&Sha256::digest(invocation_id.as_bytes())[..16])
+        );
+        let body_key = crate::deadletter::body_key(function, &fingerprint);
+        let upload = self.dead_letter.put_body_stream(&body_key, head, rest);
+        let stored = match tokio::time::timeout_at(deadlines.answer.into(), upload).await {
+            Ok(stored) => stored.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "no answer within {} ms",
+                (deadlines.answer - deadlines.started).as_millis()
+            )),
+        };
         let size = match stored {
             Ok(size) => size,
             Err(e) => {
-                let line = format!(
-                    "fanout {function}: request body over server.max_body_bytes ({limit}) and the dead-letter store failed: {e}"
+                // The body was never held: nothing else can keep it.
+                let mut answer = Answer::logged(
+                    500,
+                    format!(
+                        "fanout {function}: request body over server.max_body_bytes ({limit}) and the dead-letter store failed: {e}"
+                    ),
                 );
-                tracing::error!(function, %e, "oversized batch could not be dead-lettered");
-                return Answer {
-                    status: 500,
-                    response: InvocationResponse::with_logs(vec![line]),
-                    dead_lettered: 0,
-                };
+                answer.response.logs.push(report_lost(&Lost {
+                    function: function.to_string(),
+                    invocation_id,
+                    count: 1,
+                    first: None,
+                    last: None,
+                    certain: false,
+                    reason: format!("oversized request body; the dead-letter store failed: {e}"),
+                }));
+                return answer;
             }
         };
         let error = format!(
             "the request body ({size} bytes) exceeds server.max_body_bytes ({limit}); it is stored as {body_key}"
         );
         let record = DeadLetterRecord {
-            raw_body_object: Some(body_key),
+            raw_body_object: Some(body_key.clone()),
             ..DeadLetterRecord::new(
                 DeadLetterKind::MalformedBatch,
                 function,
                 INPUT_SINK,
                 invocation_id,
-                format!("{fingerprint}-oversized"),
+                fingerprint,
                 error.clone(),
             )
         };
-        match self.dead_letter.put(&record).await {
-            Ok(key) => {
-                tracing::warn!(function, size, key, "oversized batch dead-lettered");
-                let line = format!(
-                    "fanout {function}: batch dead-lettered to {}/pending/{key}: {error}; raise the limit and run `fanout replay`",
-                    self.dead_letter.location()
-                );
-                Answer {
-                    status: 200,
-                    response: InvocationResponse::with_logs(vec![line]),
-                    dead_lettered: 1,
-                }
+        let line = match self.dead_letter.put(&record, deadlines.answer).await {
+            Ok(stored) => {
+                tracing::warn!(function, size, key = %stored.key, "oversized batch dead-lettered");
+                format!(
+                    "fanout {function}: batch dead-lettered to {}: {error}; raise the limit and run `fanout replay`",
+                    stored.path
+                )
             }
-            Err(e) => Answer {
-                status: 500,
-                response: InvocationResponse::with_logs(vec![format!(
-                    "fanout {function}: {error}; the dead-letter record failed: {e}"
-                )]),
-                dead_lettered: 0,
-            },
+            Err(e) => {
+                // The body is stored: replay lists it by itself.
+                tracing::warn!(function, size, key = %body_key, error = %e, "oversized batch stored without its record");
+                format!(
+                    "fanout {function}: {error}; its record could not be written ({e}), the stored body is replayed by itself: run `fanout replay`"
+                )
+            }
+        };
+        Answer {
+            dead_lettered: 1,
+            ..Answer::logged(200, line)
         }
     }
 
@@ -678,7 +901,9 @@ impl Pipeline {
                     })?;
                 (record.changes.clone(), vec![sink])
             }
-            DeadLetterKind::MalformedItems | DeadLetterKind::MalformedBatch => {
+            DeadLetterKind::MalformedItems
+            | DeadLetterKind::MalformedBatch
+            | DeadLetterKind::InFlight => {
                 let stored_body = match &record.raw_body_object {
                     Some(key) => Some(
                         String::from_utf8_lossy(
@@ -693,7 +918,7 @@ impl Pipeline {
                     None => record.raw_body.clone(),
                 };
                 let items = match &stored_body {
-                    Some(body) if record.kind == DeadLetterKind::MalformedBatch => {
+                    Some(body) if record.kind != DeadLetterKind::MalformedItems => {
                         HostRequest::decode(body.as_bytes(), &route.function.binding)
                             .map_err(|e| format!("still malformed: {e}"))?
                             .items

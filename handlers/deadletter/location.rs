@@ -1,0 +1,183 @@
+//! One place records can be kept: a local folder (relative to the app root) or an Azure Blob /
+//! ADLS container and prefix. The tiered [`super::DeadLetterStore`] holds one or two of these.
+
+use super::DeadLetterError;
+use crate::config::StoreLocationConfig;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub(super) struct Location {
+    store: Arc<dyn ObjectStore>,
+    root: StorePath,
+    pub(super) url: String,
+}
+
+/// An object under an area (`pending/`, `in-flight/`, ...), with its age.
+pub(super) struct Listed {
+    pub key: String,
+    pub last_modified: DateTime<Utc>,
+}
+
+impl Location {
+    /// Opens a local folder (created if missing) or an `az://container/prefix` /
+    /// `abfss://container@account.dfs.core.windows.net/prefix` URL, with credentials from
+    /// `storage_options` and the environment (`AZURE_*`, managed identity).
+    pub(super) fn open(
+        config: &StoreLocationConfig,
+        app_root: &Path,
+    ) -> Result<Self, DeadLetterError> {
+        let url = config.url.clone();
+        let fail = |message: String| DeadLetterError::Config {
+            location: url.clone(),
+            message,
+        };
+        if !url.contains("://") || url.starts_with("file://") {
+            let raw = url.strip_prefix("file://").unwrap_or(&url);
+            let path = app_root.join(raw);
+            std::fs::create_dir_all(&path)
+                .map_err(|e| fail(format!("cannot create {}: {e}", path.display())))?;
+            let store = LocalFileSystem::new_with_prefix(&path).map_err(|e| fail(e.to_string()))?;
+            return Ok(Self {
+                store: Arc::new(store),
+                root: StorePath::default(),
+                url,
+            });
+        }
+        let parsed = url::Url::parse(&url).map_err(|e| fail(format!("not a valid URL: {e}")))?;
+        match parsed.scheme() {
+            "az" | "azure" | "abfs" | "abfss" | "adl" => {
+                let mut builder = MicrosoftAzureBuilder::from_env().with_url(url.as_str());
+                for (key, value) in &config.storage_options {
+                    let key = key.parse().map_err(|e: object_store::Error| {
+                        fail(format!("storage option `{key}`: {e}"))
+                    })?;
+                    builder = builder.with_config(key, value);
+                }
+                let store = builder.build().map_err(|e| fail(e.to_string()))?;
+                // az://container/prefix: the prefix is the path; abfss://container@host/prefix likewise.
+                let root = StorePath::from(parsed.path().trim_start_matches('/'));
+                Ok(Self {
+                    store: Arc::new(store),
+                    root,
+                    url,
+                })
+            }
+            other => Err(fail(format!(
+                "unsupported scheme `{other}://`; use a folder, `az://` or `abfss://`"
+            ))),
+        }
+    }
+
+    pub(super) fn path(&self, area: &str, key: &str) -> StorePath {
+        let mut p = self.root.clone();
+        for part in area
+            .split('/')
+            .chain(key.split('/'))
+            .filter(|p| !p.is_empty())
+        {
+            p = p.clone().join(part);
+        }
+        p
+    }
+
+    pub(super) async fn put(
+        &self,
+        area: &str,
+        key: &str,
+        body: Vec<u8>,
+    ) -> Result<(), DeadLetterError> {
+        self.store
+            .put(&self.path(area, key), PutPayload::from(body))
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn get(&self, area: &str, key: &str) -> Result<bytes::Bytes, DeadLetterError> {
+        Ok(self.store.get(&self.path(area, key)).await?.bytes().await?)
+    }
+
+    pub(super) async fn list(&self, area: &str) -> Result<Vec<Listed>, DeadLetterError> {
+        let prefix = self.path(area, "");
+        let prefix_str = format!("{}/", prefix.as_ref().trim_end_matches('/'));
+        let listed = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| Listed {
+                key: meta
+                    .location
+                    .as_ref()
+                    .strip_prefix(&prefix_str)
+                    .unwrap_or(meta.location.as_ref())
+                    .to_string(),
+                last_modified: meta.last_modified,
+            })
+            .try_collect()
+            .await?;
+        Ok(listed)
+    }
+
+    /// Moves an object from one area to another (copy, then delete the original).
+    pub(super) async fn rename(
+        &self,
+        key: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<(), DeadLetterError> {
+        let source = self.path(from, key);
+        self.store.copy(&source, &self.path(to, key)).await?;
+        self.delete(from, key).await
+    }
+
+    /// Deletes an object; one already gone is fine (two processes settling the same record).
+    pub(super) async fn delete(&self, area: &str, key: &str) -> Result<(), DeadLetterError> {
+        match self.store.delete(&self.path(area, key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Streams a request body into `{area}/{key}` without holding it in memory; returns its size.
+    pub(super) async fn put_stream<S>(
+        &self,
+        area: &str,
+        key: &str,
+        head: Vec<bytes::Bytes>,
+        mut rest: S,
+    ) -> Result<u64, DeadLetterError>
+    where
+        S: futures::Stream<Item = Result<bytes::Bytes, String>> + Unpin,
+    {
+        use futures::StreamExt;
+        let upload = self.store.put_multipart(&self.path(area, key)).await?;
+        let mut writer = object_store::WriteMultipart::new(upload);
+        let mut size = 0u64;
+        for chunk in head {
+            size += chunk.len() as u64;
+            writer.put(chunk);
+        }
+        while let Some(chunk) = rest.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(DeadLetterError::Config {
+                        location: self.url.clone(),
+                        message: format!("request body broke off: {e}"),
+                    });
+                }
+            };
+            size += chunk.len() as u64;
+            writer.wait_for_capacity(4).await?;
+            writer.put(chunk);
+        }
+        writer.finish().await?;
+        Ok(size)
+    }
+}
