@@ -51,7 +51,7 @@ mkdir -p "$OUT"
 cp host.json fanout.toml fanout.azure.toml "$OUT/"
 for f in */function.json; do
   d=$(dirname "$f")
-  case "$d" in target|tests|infra|docs|handlers|dist|scripts|benches) continue ;; esac
+  case "$d" in target|tests|infra|docs|handlers|dist|scripts|benches|examples) continue ;; esac
   mkdir -p "$OUT/$d" && cp "$f" "$OUT/$d/"
 done
 if [ -d infra/search ]; then mkdir -p "$OUT/infra/search" && cp infra/search/*.json "$OUT/infra/search/"; fi

@@ -7,7 +7,7 @@ APP=dist/app
 pass=0; fail=0
 check() { if eval "$2"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $1" >&2; fi; }
 
-expected=$( { echo ./fanout; echo ./fanout.azure.toml; echo ./fanout.toml; echo ./host.json; for f in */function.json; do case "$(dirname "$f")" in target|tests|infra|docs|handlers|dist|scripts|benches) ;; *) echo "./$f";; esac; done; for f in infra/search/*.json; do echo "./$f"; done; } | sort)
+expected=$( { echo ./fanout; echo ./fanout.azure.toml; echo ./fanout.toml; echo ./host.json; for f in */function.json; do case "$(dirname "$f")" in target|tests|infra|docs|handlers|dist|scripts|benches|examples) ;; *) echo "./$f";; esac; done; for f in infra/search/*.json; do echo "./$f"; done; } | sort)
 actual=$(cd "$APP" && find . -type f | sort)
 check "package holds exactly: $(echo $expected)" '[ "$expected" = "$actual" ]'
 check "zip holds the same files" '[ "$(python3 -c "import zipfile; print(\"\n\".join(sorted(\"./\"+n for n in zipfile.ZipFile(\"dist/fanout-app.zip\").namelist())))")" = "$actual" ]'

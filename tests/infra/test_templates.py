@@ -1526,3 +1526,139 @@ def test_local_settings_example_validates_and_uses_the_developer_login():
     assert values["AZURE_USE_AZURE_CLI"] == "true"
     assert not values["FANOUT_DEAD_LETTER_URL"].startswith(("abfss://", "az://"))
     assert not values["ORDERS_CHANGELOG_TABLE"].startswith(("abfss://", "az://"))
+
+
+# --------------------------------------------------------------------------
+# .funcignore: publishing from the repo root ships exactly the package
+# --------------------------------------------------------------------------
+
+
+class CoreToolsIgnore:
+    """How Core Tools reads .funcignore (azure-functions-core-tools, src/Cli/func/Common/
+    GitIgnoreParser.cs, itself a port of codemix/gitignore-parser), re-derived here: lines are
+    trimmed, `#` lines and blank lines dropped, a leading `!` makes a line negative and a leading
+    `/` is dropped. Each side becomes one regex `^((p1)|(p2)...)\\b` (ECMAScript, so `\\b` is
+    ASCII) where a pattern has `-[]/{}()+?.\\^$|` escaped, `**` -> `(.+)` and `*` -> `([^/]+)`.
+    A path is published when any negative pattern matches it or no positive one does; so `!`
+    works, in any order (not git's last-match-wins), and a pattern matches a path *prefix* that
+    ends at a word boundary (`fanout` also matches `fanout.toml`, not `fanoutx`)."""
+
+    def __init__(self, text: str):
+        positive, negative = [], []
+        for line in text.split("\n"):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            is_negative = line.startswith("!")
+            if is_negative:
+                line = line[1:]
+            if line.startswith("/"):
+                line = line[1:]
+            (negative if is_negative else positive).append(line)
+        self.positive, self.negative = self._compile(positive), self._compile(negative)
+
+    @staticmethod
+    def _prepare(pattern: str) -> str:
+        escaped = re.sub(r"[\-\[\]/{}()+?.\\^$|]", lambda m: "\\" + m.group(0), pattern)
+        return escaped.replace("**", "(.+)").replace("*", "([^\\/]+)")
+
+    @classmethod
+    def _compile(cls, patterns: list[str]) -> re.Pattern:
+        if not patterns:
+            return re.compile(r"$^")
+        return re.compile("^((" + ")|(".join(cls._prepare(p) for p in sorted(patterns)) + "))\\b", re.ASCII)
+
+    def accepts(self, path: str) -> bool:
+        return bool(self.negative.search(path)) or not self.positive.search(path)
+
+
+# FileSystemHelpers.GetLocalFiles: never descends into these folders and never ships these files,
+# whatever .funcignore says (names compared case-insensitively, at any depth).
+CORE_TOOLS_SKIPPED_DIRS = {".git", ".vscode"}
+CORE_TOOLS_SKIPPED_FILES = {".funcignore", ".gitignore", "local.settings.json", "project.lock.json"}
+PACKAGE_EXCLUDED_DIRS = {"target", "tests", "infra", "docs", "handlers", "dist", "scripts", "benches", "examples"}
+
+
+def published_from_root(paths: list[str], funcignore: str) -> set[str]:
+    parser = CoreToolsIgnore(funcignore)
+    out = set()
+    for path in paths:
+        parts = path.split("/")
+        if any(p.lower() in CORE_TOOLS_SKIPPED_DIRS for p in parts[:-1]) or parts[-1].lower() in CORE_TOOLS_SKIPPED_FILES:
+            continue
+        if parser.accepts(path):
+            out.add(path)
+    return out
+
+
+def package_set(paths: list[str]) -> set[str]:
+    """What scripts/package.sh puts in dist/app (and tests/check_package.sh requires)."""
+    expected = {"fanout", "fanout.toml", "fanout.azure.toml", "host.json"}
+    for path in paths:
+        parts = path.split("/")
+        if len(parts) == 2 and parts[1] == "function.json" and parts[0] not in PACKAGE_EXCLUDED_DIRS:
+            expected.add(path)
+        if len(parts) == 3 and parts[:2] == ["infra", "search"] and parts[2].endswith(".json"):
+            expected.add(path)
+    return expected
+
+
+def test_core_tools_ignore_port_behaves_like_core_tools():
+    # Own vectors for the behaviours the port must reproduce (see the class docstring).
+    ignore = CoreToolsIgnore("# c\n*\n!/keep.json\n!*/function.json\n!docs/**/x\n !bin \n")
+    assert not ignore.accepts("README.md") and not ignore.accepts(".ci/run") and not ignore.accepts("a/b/c")
+    assert ignore.accepts("keep.json") and ignore.accepts("keep.json.bak")   # prefix + word boundary
+    assert not ignore.accepts("keep.jsonx")
+    assert ignore.accepts("orders/function.json") and not ignore.accepts("a/b/function.json")
+    assert ignore.accepts("docs/a/b/x") and not ignore.accepts("docs/x")
+    assert ignore.accepts("bin") and ignore.accepts("bin/tool") and not ignore.accepts("binary")
+    only_positive = CoreToolsIgnore("target\n/dist\n*.log\n")
+    assert not only_positive.accepts("target/release/fanout") and only_positive.accepts("src/target")
+    assert not only_positive.accepts("dist/app/host.json") and not only_positive.accepts("x.log")
+    assert only_positive.accepts("targets.md") and only_positive.accepts("host.json")
+    assert CoreToolsIgnore("").accepts("anything")
+
+
+def test_funcignore_publishes_exactly_the_package_from_the_repo_root():
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+    tracked = [p for p in tracked if p]
+    # What a working copy has besides: the binary at the root (a stand-in here) and the usual
+    # build and run artefacts, which must stay out too.
+    local = ["fanout", "local.settings.json", "target/release/fanout", "target/dist/fanout", "dist/app/host.json",
+             "dist/app/orders/function.json", "dist/fanout-app.zip", ".fanout/dead-letter/pending/x.json",
+             ".fanout/tables/orders_changelog/_delta_log/00000000000000000000.json", "tests/.tools/venv/bin/python",
+             "fuzz/target/debug/x", ".azurite/__blobstorage__/x", ".git/HEAD", ".vscode/settings.json"]
+    paths = tracked + local
+    published = published_from_root(paths, (ROOT / ".funcignore").read_text())
+    expected = package_set(paths)
+    assert published == expected, (
+        f"published but not in the package: {sorted(published - expected)}\n"
+        f"in the package but not published: {sorted(expected - published)}"
+    )
+    assert "orders/function.json" in expected and "infra/search/orders.json" in expected
+    # package.sh and check_package.sh skip the same folders when they collect */function.json.
+    for script in (ROOT / "scripts" / "package.sh", ROOT / "tests" / "check_package.sh"):
+        lists = re.findall(r'case "\$\(?d(?:irname "\$f"\))?"? in ([a-z|]+)\)', script.read_text())
+        assert lists and all(set(l.split("|")) == PACKAGE_EXCLUDED_DIRS for l in lists), (script.name, lists)
+
+
+def test_run_from_package_recipe_restarts_and_syncs_triggers():
+    # Elastic Premium runs from a package URL: after the blob is replaced in place the app must be
+    # restarted and its triggers synced (Microsoft, "Deployment technologies in Azure Functions",
+    # Trigger syncing: "When you update the deployment package in-place using the same external
+    # package URL", with `az rest --method post --url .../syncfunctiontriggers?api-version=...`).
+    recipes = [
+        (path, block)
+        for path in DOC_FILES
+        for block in shell_blocks(path)
+        if "az storage blob upload" in block and "app-package" in block
+    ]
+    assert recipes, "no run-from-package recipe in the docs"
+    for path, block in recipes:
+        name = path.relative_to(ROOT).as_posix()
+        assert "-f dist/fanout-app.zip" in block, f"{name}: upload the package scripts/package.sh built"
+        upload = block.index("az storage blob upload")
+        restart = block.find("az functionapp restart", upload)
+        sync = re.search(r"az rest --method post --url \S*/providers/Microsoft\.Web/sites/\S*/syncfunctiontriggers\?api-version=\d{4}-\d{2}-\d{2}", block)
+        assert restart > upload, f"{name}: restart the app after the upload"
+        assert sync and sync.start() > restart, f"{name}: sync the triggers after the restart"
