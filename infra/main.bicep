@@ -50,6 +50,14 @@ param flexInstanceMemoryMB int = 2048
 @description('Flex Consumption: version of the `custom` runtime stack.')
 param flexRuntimeVersion string = '1.0'
 
+@allowed([
+  ''
+  'Continuous7Days'
+  'Continuous30Days'
+])
+@description('Cosmos DB continuous backup tier, which the trigger\'s all-versions-and-deletes change feed mode needs (docs/change-feed-modes.md). Empty (default): no backupPolicy is sent, the account keeps its current policy (periodic for a new account). Periodic to continuous is a one-way migration.')
+param cosmosContinuousBackupTier string = ''
+
 var prefix = toLower(namePrefix)
 var suffix = uniqueString(resourceGroup().id, prefix)
 // Storage account names allow lowercase letters and digits only.
@@ -101,6 +109,7 @@ module cosmos 'modules/cosmos.bicep' = {
     accountName: cosmosAccountName
     location: location
     databaseName: databaseName
+    continuousBackupTier: cosmosContinuousBackupTier
     principalId: identity.outputs.principalId
     identityId: identity.outputs.id
   }

@@ -1166,6 +1166,61 @@ def test_cosmos_partition_key_matches_fanout_toml():
     assert orders["body"]["properties"]["resource"]["partitionKey"]["paths"] == [match.group(1)]
 
 
+BACKUP_TIERS = ["", "Continuous7Days", "Continuous30Days"]
+
+
+def cosmos_account(kind: str, tier: str | None) -> dict:
+    params: dict[str, Any] = {"planKind": "flex"}
+    if tier is not None:
+        params["cosmosContinuousBackupTier"] = tier
+    if kind == "bicep":
+        resources = [r.evaluated() for r in bicep_deployment(params).all_resources()]
+    else:
+        resources = arm_deployment(params).resources()
+    return one(resources, "Microsoft.DocumentDB/databaseAccounts")["body"]["properties"]
+
+
+@pytest.mark.parametrize("kind", ["bicep", "arm"])
+def test_cosmos_backup_policy_default_keeps_todays_policy(kind):
+    # No tier (the default, or ''): no backupPolicy key at all, so Azure keeps what the account
+    # has (periodic for a new one) and a redeploy never tries continuous -> periodic.
+    for tier in (None, ""):
+        account = cosmos_account(kind, tier)
+        assert "backupPolicy" not in account
+        assert null_paths(account) == []
+        assert account["disableLocalAuth"] is True and account["disableKeyBasedMetadataWriteAccess"] is True
+
+
+@pytest.mark.parametrize("kind", ["bicep", "arm"])
+@pytest.mark.parametrize("tier", ["Continuous7Days", "Continuous30Days"])
+def test_cosmos_continuous_backup_tier(kind, tier):
+    # Microsoft.DocumentDB/databaseAccounts BackupPolicy, type Continuous (the all-versions-and-
+    # deletes change feed needs continuous backup on the account).
+    account = cosmos_account(kind, tier)
+    assert account["backupPolicy"] == {"type": "Continuous", "continuousModeProperties": {"tier": tier}}
+    without = dict(account)
+    del without["backupPolicy"]
+    assert without == cosmos_account(kind, "")
+
+
+def test_cosmos_backup_tier_parameter_is_the_same_in_both_templates(bicep_files, arm):
+    bicep_param = bicep_files[MAIN_BICEP]["parameters"]["cosmosContinuousBackupTier"]
+    allowed = [d["argument"] for d in bicep_param["decorators"] if d["type"] == "allowed"]
+    assert allowed == [BACKUP_TIERS]
+    assert arm["parameters"]["cosmosContinuousBackupTier"]["allowedValues"] == BACKUP_TIERS
+    assert arm["parameters"]["cosmosContinuousBackupTier"]["defaultValue"] == ""
+    assert bicep_deployment({}).symbol("cosmosContinuousBackupTier") == ""
+    module = bicep_files[INFRA / "modules" / "cosmos.bicep"]["parameters"]["continuousBackupTier"]
+    assert [d["argument"] for d in module["decorators"] if d["type"] == "allowed"] == [BACKUP_TIERS]
+    for tier in BACKUP_TIERS:
+        bicep = [r.evaluated() for r in bicep_deployment({"cosmosContinuousBackupTier": tier}).all_resources()]
+        arm_resources = arm_deployment({"cosmosContinuousBackupTier": tier}).resources()
+        assert sorted(map(key_of, bicep)) == sorted(map(key_of, arm_resources))
+        by_key = {key_of(r): r for r in arm_resources}
+        for r in bicep:
+            assert not differences(normalized(r["body"]), normalized(by_key[key_of(r)]["body"])), (tier, r["name"])
+
+
 @pytest.mark.parametrize("kind", ["bicep", "arm"])
 def test_no_keys_anywhere(kind):
     resources = evaluated(kind, "flex")
@@ -1388,15 +1443,18 @@ def test_checkov_skips_are_the_same_in_bicep_and_arm(checkov_strict, arm):
 # refuses), which checkov cannot evaluate: the templates skip these checks for that reason, and
 # this test runs them on the site and plan as the interpreter above resolves them, per plan.
 RESOLVED_SITE_CHECKS = ["CKV_AZURE_14", "CKV_AZURE_15", "CKV_AZURE_18", "CKV_AZURE_67", "CKV_AZURE_70", "CKV_AZURE_78", "CKV_AZURE_153"]
+# Likewise the Cosmos DB account, whose backupPolicy is added by union() only for a continuous tier.
+RESOLVED_COSMOS_CHECKS = ["CKV_AZURE_132", "CKV_AZURE_140"]
+RESOLVED_TYPES = ("Microsoft.Web/sites", "Microsoft.Web/serverfarms", "Microsoft.DocumentDB/databaseAccounts")
 FLEX_NO_FTP = "CKV_AZURE_78: Flex Consumption has no FTP(S) and refuses siteConfig.ftpsState (ARM error 51021), so the key is absent there; Elastic Premium sets ftpsState Disabled."
 
 
-def resolved_app_service_template(plan_kind: str) -> dict:
+def resolved_app_service_template(plan_kind: str, backup_tier: str = "") -> dict:
     template = json.loads(ARM_FILE.read_text())
-    resolved = arm_deployment({"planKind": plan_kind}).resources()
+    resolved = arm_deployment({"planKind": plan_kind, "cosmosContinuousBackupTier": backup_tier}).resources()
     out = []
     for original, res in zip(template["resources"], resolved):
-        if res["type"] not in ("Microsoft.Web/sites", "Microsoft.Web/serverfarms"):
+        if res["type"] not in RESOLVED_TYPES:
             continue
         skips = [s for s in original.get("metadata", {}).get("checkov", []) if "union()" not in s]
         if res["type"] == "Microsoft.Web/sites" and plan_kind == "flex":
@@ -1406,11 +1464,11 @@ def resolved_app_service_template(plan_kind: str) -> dict:
     return {"$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#", "contentVersion": "1.0.0.0", "resources": out}
 
 
-@pytest.mark.parametrize("plan_kind", PLAN_KINDS)
-def test_checkov_on_the_resolved_site(plan_kind, tmp_path):
+@pytest.mark.parametrize("plan_kind,backup_tier", [("flex", ""), ("elasticPremium", ""), ("flex", "Continuous7Days")])
+def test_checkov_on_the_resolved_site(plan_kind, backup_tier, tmp_path):
     skipped_in_templates = {s.split(":", 1)[0] for r in json.loads(ARM_FILE.read_text())["resources"] for s in r.get("metadata", {}).get("checkov", []) if "union()" in s}
-    assert skipped_in_templates == set(RESOLVED_SITE_CHECKS)
-    (tmp_path / "resolved.json").write_text(json.dumps(resolved_app_service_template(plan_kind)))
+    assert skipped_in_templates == set(RESOLVED_SITE_CHECKS) | set(RESOLVED_COSMOS_CHECKS)
+    (tmp_path / "resolved.json").write_text(json.dumps(resolved_app_service_template(plan_kind, backup_tier)))
     result = subprocess.run(
         [sys.executable, "-c", CHECKOV_PLAIN, "-d", str(tmp_path), "--framework", "arm", "--compact", "--skip-download", "-o", "json"],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
@@ -1421,6 +1479,7 @@ def test_checkov_on_the_resolved_site(plan_kind, tmp_path):
     assert failed == [], f"{plan_kind}: failed checks {failed}"
     passed = {c["check_id"] for c in report["results"]["passed_checks"]}
     expected = set(RESOLVED_SITE_CHECKS) - ({"CKV_AZURE_78"} if plan_kind == "flex" else set())
+    expected |= set(RESOLVED_COSMOS_CHECKS)
     assert expected <= passed, f"{plan_kind}: not passed: {sorted(expected - passed)}"
 
 
@@ -1662,3 +1721,74 @@ def test_run_from_package_recipe_restarts_and_syncs_triggers():
         sync = re.search(r"az rest --method post --url \S*/providers/Microsoft\.Web/sites/\S*/syncfunctiontriggers\?api-version=\d{4}-\d{2}-\d{2}", block)
         assert restart > upload, f"{name}: restart the app after the upload"
         assert sync and sync.start() > restart, f"{name}: sync the triggers after the restart"
+
+
+# --------------------------------------------------------------------------
+# The all-versions-and-deletes example (examples/, never the app root)
+# --------------------------------------------------------------------------
+
+AVAD_EXAMPLE = ROOT / "examples" / "all-versions-and-deletes"
+
+
+def function_schema_validator():
+    import jsonschema
+
+    schema = json.loads((ROOT / "tests" / "fixtures" / "schemas" / "function.schema.json").read_text())
+    # Same draft as tests/app_files.rs: the schema says draft-04 but its sqlBinding uses `const`
+    # (draft-06); under draft-04 every cosmosDBTrigger binding would match two oneOf branches.
+    return jsonschema.Draft6Validator(schema)
+
+
+def cosmos_trigger(path: Path) -> dict:
+    bindings = json.loads(path.read_text())["bindings"]
+    (trigger,) = [b for b in bindings if b["type"] == "cosmosDBTrigger"]
+    return trigger
+
+
+def test_all_versions_and_deletes_example_function():
+    validator = function_schema_validator()
+    avad_file = AVAD_EXAMPLE / "orders" / "function.json"
+    baseline_file = AVAD_EXAMPLE / "orders_baseline" / "function.json"
+    for path in (avad_file, baseline_file):
+        doc = json.loads(path.read_text())
+        errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(doc)]
+        assert errors == [], (path, errors)
+    # The SchemaStore schema has no cosmosDBTrigger definition at all: such a binding validates
+    # as a `dynamicBinding` (any type outside its list, any further keys), so the schema neither
+    # knows nor rejects changeFeedMode. The keys the trigger needs are checked here instead.
+    assert validator.is_valid({"bindings": [{"type": "cosmosDBTrigger", "name": "d", "direction": "in", "changeFeedMode": "x"}]})
+    avad, baseline, live = cosmos_trigger(avad_file), cosmos_trigger(baseline_file), cosmos_trigger(ROOT / "orders" / "function.json")
+    assert avad["changeFeedMode"] == "AllVersionsAndDeletes"
+    # All versions and deletes reads from "now" (or a lease) only: no start from the beginning
+    # or from a time (Microsoft, "Change feed modes in Azure Cosmos DB", limitations).
+    assert avad["startFromBeginning"] is False and "startFromTime" not in avad and "startFrom" not in avad
+    # The temporary baseline function: latest version (the default mode), from the beginning.
+    assert baseline.get("changeFeedMode", "LatestVersion") == "LatestVersion" and baseline["startFromBeginning"] is True
+    # Same container, connection and lease container as the app's function, each with its own
+    # lease prefix, so the three never share leases.
+    for trigger in (avad, baseline):
+        for key in ("connection", "databaseName", "containerName", "leaseContainerName", "maxItemsPerInvocation"):
+            assert trigger[key] == live[key], key
+        assert trigger["createLeaseContainerIfNotExists"] is False
+    prefixes = [t["leaseContainerPrefix"] for t in (live, avad, baseline)]
+    assert len(set(prefixes)) == 3, prefixes
+    assert json.loads(avad_file.read_text())["retry"] == json.loads((ROOT / "orders" / "function.json").read_text())["retry"]
+    # Not deployed by accident: package.sh packs */function.json at the root only, and neither it,
+    # check_package.sh nor .funcignore lets examples/ in (the .funcignore test above covers it).
+    assert avad_file.relative_to(ROOT).parts[0] == "examples"
+    assert "examples" in PACKAGE_EXCLUDED_DIRS
+
+
+def test_change_feed_modes_doc_is_linked_and_names_what_it_relies_on():
+    doc = (ROOT / "docs" / "change-feed-modes.md").read_text()
+    assert "(docs/change-feed-modes.md)" in (ROOT / "README.md").read_text()
+    host = json.loads((ROOT / "host.json").read_text())
+    assert host["extensionBundle"]["version"] in doc
+    for needle in ("cosmosContinuousBackupTier", "examples/all-versions-and-deletes/orders/function.json",
+                   "examples/all-versions-and-deletes/orders_baseline/function.json", "orders-avad-",
+                   "orders-baseline-", "startFromBeginning", "soft_delete", "check-config"):
+        assert needle in doc, needle
+    links = re.findall(r"\]\((\.\./[^)#]+)\)", doc)
+    assert len(links) >= 2
+    for path in links:
+        assert (ROOT / "docs" / path).resolve().exists(), path
