@@ -1013,9 +1013,10 @@ def test_app_settings_identical_and_correct(plan_kind):
 # #flex-consumption-plan-deprecations): site properties and app settings that "are deprecated
 # and shouldn't be used" on Flex Consumption. ARM rejects the siteConfig ones with error 51021
 # ("The following site configuration property (Site.SiteConfig.FtpsState) for Flex Consumption
-# sites is invalid"), null values included (microsoft/azure-pipelines-tasks#21032 names
-# FtpsState, Use32BitWorkerProcess, NetFrameworkVersion and FunctionsRuntimeScaleMonitoringEnabled;
-# Azure/terraform-azurerm-avm-res-web-site#283 LinuxFxVersion). Names compare case-insensitively;
+# sites is invalid"), null values included (microsoft/azure-pipelines-tasks, "AzureFunctionApp@2
+# fails when deploying a flex app": FtpsState, Use32BitWorkerProcess, NetFrameworkVersion and
+# FunctionsRuntimeScaleMonitoringEnabled; Azure/terraform-azurerm-avm-res-web-site: LinuxFxVersion).
+# Names compare case-insensitively;
 # the page's `properties.isReserved` / `properties.IsXenon` are the REST names `reserved` /
 # `isXenon`.
 FLEX_REFUSED_SITE_PROPERTIES = [
