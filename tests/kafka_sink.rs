@@ -246,3 +246,49 @@ async fn a_stopped_broker_is_retried_then_dead_lettered_then_replayed() {
     assert_eq!(after.status, 200, "{:?}", after.logs());
     assert_eq!(broker.consume(TOPIC, 2, 80).len(), 80);
 }
+
+#[tokio::test]
+async fn a_record_too_large_for_kafka_is_dead_lettered_at_once_and_its_key_goes_on() {
+    let broker = Tansu::start();
+    broker.create_topic(TOPIC, 1).await;
+    let app = TestApp::new();
+    // `maxRetryCount: -1` would block the lease forever if the record were retried.
+    app.function("orders", "documents", Some(-1))
+        .config(&config(&broker.brokers(), ""));
+    let host = app.start().await;
+    // A 1.5 MB document (Cosmos allows 2 MB; Kafka's default limit is 1 MB) between two small
+    // changes of the same key.
+    let docs = vec![
+        json!({"id": "a1", "customerId": "c1", "_lsn": 1, "_ts": 1_700_000_001}),
+        json!({"id": "big", "customerId": "c1", "pad": "x".repeat(1_500_000), "_lsn": 2, "_ts": 1_700_000_002}),
+        json!({"id": "a2", "customerId": "c1", "_lsn": 3, "_ts": 1_700_000_003}),
+    ];
+    let call = host
+        .invoke(
+            "orders",
+            &cosmos_trigger_body("documents", "orders", &docs, None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(call.status, 200, "{:?}", call.logs());
+    let pending = app.dead_letters();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let record = app.dead_letter(&pending[0]);
+    assert_eq!(record["kind"], "rejected_changes");
+    assert_eq!(record["changes"][0]["id"], "big");
+    assert!(
+        record["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("refused the record for `big`"),
+        "{record}"
+    );
+    // Only one attempt, and the key's other records are on the topic once each.
+    let records = broker.consume(TOPIC, 1, 2);
+    let ids: Vec<String> = records
+        .iter()
+        .map(|r| value(r)["data"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["a1", "a2"]);
+    assert!(call.logged("1 attempt"), "{:?}", call.logs());
+}

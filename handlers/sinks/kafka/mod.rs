@@ -20,7 +20,7 @@ pub use producer::{client_settings, default_scope};
 
 use crate::change::Change;
 use crate::sinks::cloudevent::{EncodedEvent, EventFormat, EventKey, EventMode};
-use crate::sinks::{BatchContext, Delivery, Sink, SinkError};
+use crate::sinks::{BatchContext, Delivery, Rejected, Sink, SinkError};
 use async_trait::async_trait;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
@@ -78,6 +78,17 @@ impl KafkaSink {
     }
 }
 
+/// Errors that refuse one record for good: sending it again can never work (a Cosmos document
+/// goes up to 2 MB; Kafka's and Event Hubs' default limit is 1 MB). Such a record is
+/// dead-lettered at once, and the key's later records are not held back for it.
+fn record_refused(code: rdkafka::types::RDKafkaErrorCode) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidRecord
+    )
+}
+
 /// Errors after which the idempotent producer's id/epoch is useless.
 fn producer_state_lost(code: rdkafka::types::RDKafkaErrorCode) -> bool {
     use rdkafka::types::RDKafkaErrorCode as C;
@@ -130,6 +141,16 @@ impl Sink for KafkaSink {
         // Queue everything first (librdkafka batches per partition), then wait for the acks.
         let mut waiting = Vec::with_capacity(records.len());
         let mut failed: Vec<(usize, String)> = Vec::new();
+        let mut rejected: Vec<Rejected> = Vec::new();
+        let refuse = |index: usize, e: &rdkafka::error::KafkaError| Rejected {
+            index,
+            reason: format!(
+                "kafka topic {} refused the record for `{}` ({} bytes): {e}",
+                self.topic,
+                changes[index].id,
+                records[index].1.body.len()
+            ),
+        };
         for (index, (key, event)) in records.iter().enumerate() {
             let mut record = FutureRecord::to(&self.topic)
                 .payload(&event.body)
@@ -139,6 +160,9 @@ impl Sink for KafkaSink {
             }
             match producer.send_result(record) {
                 Ok(ack) => waiting.push((index, ack)),
+                Err((e, _)) if e.rdkafka_error_code().is_some_and(record_refused) => {
+                    rejected.push(refuse(index, &e))
+                }
                 Err((e, _)) => failed.push((index, e.to_string())),
             }
         }
@@ -155,6 +179,9 @@ impl Sink for KafkaSink {
                 Ok(Ok(d)) => {
                     partitions.insert(d.partition);
                 }
+                Ok(Err((e, _))) if e.rdkafka_error_code().is_some_and(record_refused) => {
+                    rejected.push(refuse(index, &e))
+                }
                 Ok(Err((e, _))) => {
                     stale_producer |= e.rdkafka_error_code().is_some_and(producer_state_lost);
                     failed.push((index, e.to_string()))
@@ -165,13 +192,17 @@ impl Sink for KafkaSink {
         if !failed.is_empty() {
             self.drop_if_broken(&producer, stale_producer);
         }
+        rejected.sort_by_key(|r| r.index);
         if failed.is_empty() {
-            return Ok(Delivery::done(format!(
-                "{} records to topic {} ({} partitions)",
-                records.len(),
-                self.topic,
-                partitions.len()
-            )));
+            return Ok(Delivery {
+                rejected,
+                ..Delivery::done(format!(
+                    "{} records to topic {} ({} partitions)",
+                    records.len(),
+                    self.topic,
+                    partitions.len()
+                ))
+            });
         }
         // Keep each key's order on the retry: from a key's first failure on, all of that key
         // is re-sent. Records without a key carry no order.
@@ -188,7 +219,7 @@ impl Sink for KafkaSink {
                 }
             }
         }
-        if pending.len() == records.len() {
+        if pending.len() == records.len() && rejected.is_empty() {
             return Err(SinkError::transient(format!(
                 "kafka topic {}: {first_error}",
                 self.topic
@@ -205,6 +236,7 @@ impl Sink for KafkaSink {
                 self.topic
             ),
             pending,
+            rejected,
             ..Delivery::default()
         })
     }
