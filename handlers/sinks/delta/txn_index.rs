@@ -13,7 +13,8 @@
 
 use bytes::Bytes;
 use deltalake::arrow::array::{Array, AsArray, StructArray};
-use deltalake::arrow::datatypes::Int64Type;
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::{DataType, Int64Type};
 use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::{DeltaTable, DeltaTableError, Path};
@@ -183,17 +184,26 @@ impl TxnIndex {
             let Some(txn) = batch.column_by_name("txn") else {
                 continue;
             };
-            let txn: &StructArray = txn.as_struct();
+            // Other writers store these columns as LargeUtf8 / Utf8View or other integer
+            // widths: cast to one layout instead of assuming ours (a wrong guess panics).
+            let Some(txn) = txn.as_struct_opt() else {
+                continue;
+            };
+            let txn: &StructArray = txn;
             let (Some(ids), Some(versions)) =
                 (txn.column_by_name("appId"), txn.column_by_name("version"))
             else {
                 continue;
             };
+            let ids = cast(ids, &DataType::Utf8)?;
             let ids = ids.as_string::<i32>();
+            let versions = cast(versions, &DataType::Int64)?;
             let versions = versions.as_primitive::<Int64Type>();
-            let updated = txn
-                .column_by_name("lastUpdated")
-                .map(|c| c.as_primitive::<Int64Type>().clone());
+            let updated = match txn.column_by_name("lastUpdated") {
+                Some(c) => Some(cast(c, &DataType::Int64)?),
+                None => None,
+            };
+            let updated = updated.as_ref().map(|c| c.as_primitive::<Int64Type>());
             for row in 0..txn.len() {
                 if txn.is_null(row) || ids.is_null(row) {
                     continue;
@@ -206,5 +216,57 @@ impl TxnIndex {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltalake::arrow::array::{ArrayRef, Int32Array, LargeStringArray, RecordBatch};
+    use deltalake::arrow::datatypes::{Field, Fields, Schema};
+    use deltalake::parquet::arrow::ArrowWriter;
+    use std::sync::Arc;
+
+    /// A checkpoint as other writers lay it out: `txn.appId` as LargeUtf8, `version` as Int32.
+    fn foreign_checkpoint() -> Bytes {
+        let fields = Fields::from(vec![
+            Field::new("appId", DataType::LargeUtf8, true),
+            Field::new("version", DataType::Int32, true),
+        ]);
+        let txn = StructArray::new(
+            fields.clone(),
+            vec![
+                Arc::new(LargeStringArray::from(vec![
+                    Some("batch-a"),
+                    Some("batch-b"),
+                ])) as ArrayRef,
+                Arc::new(Int32Array::from(vec![Some(1), Some(2)])) as ArrayRef,
+            ],
+            None,
+        );
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "txn",
+            DataType::Struct(fields),
+            true,
+        )]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(txn)]).unwrap();
+        let mut out = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut out, schema, None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn a_checkpoint_with_other_column_types_is_read_not_panicked_on() {
+        let mut index = TxnIndex {
+            retention_ms: i64::MAX,
+            complete: true,
+            ..Default::default()
+        };
+        index.read_checkpoint(foreign_checkpoint()).unwrap();
+        assert_eq!(index.get("batch-a"), Some(1));
+        assert_eq!(index.get("batch-b"), Some(2));
+        assert_eq!(index.get("batch-c"), None);
     }
 }

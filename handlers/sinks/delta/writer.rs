@@ -141,8 +141,21 @@ struct Committer {
 
 impl Committer {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
+        use futures::FutureExt;
         while let Some(group) = self.collect(&mut rx).await {
-            self.commit(group).await;
+            // A panic in one commit (a log another writer wrote in a shape we did not expect,
+            // say) must not stop the table for good: the group's invocations get a transient
+            // error (their reply senders drop), the table state is reloaded, and the next
+            // group is committed as usual.
+            let committed = std::panic::AssertUnwindSafe(self.commit(group))
+                .catch_unwind()
+                .await;
+            if let Err(panic) = committed {
+                let what = crate::panic_message(panic.as_ref());
+                tracing::error!(table = %self.settings.url, panic = %what, "the committer panicked; its group is retried and the table state reloaded");
+                self.table = None;
+                continue;
+            }
             self.maybe_compact();
         }
     }
