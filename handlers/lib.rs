@@ -17,6 +17,15 @@ pub mod server;
 pub mod sinks;
 pub mod telemetry;
 
+/// The message of a caught panic (`panic!` payloads are a `&str` or a `String`).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(no message)".into())
+}
+
 /// Several TLS stacks share rustls; with both of its crypto backends compiled in, rustls
 /// cannot choose one by itself. Call once at start-up (idempotent).
 pub fn install_crypto_provider() {

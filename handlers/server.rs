@@ -192,11 +192,7 @@ async fn invoke(
 
 fn panic_message(e: tokio::task::JoinError) -> String {
     match e.try_into_panic() {
-        Ok(panic) => panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "(no message)".into()),
+        Ok(panic) => crate::panic_message(panic.as_ref()),
         Err(e) => e.to_string(),
     }
 }

@@ -322,7 +322,7 @@ async fn retry_forever_blocks_instead_of_dead_lettering() {
         .invoke("orders", &with_retry_context(&body, 5, -1))
         .await
         .unwrap();
-    assert_eq!(call.status, 200);
+    assert_eq!(call.status, 200, "{:?}", call.logs());
 }
 
 #[tokio::test]

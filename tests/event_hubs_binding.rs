@@ -165,3 +165,51 @@ fn the_binding_must_exist_in_function_json() {
         common::stderr(&out)
     );
 }
+
+#[tokio::test]
+async fn a_replay_never_counts_the_output_binding_as_sent() {
+    let app = app(1);
+    // Batches replayed from a file: no host receives `Outputs`, so the binding's events stay
+    // in the dead-letter store instead of vanishing (the changelog gets them as usual).
+    let docs = samples::order_batches(1, 1, 4, 3).remove(0);
+    let file = app.path().join("batches.jsonl");
+    std::fs::write(
+        &file,
+        cosmos_trigger_body("documents", "orders", &docs, None) + "\n",
+    )
+    .unwrap();
+    let out = app.run(
+        &[
+            "replay",
+            "--function",
+            "orders",
+            "--batches",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let pending = app.dead_letters();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert!(pending[0].starts_with("orders/events/"), "{pending:?}");
+    let record = app.dead_letter(&pending[0]);
+    assert_eq!(record["changes"].as_array().unwrap().len(), docs.len());
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("a replay has no host"),
+        "{record}"
+    );
+    // Replaying that record again does not move it to replayed/: it was never sent.
+    let out = app.run(&["replay"], &[]);
+    assert!(!out.status.success());
+    assert_eq!(app.dead_letters(), pending);
+    assert_eq!(
+        common::read_table(&app.table("tables/orders"))
+            .await
+            .rows
+            .len(),
+        docs.len()
+    );
+}

@@ -250,9 +250,9 @@ fn check_config_warns_about_all_versions_mode_combinations_that_cannot_work() {
         .to_string(),
     )
     .unwrap();
-    app.config(&format!(
-        "[functions.orders]\npartition_key = \"/customerId\"\nsoft_delete = {{ field = \"/deleted\" }}\n[functions.orders.sinks.changelog]\ntype = \"delta\"\ntable = \"t\"\n"
-    ));
+    app.config(
+        "[functions.orders]\npartition_key = \"/customerId\"\nsoft_delete = { field = \"/deleted\" }\n[functions.orders.sinks.changelog]\ntype = \"delta\"\ntable = \"t\"\n"
+    );
     let out = app.run(&["check-config"], &[]);
     let text = common::stdout(&out);
     assert!(out.status.success(), "{}", common::stderr(&out));

@@ -356,7 +356,7 @@ impl Pipeline {
                 &ctx,
                 changes,
                 unreadable,
-                attempt,
+                (origin, attempt),
                 &deadlines,
                 write_ahead.as_ref(),
             )
@@ -414,7 +414,7 @@ impl Pipeline {
         ctx: &BatchContext,
         changes: Vec<Change>,
         unreadable: Vec<Unreadable>,
-        attempt: Attempt,
+        (origin, attempt): (Origin, Attempt),
         deadlines: &Deadlines,
         write_ahead: Option<&Stored>,
     ) -> Answer {
@@ -456,6 +456,10 @@ impl Pipeline {
                     }),
             )
             .await
+        };
+        let runs: Vec<SinkRun> = match origin {
+            Origin::Host => runs,
+            Origin::Replay => runs.into_iter().map(without_host).collect(),
         };
 
         // Decide, per sink, what happens to what it could not take.
@@ -738,7 +742,7 @@ impl Pipeline {
                     ..Answer::logged(
                         200,
                         format!(
-                            "fanout {function}: batch dead-lettered to {}: {reason}",
+                            "fanout {function}: malformed batch dead-lettered to {}: {reason}",
                             stored.path
                         ),
                     )
@@ -942,7 +946,9 @@ impl Pipeline {
                 .iter()
                 .map(|s| deliver_with_retry(s.as_ref(), &ctx, &changes, &route.retry)),
         )
-        .await;
+        .await
+        .into_iter()
+        .map(without_host);
         let mut problems = Vec::new();
         let mut details = Vec::new();
         for run in runs {
@@ -965,6 +971,23 @@ impl Pipeline {
             Err(problems.join("; "))
         }
     }
+}
+
+/// With no host to hand `Outputs` to (a replay), what an output-binding sink produced is
+/// never sent: its run is a permanent failure, so the changes stay in the dead-letter store.
+fn without_host(mut run: SinkRun) -> SinkRun {
+    if run.host_delivers && run.delivered() {
+        run.result = SinkResult::Failed {
+            error: format!(
+                "sink `{}` is sent by the Functions host's output binding, and a replay has no host: its events cannot be sent from here. They stay in the dead-letter store; to deliver them, route the same event hub through an `event_hubs` (AMQP) sink",
+                run.sink
+            ),
+            permanent: true,
+            undelivered: run.delivered_indices(),
+        };
+        run.outputs.clear();
+    }
+    run
 }
 
 /// A stable digest of the batch: the same changes re-delivered give the same fingerprint.

@@ -22,6 +22,8 @@ pub struct SinkRun {
     /// Output bindings for the host (see [`Sink::host_delivers`]).
     pub outputs: std::collections::BTreeMap<String, Vec<String>>,
     pub host_delivers: bool,
+    /// How many changes the sink was given.
+    pub batch_len: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +42,13 @@ pub enum SinkResult {
 impl SinkRun {
     pub fn delivered(&self) -> bool {
         matches!(self.result, SinkResult::Delivered { .. })
+    }
+
+    /// Indices into the batch that the sink took (every one it did not refuse).
+    pub fn delivered_indices(&self) -> Vec<usize> {
+        (0..self.batch_len)
+            .filter(|i| !self.rejected.iter().any(|(r, _)| r == i))
+            .collect()
     }
 }
 
@@ -72,6 +81,7 @@ pub async fn deliver_with_retry(
         result,
         outputs: Default::default(),
         host_delivers: sink.host_delivers(),
+        batch_len: batch.len(),
     };
     loop {
         attempts += 1;
@@ -84,14 +94,10 @@ pub async fn deliver_with_retry(
         let guarded = std::panic::AssertUnwindSafe(sink.deliver(ctx, &changes)).catch_unwind();
         let attempt = match tokio::time::timeout(remaining, guarded).await {
             Ok(Ok(result)) => result,
-            Ok(Err(panic)) => {
-                let what = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                Err(SinkError::permanent(format!("the sink panicked: {what}")))
-            }
+            Ok(Err(panic)) => Err(SinkError::permanent(format!(
+                "the sink panicked: {}",
+                crate::panic_message(panic.as_ref())
+            ))),
             Err(_) => Err(SinkError::transient(format!(
                 "no answer within the retry budget ({} ms)",
                 settings.budget.as_millis()
