@@ -190,6 +190,7 @@ async fn commits_and_open() {
         invocation_id: "bench".into(),
         fingerprint: "fp".into(),
         received_at: chrono::Utc::now(),
+        replay: false,
     };
     let normalizer = fanout::change::Normalizer::new(
         fanout::change::PartitionKeyPaths::parse(&["/customerId"]).unwrap(),

@@ -68,6 +68,7 @@ fn stages(c: &mut Criterion) {
         invocation_id: "bench".into(),
         fingerprint: "fp".into(),
         received_at: chrono::Utc::now(),
+        replay: false,
     };
     group.bench_function(BenchmarkId::new("delta_encode_arrow", 100), |b| {
         b.iter(|| {

@@ -311,6 +311,7 @@ fn bench_context() -> BatchContext {
         invocation_id: "bench".into(),
         fingerprint: "fp".into(),
         received_at: chrono::Utc::now(),
+        replay: false,
     }
 }
 

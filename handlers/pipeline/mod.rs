@@ -342,6 +342,7 @@ impl Pipeline {
             invocation_id,
             fingerprint: fingerprint(function, &changes, &unreadable),
             received_at: Utc::now(),
+            replay: origin == Origin::Replay,
         };
         // Write-ahead: after the last attempt the trigger checkpoints whatever happens, so the
         // batch is kept before it is delivered - a process that dies now loses nothing.
@@ -890,6 +891,7 @@ impl Pipeline {
             invocation_id: format!("replay:{}", record.invocation_id),
             fingerprint: record.batch_fingerprint.clone(),
             received_at: Utc::now(),
+            replay: true,
         };
         let (changes, sinks): (Vec<Change>, Vec<&Arc<dyn Sink>>) = match record.kind {
             DeadLetterKind::SinkFailure | DeadLetterKind::RejectedChanges => {

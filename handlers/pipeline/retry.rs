@@ -220,6 +220,7 @@ mod tests {
             invocation_id: "i".into(),
             fingerprint: "fp".into(),
             received_at: chrono::Utc::now(),
+            replay: false,
         }
     }
 

@@ -267,6 +267,7 @@ mod tests {
             invocation_id: "i".into(),
             fingerprint: "f".into(),
             received_at: chrono::Utc::now(),
+            replay: false,
         }
     }
 

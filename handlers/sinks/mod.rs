@@ -81,7 +81,12 @@ impl SinkConfig {
     /// Builds the sink. Connections are opened lazily, on the first batch, so start-up stays fast.
     pub fn build(&self, name: &str, ctx: &BuildContext<'_>) -> Result<Arc<dyn Sink>, SinkError> {
         match self {
-            SinkConfig::Delta(c) => Ok(Arc::new(delta::DeltaSink::new(name, c, ctx.app_root)?)),
+            SinkConfig::Delta(c) => Ok(Arc::new(delta::DeltaSink::new(
+                name,
+                c,
+                ctx.app_root,
+                ctx.event_source(),
+            )?)),
             SinkConfig::Redis(c) => Ok(Arc::new(redis::RedisSink::new(
                 name,
                 c,
@@ -129,6 +134,8 @@ pub struct BatchContext {
     /// Stable digest of the batch's changes: the same batch re-delivered has the same one.
     pub fingerprint: String,
     pub received_at: DateTime<Utc>,
+    /// Re-driven by `fanout replay` (changes may be older than what a sink holds).
+    pub replay: bool,
 }
 
 /// A change the sink refused for good (bad data for this sink); it goes to the dead-letter store.

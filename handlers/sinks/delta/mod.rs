@@ -31,12 +31,18 @@ pub struct DeltaSink {
 }
 
 impl DeltaSink {
-    pub fn new(name: &str, config: &DeltaConfig, app_root: &Path) -> Result<Self, SinkError> {
+    /// `source`: the monitored container, `/cosmosdb/{database}/{container}`.
+    pub fn new(
+        name: &str,
+        config: &DeltaConfig,
+        app_root: &Path,
+        source: String,
+    ) -> Result<Self, SinkError> {
         register_storage_handlers();
         let url = table::table_url(&config.table, app_root).map_err(SinkError::permanent)?;
         Ok(Self {
             name: name.to_string(),
-            table: ChangelogTable::new(url, config),
+            table: ChangelogTable::new(url, config).with_source(source),
         })
     }
 

@@ -41,6 +41,9 @@ pub struct ChangelogTable {
     group: GroupCommitConfig,
     compaction: CompactionConfig,
     committer: OnceLock<mpsc::UnboundedSender<Request>>,
+    /// The monitored container (`/cosmosdb/{database}/{container}`): its changes' lsns are
+    /// one sequence per partition key, whichever function delivers them.
+    source: Option<String>,
 }
 
 impl ChangelogTable {
@@ -55,7 +58,15 @@ impl ChangelogTable {
             group: config.group_commit.clone(),
             compaction: config.compaction.clone(),
             committer: OnceLock::new(),
+            source: None,
         }
+    }
+
+    /// Names the monitored container, so every function reading it (a baseline function and
+    /// the tailing one, say) shares the per-partition-key marks.
+    pub fn with_source(mut self, source: String) -> Self {
+        self.source = Some(source);
+        self
     }
 
     pub fn url(&self) -> &url::Url {
@@ -84,6 +95,10 @@ impl ChangelogTable {
             .map_err(ChangelogError::Permanent)?;
         let append = PendingAppend {
             app_id: batch_app_id(ctx, sink, changes),
+            scope: match &self.source {
+                Some(source) => format!("fanout{source}"),
+                None => format!("fanout/{}/{sink}", ctx.function),
+            },
             batch,
         };
         let (reply, answer) = oneshot::channel();
@@ -118,6 +133,7 @@ impl ChangelogTable {
                 carried: VecDeque::new(),
                 compacting: Arc::new(AtomicBool::new(false)),
                 last_group_len: 1,
+                exact: Default::default(),
             };
             tokio::spawn(committer.run(rx));
             tx
@@ -137,6 +153,8 @@ struct Committer {
     compacting: Arc<AtomicBool>,
     /// How many batches the previous group held: the concurrency to expect.
     last_group_len: usize,
+    /// The table's change identities, loaded the first time a replay needs them.
+    exact: super::table::ExactRows,
 }
 
 impl Committer {
@@ -261,7 +279,7 @@ impl Committer {
         };
         let mut table = evolve_schema(table, &self.settings.schema).await?;
         index.catch_up(&table).await?;
-        let outcomes = commit_appends(&mut table, &index, appends).await?;
+        let outcomes = commit_appends(&mut table, &index, appends, &mut self.exact).await?;
         index.catch_up(&table).await?;
         self.table = Some((table, index));
         Ok(outcomes)

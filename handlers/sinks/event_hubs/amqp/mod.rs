@@ -159,6 +159,7 @@ mod tests {
             invocation_id: "i".into(),
             fingerprint: "f".into(),
             received_at: chrono::Utc::now(),
+            replay: false,
         };
         let changes = [
             change("a", "c1", 1),
