@@ -372,3 +372,62 @@ async fn an_unreachable_service_is_retried_then_dead_lettered_then_replayed() {
     );
     assert_eq!(state.lock().unwrap().index.len(), 10);
 }
+
+#[tokio::test]
+async fn replay_goes_in_feed_order_so_an_older_change_never_overwrites_a_newer_one() {
+    // The service is down: two changes of one document are dead-lettered, one batch each.
+    let port = fanout::hostsim::free_port().unwrap();
+    let down = app(&format!("http://127.0.0.1:{port}"), None, 300, "");
+    let host = down.start().await;
+    let older = samples::order("o-1", "c1", 10, 1_744_170_000, 1.0, false);
+    let newer = samples::order("o-1", "c1", 12, 1_744_170_009, 2.0, false);
+    for doc in [&older, &newer] {
+        let body = cosmos_trigger_body("documents", "orders", std::slice::from_ref(doc), None);
+        assert_eq!(host.invoke("orders", &body).await.unwrap().status, 200);
+    }
+    drop(host);
+    // Name the records so that key order puts the newer change first.
+    let pending = down
+        .path()
+        .join(".fanout/dead-letter/pending/orders/search");
+    let mut names: Vec<_> = std::fs::read_dir(&pending)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(names.len(), 2);
+    names.sort_by_key(|p| {
+        let r: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        std::cmp::Reverse(r["changes"][0]["lsn"].as_i64().unwrap())
+    });
+    for (p, name) in names
+        .iter()
+        .zip(["0000-sink_failure.json", "ffff-sink_failure.json"])
+    {
+        std::fs::rename(p, pending.join(name)).unwrap();
+    }
+    // The service is back: replay.
+    let fake = SearchFake::start("key").await;
+    let config = std::fs::read_to_string(down.path().join("fanout.toml"))
+        .unwrap()
+        .replace(&format!("http://127.0.0.1:{port}"), &fake.endpoint());
+    down.config(&config);
+    let out = tokio::task::spawn_blocking({
+        let dir = down.path().to_path_buf();
+        move || {
+            std::process::Command::new(common::binary())
+                .current_dir(dir)
+                .arg("replay")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let state = fake.state.lock().unwrap();
+    assert_eq!(
+        state.index[&key("o-1")]["total"],
+        json!(2.0),
+        "the newer change wins"
+    );
+}

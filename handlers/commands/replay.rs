@@ -104,8 +104,23 @@ pub async fn run(
         println!("nothing to replay in {}", store.location());
         return Ok(());
     }
+    // Feed order: read every record's position first (records are read again one at a time
+    // below, so memory holds one record, not the store).
+    let mut failed = 0;
+    let mut ordered = Vec::with_capacity(keys.len());
+    for key in keys {
+        match store.get(&key).await {
+            Ok(r) => ordered.push((r.feed_position(), key)),
+            Err(e) => {
+                println!("skip {key}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    ordered.sort();
+    let keys: Vec<String> = ordered.into_iter().map(|(_, k)| k).collect();
     let progress = bar(keys.len(), "records");
-    let (mut replayed, mut failed, mut changes) = (0, 0, 0);
+    let (mut replayed, mut changes) = (0, 0);
     for key in &keys {
         progress.set_message(key.clone());
         let record = match store.get(key).await {

@@ -167,6 +167,20 @@ impl DeadLetterRecord {
         )
     }
 
+    /// Where the record stands in feed order: its oldest change's `(_ts, lsn)`, then when it
+    /// was dead-lettered. A record that holds a raw body (its changes unread) stands at the
+    /// time it was dead-lettered, which is no earlier than its changes. Replay sorts by this,
+    /// so that an older change is not replayed over a newer one.
+    pub fn feed_position(&self) -> (i64, i64, DateTime<Utc>) {
+        let oldest = self
+            .changes
+            .iter()
+            .map(|c| (c.ts.unwrap_or(i64::MAX), c.lsn.unwrap_or(i64::MAX)))
+            .min();
+        let (ts, lsn) = oldest.unwrap_or((self.dead_lettered_at.timestamp(), i64::MAX));
+        (ts, lsn, self.dead_lettered_at)
+    }
+
     /// How many changes (or raw items) the record holds.
     pub fn size(&self) -> usize {
         match self.kind {
