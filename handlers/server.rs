@@ -206,9 +206,26 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, routes = ?pipeline.routes().keys().collect::<Vec<_>>(), "listening");
     tokio::spawn(sweep_in_flight(pipeline.clone()));
-    axum::serve(listener, router(pipeline, max_body_bytes))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    // In-flight invocations finish after SIGTERM, within their own deadlines; the drain as a
+    // whole is bounded by the function timeout too, so a stop never hangs.
+    let drain = pipeline.function_timeout();
+    let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
+    let signalled = stopping.clone();
+    let server = axum::serve(listener, router(pipeline, max_body_bytes)).with_graceful_shutdown(
+        async move {
+            shutdown_signal().await;
+            signalled.notify_one();
+        },
+    );
+    tokio::select! {
+        served = server => served?,
+        _ = async {
+            stopping.notified().await;
+            tokio::time::sleep(drain).await;
+        } => {
+            tracing::error!(drain_s = drain.as_secs(), "in-flight invocations did not finish within the function timeout after SIGTERM; stopping anyway (their last attempts are in the write-ahead records)");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -375,3 +375,26 @@ async fn a_re_cut_re_delivery_adds_only_the_changes_the_changelog_lacks() {
     );
     assert_eq!(read_table(&app.table("tables/orders")).await.rows.len(), 4);
 }
+
+#[test]
+fn check_config_warns_when_a_refresh_key_leaves_the_partition_key_out() {
+    let app = TestApp::new();
+    app.function("orders", "documents", Some(1));
+    for (key, warned) in [
+        ("order:{id}", true),
+        ("order:{pk}:{id}", false),
+        ("order:{customerId}:{id}", false),
+    ] {
+        app.config(&format!(
+            "[functions.orders]\npartition_key = \"/customerId\"\n[functions.orders.sinks.cache]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nmode = \"refresh\"\nkey = \"{key}\"\n"
+        ));
+        let out = app.run(&["check-config"], &[]);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        let text = common::stdout(&out);
+        assert_eq!(
+            text.contains("leaves the partition key out"),
+            warned,
+            "{key}: {text}"
+        );
+    }
+}

@@ -35,7 +35,7 @@ pub fn run(ctx: &Context) -> Result<(), CommandError> {
                 .get(name)
                 .and_then(|r| r.sinks.get(sink.name()))
             {
-                for w in cfg.warnings(&config.app_root) {
+                for w in cfg.warnings(&config.app_root, &config.routes[name].partition_key) {
                     println!("      warning: {w}");
                 }
             }

@@ -54,8 +54,9 @@ impl SinkConfig {
     }
 
     /// Things worth a look that do not stop start-up (e.g. a projected field the index lacks).
-    pub fn warnings(&self, app_root: &Path) -> Vec<String> {
+    pub fn warnings(&self, app_root: &Path, partition_key: &PartitionKeyPaths) -> Vec<String> {
         match self {
+            SinkConfig::Redis(c) => c.warnings(partition_key.segments()),
             SinkConfig::AzureSearch(c) => match azure_search::missing_fields(c, app_root) {
                 Ok(missing) => missing
                     .into_iter()

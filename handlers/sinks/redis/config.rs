@@ -74,6 +74,23 @@ pub enum RedisAuth {
 }
 
 impl RedisConfig {
+    /// What works but may surprise. Refresh mode compares each change's version with the one
+    /// the key holds: a key that leaves the partition key out makes two documents with the
+    /// same id in different partitions (Cosmos allows it) overwrite and out-version each other.
+    pub fn warnings(&self, partition_key: &[Vec<String>]) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.mode == RedisMode::Refresh
+            && let Some(key) = self.key.as_deref().and_then(|k| KeyTemplate::parse(k).ok())
+            && !key.names_the_partition(partition_key)
+        {
+            warnings.push(format!(
+                "`key = \"{}\"` leaves the partition key out: documents with the same id in different partitions share one key, and refresh keeps only the one with the higher version. Add `{{pk}}` (e.g. `order:{{pk}}:{{id}}`) unless ids are unique across partitions",
+                self.key.as_deref().unwrap_or_default()
+            ));
+        }
+        warnings
+    }
+
     pub fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if !(self.url.starts_with("redis://") || self.url.starts_with("rediss://")) {

@@ -20,6 +20,17 @@ pub struct KeyTemplate {
 }
 
 impl KeyTemplate {
+    /// Whether the rendered key tells documents of different partition keys apart: it holds
+    /// `{pk}`, or a field for every path of the partition key.
+    pub fn names_the_partition(&self, partition_key: &[Vec<String>]) -> bool {
+        self.parts.contains(&Part::PartitionKey)
+            || partition_key.iter().all(|path| {
+                self.parts
+                    .iter()
+                    .any(|p| matches!(p, Part::Field(f) if f == path))
+            })
+    }
+
     pub fn parse(raw: &str) -> Result<Self, String> {
         let mut parts = Vec::new();
         let mut literal = String::new();
