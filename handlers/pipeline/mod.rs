@@ -6,6 +6,7 @@
 //! are dead-lettered first. A re-delivery re-drives only the sinks that failed before.
 
 mod budget;
+mod decide;
 mod progress;
 mod retry;
 
@@ -463,10 +464,14 @@ impl Pipeline {
             Origin::Replay => runs.into_iter().map(without_host).collect(),
         };
 
-        // Decide, per sink, what happens to what it could not take.
-        let mut handled: HashSet<String> = already.clone();
-        let mut records: Vec<DeadLetterRecord> = Vec::new();
-        let mut retry_sinks: Vec<&SinkRun> = Vec::new();
+        // Decide, per sink, what happens to what it could not take (pure: `decide`), then
+        // turn the plan into records.
+        let plan = decide::plan(
+            &runs,
+            !unreadable.is_empty(),
+            already.contains(INPUT_SINK),
+            attempt,
+        );
         let record = |kind, sink: &str, error: String, attempts: u32| DeadLetterRecord {
             attempts,
             host_retry_count: attempt.retry_count,
@@ -479,56 +484,55 @@ impl Pipeline {
                 error,
             )
         };
-        if !unreadable.is_empty() && !already.contains(INPUT_SINK) {
-            let mut r = record(
-                DeadLetterKind::MalformedItems,
-                INPUT_SINK,
-                format!("{} feed items could not be read", unreadable.len()),
-                1,
-            );
-            r.reasons = unreadable.iter().map(|u| u.error.to_string()).collect();
-            r.items = unreadable.iter().map(|u| u.item.clone()).collect();
-            records.push(r);
-        }
-        for run in &runs {
-            if !run.rejected.is_empty() {
-                let mut r = record(
-                    DeadLetterKind::RejectedChanges,
-                    &run.sink,
-                    format!("{} changes refused by the sink", run.rejected.len()),
-                    run.attempts,
-                );
-                r.changes = run
-                    .rejected
-                    .iter()
-                    .map(|(i, _)| changes[*i].clone())
-                    .collect();
-                r.reasons = run
-                    .rejected
-                    .iter()
-                    .map(|(_, reason)| reason.clone())
-                    .collect();
-                records.push(r);
-            }
-            match &run.result {
-                SinkResult::Delivered { .. } => {}
-                SinkResult::Failed {
-                    error,
-                    permanent,
-                    undelivered,
-                } if *permanent || attempt.is_last() => {
-                    let mut r = record(
-                        DeadLetterKind::SinkFailure,
-                        &run.sink,
-                        error.clone(),
-                        run.attempts,
-                    );
-                    r.changes = undelivered.iter().map(|&i| changes[i].clone()).collect();
-                    records.push(r);
+        let records: Vec<DeadLetterRecord> = plan
+            .keep
+            .iter()
+            .map(|keep| match keep {
+                decide::Keep::Unreadable => DeadLetterRecord {
+                    reasons: unreadable.iter().map(|u| u.error.to_string()).collect(),
+                    items: unreadable.iter().map(|u| u.item.clone()).collect(),
+                    ..record(
+                        DeadLetterKind::MalformedItems,
+                        INPUT_SINK,
+                        format!("{} feed items could not be read", unreadable.len()),
+                        1,
+                    )
+                },
+                decide::Keep::Rejected { sink, attempts } => {
+                    let run = runs
+                        .iter()
+                        .find(|r| &r.sink == sink)
+                        .expect("planned from a run");
+                    DeadLetterRecord {
+                        changes: run
+                            .rejected
+                            .iter()
+                            .map(|(i, _)| changes[*i].clone())
+                            .collect(),
+                        reasons: run
+                            .rejected
+                            .iter()
+                            .map(|(_, reason)| reason.clone())
+                            .collect(),
+                        ..record(
+                            DeadLetterKind::RejectedChanges,
+                            sink,
+                            format!("{} changes refused by the sink", run.rejected.len()),
+                            *attempts,
+                        )
+                    }
                 }
-                SinkResult::Failed { .. } => retry_sinks.push(run),
-            }
-        }
+                decide::Keep::Failure {
+                    sink,
+                    attempts,
+                    error,
+                    undelivered,
+                } => DeadLetterRecord {
+                    changes: undelivered.iter().map(|&i| changes[i].clone()).collect(),
+                    ..record(DeadLetterKind::SinkFailure, sink, error.clone(), *attempts)
+                },
+            })
+            .collect();
         let writes = join_all(
             records
                 .iter()
@@ -563,18 +567,9 @@ impl Pipeline {
                 }
             }
         }
-        if !failed_sinks.contains(INPUT_SINK) {
-            handled.insert(INPUT_SINK.to_string());
-        }
-        for run in &runs {
-            let retrying = retry_sinks.iter().any(|r| r.sink == run.sink);
-            // What the host delivers (output bindings) is discarded with a non-2xx answer:
-            // such a sink must run again on the re-delivery.
-            if !retrying && !failed_sinks.contains(run.sink.as_str()) && !run.host_delivers {
-                handled.insert(run.sink.clone());
-            }
-        }
-        let ok = retry_sinks.is_empty() && lost.is_empty();
+        let settled = decide::settle(&runs, &plan, &failed_sinks, &already);
+        let ok = settled.ok;
+        let handled = settled.done;
         let mut kept_in_write_ahead = false;
         if ok {
             self.progress.forget(function, &ctx.fingerprint);
@@ -682,7 +677,7 @@ impl Pipeline {
                 })),
             }
         } else {
-            let failing: Vec<&str> = retry_sinks.iter().map(|r| r.sink.as_str()).collect();
+            let failing = &plan.retry;
             tracing::warn!(function, invocation_id = %ctx.invocation_id, changes = changes.len(), ?failing, retry = attempt.retry_count, lag_s, elapsed_ms, sinks, "batch failed; the host will re-deliver");
         }
         for line in &logs[1..] {
