@@ -431,3 +431,59 @@ async fn replay_goes_in_feed_order_so_an_older_change_never_overwrites_a_newer_o
         "the newer change wins"
     );
 }
+
+#[tokio::test]
+async fn a_replayed_change_older_than_the_indexed_document_is_skipped() {
+    let fake = SearchFake::start("key").await;
+    // While the app points at a dead port, the older change is dead-lettered.
+    let port = fanout::hostsim::free_port().unwrap();
+    let app = app(
+        &format!("http://127.0.0.1:{port}"),
+        None,
+        300,
+        "version_field = \"cosmosVersion\"",
+    );
+    let older = samples::order("o-1", "c1", 10, 1_744_170_000, 1.0, false);
+    let newer = samples::order("o-1", "c1", 12, 1_744_170_009, 2.0, false);
+    let host = app.start().await;
+    let body = cosmos_trigger_body("documents", "orders", std::slice::from_ref(&older), None);
+    assert_eq!(host.invoke("orders", &body).await.unwrap().status, 200);
+    drop(host);
+    assert_eq!(app.dead_letters().len(), 1);
+    // The service is back; the newer change arrives live, with its version.
+    let config = std::fs::read_to_string(app.path().join("fanout.toml"))
+        .unwrap()
+        .replace(&format!("http://127.0.0.1:{port}"), &fake.endpoint());
+    app.config(&config);
+    let host = app.start().await;
+    let body = cosmos_trigger_body("documents", "orders", std::slice::from_ref(&newer), None);
+    let call = host.invoke("orders", &body).await.unwrap();
+    assert_eq!(call.status, 200, "{:?}", call.logs());
+    drop(host);
+    assert_eq!(
+        fake.state.lock().unwrap().index[&key("o-1")]["cosmosVersion"],
+        json!(12)
+    );
+    // Replaying the older change leaves the newer document in place.
+    let out = tokio::task::spawn_blocking({
+        let dir = app.path().to_path_buf();
+        move || {
+            std::process::Command::new(common::binary())
+                .current_dir(dir)
+                .arg("replay")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(app.dead_letters().is_empty());
+    let state = fake.state.lock().unwrap();
+    assert_eq!(
+        state.index[&key("o-1")]["total"],
+        json!(2.0),
+        "the newer document stays"
+    );
+    assert!(state.violations.is_empty(), "{:?}", state.violations);
+}

@@ -73,7 +73,13 @@ impl TestApp {
     }
 
     pub async fn start_with(&self, env: &[(&str, &str)]) -> EmulatedHost {
-        EmulatedHost::start(&binary(), self.path(), env)
+        // The handler's stderr is the test's: keep it to errors unless the test asks, so a
+        // passing run stays quiet (tests that read logs use `serve_logged`).
+        let mut env = env.to_vec();
+        if !env.iter().any(|(k, _)| *k == "FANOUT_LOG") {
+            env.push(("FANOUT_LOG", "error"));
+        }
+        EmulatedHost::start(&binary(), self.path(), &env)
             .await
             .expect("handler starts and answers on /")
     }

@@ -76,6 +76,10 @@ impl SearchFake {
         let port = listener.local_addr().unwrap().port();
         let app = Router::new()
             .route("/{path}/docs/search.index", axum::routing::post(fake_index))
+            .route(
+                "/{path}/docs/search.post.search",
+                axum::routing::post(fake_search),
+            )
             .with_state((state.clone(), key_field, Arc::new(index_batch_validator())));
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self {
@@ -92,6 +96,44 @@ impl SearchFake {
     pub fn key_field(&self) -> &str {
         self.key_field
     }
+}
+
+/// `search.post.search` with the one filter the sink sends: `search.in(key, 'a,b', ',')`,
+/// answering the selected fields of the documents the fake holds.
+async fn fake_search(State((state, key_field, _)): State<FakeCtx>, body: Bytes) -> Response {
+    let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let filter = request["filter"].as_str().unwrap_or_default();
+    let prefix = format!("search.in({key_field}, '");
+    let Some(keys) = filter
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_suffix("', ',')"))
+    else {
+        state
+            .lock()
+            .unwrap()
+            .violations
+            .push(format!("unexpected filter {filter}"));
+        return (StatusCode::BAD_REQUEST, "bad filter").into_response();
+    };
+    let select: Vec<&str> = request["select"]
+        .as_str()
+        .unwrap_or_default()
+        .split(',')
+        .collect();
+    let s = state.lock().unwrap();
+    let value: Vec<Value> = keys
+        .split(',')
+        .filter_map(|k| s.index.get(k))
+        .map(|doc| {
+            Value::Object(
+                doc.iter()
+                    .filter(|(f, _)| select.contains(&f.as_str()))
+                    .map(|(f, v)| (f.clone(), v.clone()))
+                    .collect(),
+            )
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "value": value })).into_response()
 }
 
 type FakeCtx = (

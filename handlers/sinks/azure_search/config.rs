@@ -45,6 +45,12 @@ pub struct SearchConfig {
     pub max_request_bytes: usize,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// An `Edm.Int64` index field (filterable, retrievable) that receives each change's
+    /// version (its lsn, else `_ts`). With it, a replay reads the versions the index holds
+    /// before writing and skips a change older than the document there (the service has no
+    /// conditional writes, so a replayed change could otherwise overwrite a newer one). The
+    /// live path only writes the field: it never reads.
+    pub version_field: Option<String>,
 }
 
 fn default_api_version() -> String {

@@ -60,6 +60,7 @@ impl SearchSink {
                 key_field,
                 key_encoding: config.key_encoding,
                 types,
+                version_field: config.version_field.clone(),
             },
             max_actions: config.max_actions,
             max_bytes: config.max_request_bytes,
@@ -105,6 +106,7 @@ pub fn missing_fields(config: &SearchConfig, app_root: &Path) -> Result<Vec<Stri
     Ok(config
         .fields
         .keys()
+        .chain(&config.version_field)
         .filter(|f| !types.contains_key(*f))
         .cloned()
         .collect())
@@ -122,11 +124,35 @@ impl Sink for SearchSink {
 
     async fn deliver(
         &self,
-        _ctx: &BatchContext,
+        ctx: &BatchContext,
         changes: &[&Change],
     ) -> Result<Delivery, SinkError> {
-        let (actions, mut rejected) = self.actions.build(changes);
+        let (mut actions, mut rejected) = self.actions.build(changes);
         let total = actions.len();
+        let mut stale = 0;
+        if ctx.replay
+            && let Some(field) = &self.actions.version_field
+        {
+            // A replay never goes back in time: what the index holds newer stays.
+            let mut held = std::collections::HashMap::new();
+            for keys in actions.chunks(self.max_actions.clamp(1, 1000)) {
+                let keys: Vec<&str> = keys.iter().map(|a| a.key.as_str()).collect();
+                held.extend(
+                    self.client
+                        .versions(&self.actions.key_field, field, &keys)
+                        .await
+                        .map_err(SinkError::transient)?,
+                );
+            }
+            actions.retain(|a| {
+                let newer = match (held.get(&a.key), request::version(changes[a.change])) {
+                    (Some(&there), Some(ours)) => there > ours,
+                    _ => false,
+                };
+                stale += usize::from(newer);
+                !newer
+            });
+        }
         let mut queue: VecDeque<Vec<request::Action>> =
             chunk(actions, self.max_actions, self.max_bytes).into();
         let (mut pending, mut requests, mut indexed) = (Vec::new(), 0usize, 0usize);
@@ -210,7 +236,12 @@ impl Sink for SearchSink {
         }
         Ok(Delivery {
             detail: format!(
-                "{indexed} of {total} documents indexed in {requests} requests{}",
+                "{indexed} of {total} documents indexed in {requests} requests{}{}",
+                if stale > 0 {
+                    format!(", {stale} skipped: the index holds a newer version")
+                } else {
+                    String::new()
+                },
                 if pending.is_empty() {
                     String::new()
                 } else {

@@ -27,6 +27,13 @@ pub struct ActionBuilder {
     pub key_encoding: KeyEncoding,
     pub mappings: Vec<FieldMapping>,
     pub types: BTreeMap<String, String>,
+    /// Receives each upsert's version (see `SearchConfig::version_field`).
+    pub version_field: Option<String>,
+}
+
+/// A change's version as the index's version field holds it: the lsn, else `_ts`.
+pub fn version(change: &Change) -> Option<i64> {
+    change.lsn.or(change.ts)
 }
 
 impl ActionBuilder {
@@ -57,6 +64,9 @@ impl ActionBuilder {
                             Value::String("mergeOrUpload".into()),
                         );
                         body.extend(projected);
+                        if let (Some(field), Some(v)) = (&self.version_field, version(change)) {
+                            body.insert(field.clone(), Value::from(v));
+                        }
                     }
                     Err(reason) => {
                         rejected.push(Rejected {

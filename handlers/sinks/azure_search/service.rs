@@ -45,6 +45,7 @@ pub struct SearchClient {
     http: reqwest::Client,
     index_url: String,
     docs_url: String,
+    search_url: String,
     auth: Auth,
 }
 
@@ -73,6 +74,10 @@ impl SearchClient {
             ),
             docs_url: format!(
                 "{endpoint}/indexes('{}')/docs/search.index?api-version={}",
+                config.index, config.api_version
+            ),
+            search_url: format!(
+                "{endpoint}/indexes('{}')/docs/search.post.search?api-version={}",
                 config.index, config.api_version
             ),
             auth,
@@ -142,6 +147,56 @@ impl SearchClient {
                 message: format!("search: HTTP {status}: {}", error_message(&text)),
             },
         }
+    }
+
+    /// The version field of the documents with these keys (keys the index lacks are absent):
+    /// one `search.in` filter query per call, keys as the index holds them.
+    pub async fn versions(
+        &self,
+        key_field: &str,
+        version_field: &str,
+        keys: &[&str],
+    ) -> Result<std::collections::HashMap<String, i64>, String> {
+        // Encoded keys hold only letters, digits, `_`, `-`, `=`: no quote or comma to escape.
+        let body = serde_json::json!({
+            "search": "*",
+            "filter": format!("search.in({key_field}, '{}', ',')", keys.join(",")),
+            "select": format!("{key_field},{version_field}"),
+            "top": keys.len(),
+        });
+        let req = self
+            .http
+            .post(&self.search_url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json");
+        let response = self
+            .authorize(req)
+            .await?
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| format!("search: {}", without_url(&e)))?;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        if status != 200 {
+            return Err(format!(
+                "search: reading versions: HTTP {status}: {}",
+                error_message(&text)
+            ));
+        }
+        let found: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| format!("search: unreadable search answer: {e}"))?;
+        Ok(found["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| {
+                Some((
+                    d.get(key_field)?.as_str()?.to_string(),
+                    d.get(version_field)?.as_i64()?,
+                ))
+            })
+            .collect())
     }
 
     /// Creates or updates the index from its definition (`PUT /indexes('{name}')`).
