@@ -13,7 +13,11 @@
 //! - the FAKE AI Search endpoint (tests/common/search.rs, checked against Microsoft's OpenAPI
 //!   spec) answering bursts of 503 and 429, and 207 with failed items;
 //! - the FAKE Event Hubs endpoint (tests/common/fake_event_hubs.rs) dropping every connection;
-//! - two writers on one Delta table (commit conflicts), all along.
+//! - two writers on one Delta table (commit conflicts), all along;
+//! - the dead-letter store failing (its `pending/` and `in-flight/` folders made files) for the
+//!   whole long Redis outage, so that the last attempts' records go to the fallback store;
+//!   SIGKILLs that land on last attempts leave write-ahead records, which the restarted
+//!   handler or the replay recovers.
 //!
 //! At the end it checks and prints: every change is in every sink or in the dead-letter store;
 //! then after `fanout replay`, in every sink: every (id, lsn) in the Delta changelog exactly
@@ -31,7 +35,7 @@ use common::fake_event_hubs::FakeEventHubs;
 use common::fake_identity::FakeIdentity;
 use common::search::SearchFake;
 use common::{RedisServer, TestApp, read_table};
-use fanout::deadletter::DeadLetterRecord;
+use fanout::deadletter::{DeadLetterKind, DeadLetterRecord};
 use fanout::hostsim::{EmulatedHost, HostError, cosmos_trigger_body, samples, with_retry_context};
 use fanout::sinks::azure_search::{KeyEncoding, encode_key};
 use serde_json::{Value, json};
@@ -310,6 +314,11 @@ const SCHEDULE: [Fault; 8] = [
 fn config(redis: &str, search: &str, hub: &str) -> String {
     format!(
         r#"
+[dead_letter]
+url = ".fanout/dead-letter"
+[dead_letter.fallback]
+url = "fallback-dead-letter"
+
 [retry]
 initial_backoff_ms = 20
 max_backoff_ms = 200
@@ -447,6 +456,7 @@ async fn no_change_is_lost_under_faults() {
         let search_state = search.state.clone();
         let hub = hub.clone();
         let ids: Vec<String> = plan.changes.iter().map(|c| c.id.clone()).collect();
+        let app_root = app.path().to_path_buf();
         let mut rng = Rng(seed ^ 0xfa17);
         tokio::spawn(async move {
             let mut log: Vec<String> = Vec::new();
@@ -475,12 +485,16 @@ async fn no_change_is_lost_under_faults() {
                     Fault::RedisLongOutage if !long_outage_done => {
                         long_outage_done = true;
                         redis.kill();
+                        // The primary dead-letter store fails too: the last attempts'
+                        // records must reach the fallback.
+                        primary_store(&app_root, false);
                         // Longer than the policy's 6 attempts (1 s budget each + backoff):
                         // batches reach their last attempt and dead-letter the Redis part.
                         tokio::time::sleep(Duration::from_secs(10)).await;
+                        primary_store(&app_root, true);
                         redis.restart();
                         log.push(format!(
-                            "{at} redis-server killed for 10 s (past the retry policy)"
+                            "{at} redis-server killed and the primary dead-letter store failing for 10 s (past the retry policy)"
                         ));
                     }
                     Fault::RedisLongOutage => {}
@@ -550,6 +564,17 @@ async fn no_change_is_lost_under_faults() {
     let dead_letters = read_dead_letters(app.path());
     let mut dead: HashMap<String, HashSet<(String, i64)>> = HashMap::new();
     for r in &dead_letters {
+        if r.kind == DeadLetterKind::InFlight {
+            // A last attempt whose handler was killed: the whole batch, for every sink.
+            for (id, lsn) in body_changes(r.raw_body.as_deref().unwrap_or_default()) {
+                for sink in ["changelog", "cache", "events", "search"] {
+                    dead.entry(sink.into())
+                        .or_default()
+                        .insert((id.clone(), lsn));
+                }
+            }
+            continue;
+        }
         assert!(
             r.items.is_empty() && r.raw_body.is_none(),
             "generated input is well-formed, yet dead-lettered as malformed: {}",
@@ -560,6 +585,11 @@ async fn no_change_is_lost_under_faults() {
             set.insert((c.id.clone(), c.lsn.unwrap_or(-1)));
         }
     }
+    let in_fallback = read_dead_letters_in(&app.path().join("fallback-dead-letter/pending")).len();
+    let in_flight_recovered = dead_letters
+        .iter()
+        .filter(|r| r.kind == DeadLetterKind::InFlight)
+        .count();
     let mut reasons: BTreeMap<(String, String), usize> = BTreeMap::new();
     for r in &dead_letters {
         let reason: String = r.error.chars().take(160).collect();
@@ -734,6 +764,9 @@ async fn no_change_is_lost_under_faults() {
         dead_count("search")
     );
     println!(
+        "| dead-letter records in the fallback store / write-ahead records recovered | {in_fallback} / {in_flight_recovered} |"
+    );
+    println!(
         "| replay | {} records, {} |",
         dead_letters.len(),
         if replay.status.success() {
@@ -770,8 +803,57 @@ async fn no_change_is_lost_under_faults() {
     );
 }
 
+/// Makes the primary dead-letter store fail (its areas become files) or work again.
+fn primary_store(app: &std::path::Path, working: bool) {
+    let root = app.join(".fanout/dead-letter");
+    for area in ["pending", "in-flight"] {
+        let (live, aside) = (root.join(area), root.join(format!("{area}.aside")));
+        if working {
+            let _ = std::fs::remove_file(&live);
+            if aside.exists() {
+                std::fs::rename(&aside, &live).unwrap();
+            }
+        } else {
+            if live.exists() {
+                std::fs::rename(&live, &aside).unwrap();
+            }
+            std::fs::write(&live, b"failing").unwrap();
+        }
+    }
+}
+
+/// `(id, lsn)` of the documents in a host request body.
+fn body_changes(body: &str) -> Vec<(String, i64)> {
+    let request = fanout::host::HostRequest::decode(body.as_bytes(), "documents").unwrap();
+    request
+        .items
+        .iter()
+        .map(|d| {
+            (
+                d["id"].as_str().unwrap().to_string(),
+                d["_lsn"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Pending records in both tiers, the in-flight records of dead handlers included (a replay
+/// moves those to pending first).
 fn read_dead_letters(app: &std::path::Path) -> Vec<DeadLetterRecord> {
-    let root = app.join(".fanout/dead-letter/pending");
+    let mut out = Vec::new();
+    for root in [
+        ".fanout/dead-letter/pending",
+        ".fanout/dead-letter/in-flight",
+        "fallback-dead-letter/pending",
+        "fallback-dead-letter/in-flight",
+    ] {
+        out.extend(read_dead_letters_in(&app.join(root)));
+    }
+    out
+}
+
+fn read_dead_letters_in(root: &std::path::Path) -> Vec<DeadLetterRecord> {
+    let root = root.to_path_buf();
     let mut out = Vec::new();
     let mut stack = vec![root];
     while let Some(dir) = stack.pop() {
