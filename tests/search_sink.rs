@@ -411,18 +411,7 @@ async fn replay_goes_in_feed_order_so_an_older_change_never_overwrites_a_newer_o
         .unwrap()
         .replace(&format!("http://127.0.0.1:{port}"), &fake.endpoint());
     down.config(&config);
-    let out = tokio::task::spawn_blocking({
-        let dir = down.path().to_path_buf();
-        move || {
-            std::process::Command::new(common::binary())
-                .current_dir(dir)
-                .arg("replay")
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let out = down.run_async(&["replay"]).await;
     assert!(out.status.success(), "{}", common::stderr(&out));
     let state = fake.state.lock().unwrap();
     assert_eq!(
@@ -465,18 +454,7 @@ async fn a_replayed_change_older_than_the_indexed_document_is_skipped() {
         json!(12)
     );
     // Replaying the older change leaves the newer document in place.
-    let out = tokio::task::spawn_blocking({
-        let dir = app.path().to_path_buf();
-        move || {
-            std::process::Command::new(common::binary())
-                .current_dir(dir)
-                .arg("replay")
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let out = app.run_async(&["replay"]).await;
     assert!(out.status.success(), "{}", common::stderr(&out));
     assert!(app.dead_letters().is_empty());
     let state = fake.state.lock().unwrap();

@@ -124,6 +124,22 @@ impl TestApp {
         cmd.output().expect("run fanout")
     }
 
+    /// [`TestApp::run`] off the test's runtime, for tests whose fakes are served by it.
+    pub async fn run_async(&self, args: &[&str]) -> Output {
+        let dir = self.path().to_path_buf();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            Command::new(binary())
+                .current_dir(dir)
+                .args(args)
+                .env_remove("FUNCTIONS_CUSTOMHANDLER_PORT")
+                .output()
+                .expect("run fanout")
+        })
+        .await
+        .expect("the command's thread")
+    }
+
     /// Pending dead-letter records (relative keys).
     pub fn dead_letters(&self) -> Vec<String> {
         let root = self.path().join(".fanout/dead-letter/pending");
