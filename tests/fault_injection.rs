@@ -17,7 +17,8 @@
 //! - the dead-letter store failing (its `pending/` and `in-flight/` folders made files) for the
 //!   whole long Redis outage, so that the last attempts' records go to the fallback store;
 //!   SIGKILLs that land on last attempts leave write-ahead records, which the restarted
-//!   handler or the replay recovers.
+//!   handler or the replay recovers;
+//! - `fanout replay` run while the load goes on (replayed changes older than live ones).
 //!
 //! At the end it checks and prints: every change is in every sink or in the dead-letter store;
 //! then after `fanout replay`, in every sink: every (id, lsn) in the Delta changelog exactly
@@ -298,9 +299,10 @@ enum Fault {
     SearchThrottle,
     SearchItemFailures,
     EventHubsDrop,
+    ReplayDuringLoad,
 }
 
-const SCHEDULE: [Fault; 8] = [
+const SCHEDULE: [Fault; 9] = [
     Fault::KillHandler(0),
     Fault::RedisBlip,
     Fault::SearchThrottle,
@@ -308,6 +310,7 @@ const SCHEDULE: [Fault; 8] = [
     Fault::KillHandler(1),
     Fault::RedisLongOutage,
     Fault::SearchItemFailures,
+    Fault::ReplayDuringLoad,
     Fault::EventHubsDrop,
 ];
 
@@ -357,6 +360,7 @@ auth = "api_key"
 api_key = "test-admin-key"
 index_definition = "infra/search/orders.json"
 key = "id"
+version_field = "cosmosVersion"
 
 [functions.orders.sinks.search.fields]
 id = "/id"
@@ -457,6 +461,7 @@ async fn no_change_is_lost_under_faults() {
         let hub = hub.clone();
         let ids: Vec<String> = plan.changes.iter().map(|c| c.id.clone()).collect();
         let app_root = app.path().to_path_buf();
+        let replay_env = env.clone();
         let mut rng = Rng(seed ^ 0xfa17);
         tokio::spawn(async move {
             let mut log: Vec<String> = Vec::new();
@@ -520,6 +525,25 @@ async fn no_change_is_lost_under_faults() {
                     Fault::EventHubsDrop => {
                         hub.drop_connections();
                         log.push(format!("{at} event hubs: every connection dropped"));
+                    }
+                    Fault::ReplayDuringLoad => {
+                        // `fanout replay` racing live traffic: what it re-drives is older
+                        // than what the leases deliver meanwhile.
+                        let (dir, env) = (app_root.clone(), replay_env.clone());
+                        let out = tokio::task::spawn_blocking(move || {
+                            std::process::Command::new(common::binary())
+                                .current_dir(dir)
+                                .arg("replay")
+                                .envs(env)
+                                .output()
+                                .unwrap()
+                        })
+                        .await
+                        .unwrap();
+                        log.push(format!(
+                            "{at} fanout replay during the load: {}",
+                            common::stdout(&out).lines().last().unwrap_or_default()
+                        ));
                     }
                 }
             }
