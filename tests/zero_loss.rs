@@ -398,3 +398,70 @@ fn check_config_warns_when_a_refresh_key_leaves_the_partition_key_out() {
         );
     }
 }
+
+#[tokio::test]
+async fn every_path_that_can_end_in_a_checkpoint_alarms_when_no_store_keeps_the_batch() {
+    let app = TestApp::new();
+    app.function("orders", "documents", Some(1)).config(&format!(
+        "[server]\nmax_body_bytes = 4096\n[retry]\ninitial_backoff_ms = 10\nmax_backoff_ms = 20\nbudget_ms = 200\n\n{ORDERS}"
+    ));
+    let handler = app
+        .serve_logged(&[("FANOUT_LOG", "warn"), ("FANOUT_LOG_FORMAT", "json")])
+        .await;
+    break_store(&app.path().join(".fanout/dead-letter"));
+    // The sink fails too (its table is a file).
+    std::fs::create_dir_all(app.path().join("tables")).unwrap();
+    std::fs::write(app.path().join("tables/orders"), b"not a table").unwrap();
+    let client = reqwest::Client::new();
+    let post = |function: &str, body: String| {
+        client
+            .post(format!("http://127.0.0.1:{}/{function}", handler.port))
+            .body(body)
+            .send()
+    };
+    // (what, function, body)
+    let paths = [
+        (
+            "a sink failure on the last attempt",
+            "orders",
+            cosmos_trigger_body("documents", "orders", &docs(2), Some((1, 1))),
+        ),
+        (
+            "a body that does not decode, on the last attempt",
+            "orders",
+            json!({"Data": {}, "Metadata": {"RetryContext": {"RetryCount": 1, "MaxRetryCount": 1}}}).to_string(),
+        ),
+        (
+            "a function with no route (attempt unknown to it)",
+            "payments",
+            cosmos_trigger_body("documents", "payments", &docs(1), None),
+        ),
+        (
+            "a body over the size limit",
+            "orders",
+            cosmos_trigger_body("documents", "orders", &docs(60), None),
+        ),
+    ];
+    for (what, function, body) in &paths {
+        let reply = post(function, body.clone()).await.unwrap();
+        assert_eq!(reply.status(), 500, "{what}: nothing kept is never a 2xx");
+    }
+    let logged = handler.stop();
+    let alarms: Vec<serde_json::Value> = logged
+        .lines()
+        .filter(|l| l.contains("CHANGES LOST"))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(alarms.len(), paths.len(), "one alarm per path:\n{logged}");
+    for alarm in &alarms {
+        assert_eq!(alarm["level"], "ERROR");
+        assert!(alarm["fields"]["count"].as_u64().unwrap() >= 1, "{alarm}");
+    }
+    // The sink failure names its changes.
+    assert!(
+        alarms
+            .iter()
+            .any(|a| a["fields"]["first_id"] == "o0" && a["fields"]["last_id"] == "o1"),
+        "{alarms:?}"
+    );
+}
