@@ -465,3 +465,42 @@ async fn every_path_that_can_end_in_a_checkpoint_alarms_when_no_store_keeps_the_
         "{alarms:?}"
     );
 }
+
+#[tokio::test]
+async fn an_oversized_batch_delivered_twice_is_replayed_once() {
+    let app = TestApp::new();
+    app.function("orders", "documents", Some(1))
+        .config(&format!("[server]\nmax_body_bytes = 4096\n{ORDERS}"));
+    let host = app.start().await;
+    let body = cosmos_trigger_body("documents", "orders", &docs(120), None);
+    // The host delivers it twice (a retry after a lost answer): two stored bodies.
+    for retry in [0, 1] {
+        let call = host
+            .invoke("orders", &with_retry_context(&body, retry, 1))
+            .await
+            .unwrap();
+        assert_eq!(call.status, 200, "{:?}", call.logs());
+    }
+    drop(host);
+    assert_eq!(
+        app.dead_letters()
+            .iter()
+            .filter(|k| k.ends_with(".body"))
+            .count(),
+        2
+    );
+    let out = app.run(&["replay"], &[("FANOUT_LOG", "info")]);
+    let text = format!("{}{}", common::stdout(&out), common::stderr(&out));
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        text.matches("as a batch already replayed in this run: not delivered again")
+            .count(),
+        1,
+        "{text}"
+    );
+    assert!(app.dead_letters().is_empty(), "{:?}", app.dead_letters());
+    assert_eq!(
+        read_table(&app.table("tables/orders")).await.rows.len(),
+        120
+    );
+}

@@ -121,6 +121,7 @@ pub async fn run(
     let keys: Vec<String> = ordered.into_iter().map(|(_, k)| k).collect();
     let progress = bar(keys.len(), "records");
     let (mut replayed, mut changes) = (0, 0);
+    let mut seen = std::collections::HashSet::new();
     for key in &keys {
         progress.set_message(key.clone());
         let record = match store.get(key).await {
@@ -140,7 +141,7 @@ pub async fn run(
                 record.error
             ));
         } else {
-            match pipeline.replay_record(&record).await {
+            match pipeline.replay_record(&record, &mut seen).await {
                 Ok(detail) => match store.mark_replayed(key, &record).await {
                     Ok(()) => {
                         replayed += 1;

@@ -876,7 +876,16 @@ impl Pipeline {
 
     /// Re-drives one dead-letter record through the sinks it names (or the whole route, for
     /// input that could not be read before). Ok when every change is delivered.
-    pub async fn replay_record(&self, record: &DeadLetterRecord) -> Result<String, String> {
+    ///
+    /// `seen`: the whole batches (raw bodies) replayed so far in this run, by the fingerprint
+    /// of their changes: the same batch stored twice (an oversized body the host delivered
+    /// twice, a write-ahead record beside its dead-letter record) is delivered once, so the
+    /// event streams do not carry it twice.
+    pub async fn replay_record(
+        &self,
+        record: &DeadLetterRecord,
+        seen: &mut HashSet<String>,
+    ) -> Result<String, String> {
         let route = self
             .routes
             .get(&record.function)
@@ -888,6 +897,8 @@ impl Pipeline {
             received_at: Utc::now(),
             replay: true,
         };
+        // Set for a whole batch (raw body), remembered in `seen` once it is delivered.
+        let mut whole_batch = None;
         let (changes, sinks): (Vec<Change>, Vec<&Arc<dyn Sink>>) = match record.kind {
             DeadLetterKind::SinkFailure | DeadLetterKind::RejectedChanges => {
                 let sink = route
@@ -935,6 +946,14 @@ impl Pipeline {
                             .map_err(|u| format!("still unreadable: {}", u.error))?,
                     );
                 }
+                let batch = fingerprint(&record.function, &changes, &[]);
+                if seen.contains(&batch) {
+                    return Ok(format!(
+                        "the same {} as a batch already replayed in this run: not delivered again",
+                        plural(changes.len(), "change")
+                    ));
+                }
+                whole_batch = Some(batch);
                 (changes, route.sinks.iter().collect())
             }
         };
@@ -963,6 +982,7 @@ impl Pipeline {
             }
         }
         if problems.is_empty() {
+            seen.extend(whole_batch);
             Ok(details.join("; "))
         } else {
             Err(problems.join("; "))
