@@ -110,6 +110,11 @@ async fn the_fallback_store_keeps_what_the_primary_cannot() {
     ));
     let out = app.run(&["check-config"], &[]);
     assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(
+        common::stdout(&out).contains("dead-letter fallback: fallback-dl"),
+        "{}",
+        common::stdout(&out)
+    );
     let handler = app.serve_logged(&[("FANOUT_LOG", "warn")]).await;
     break_store(&app.path().join(".fanout/dead-letter"));
     let client = reqwest::Client::new();

@@ -10,6 +10,9 @@ pub fn run(ctx: &Context) -> Result<(), CommandError> {
         config.function_timeout.as_secs()
     );
     println!("  dead-letter store: {}", pipeline.dead_letter().location());
+    if let Some(fallback) = pipeline.dead_letter().fallback_location() {
+        println!("  dead-letter fallback: {fallback}");
+    }
     for (name, route) in pipeline.routes() {
         let policy = match route.function.retry.max_retry_count {
             -1 => "retry forever (the route blocks; never dead-letters transient failures)"

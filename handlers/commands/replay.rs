@@ -83,21 +83,18 @@ pub async fn run(
             );
         }
     }
-    let prefix = match (&function, &sink) {
-        (Some(f), Some(s)) => format!("{f}/{s}/"),
-        (Some(f), None) => format!("{f}/"),
-        (None, Some(_)) => return Err(CommandError::Usage("--sink needs --function".into())),
-        (None, None) => String::new(),
-    };
+    if function.is_none() && sink.is_some() {
+        return Err(CommandError::Usage("--sink needs --function".into()));
+    }
     let keys: Vec<String> = store
         .list_pending()
         .await
         .map_err(|e| CommandError::Failed(e.to_string()))?
         .into_iter()
         .filter(|k| {
-            k.strip_prefix(fanout::deadletter::FALLBACK_PREFIX)
-                .unwrap_or(k)
-                .starts_with(&prefix)
+            function
+                .as_deref()
+                .is_none_or(|f| fanout::deadletter::key_belongs_to(k, f, sink.as_deref()))
         })
         .collect();
     if keys.is_empty() {

@@ -156,6 +156,29 @@ impl DeadLetterRecord {
         }
     }
 
+    /// A record that keeps a request body as it arrived (lossy UTF-8 if it is not valid
+    /// UTF-8), for input no sink took: a batch that does not decode, and write-ahead records.
+    pub fn raw(
+        kind: DeadLetterKind,
+        function: &str,
+        invocation_id: String,
+        batch_fingerprint: String,
+        error: String,
+        body: &[u8],
+    ) -> Self {
+        Self {
+            raw_body: Some(String::from_utf8_lossy(body).into_owned()),
+            ..Self::new(
+                kind,
+                function,
+                INPUT_SINK,
+                invocation_id,
+                batch_fingerprint,
+                error,
+            )
+        }
+    }
+
     /// The record's key relative to `pending/` or `replayed/`.
     pub fn key(&self) -> String {
         format!(
@@ -532,6 +555,15 @@ fn owner_is_gone(owner: &str) -> Option<bool> {
     Some(process_start(pid).map(|s| s.to_string()) != Some(start.to_string()))
 }
 
+/// Whether a pending key (either tier) holds records of `function` (and `sink`, when given),
+/// as `fanout replay --function F [--sink S]` selects them.
+pub fn key_belongs_to(key: &str, function: &str, sink: Option<&str>) -> bool {
+    let key = key.strip_prefix(FALLBACK_PREFIX).unwrap_or(key);
+    let mut parts = key.split('/');
+    parts.next() == Some(sanitize(function).as_str())
+        && sink.is_none_or(|s| parts.next() == Some(sanitize(s).as_str()))
+}
+
 /// Stored request bodies end so.
 pub const BODY_SUFFIX: &str = ".body";
 
@@ -677,6 +709,21 @@ mod tests {
             store.get(&moved[0]).await.unwrap().kind,
             DeadLetterKind::InFlight
         );
+    }
+
+    #[test]
+    fn replay_selects_keys_of_a_function_and_sink_in_both_tiers() {
+        let key = "orders/cache/ab-sink_failure.json";
+        let fallback = format!("{FALLBACK_PREFIX}{key}");
+        for k in [key, fallback.as_str()] {
+            assert!(key_belongs_to(k, "orders", None));
+            assert!(key_belongs_to(k, "orders", Some("cache")));
+            assert!(!key_belongs_to(k, "orders", Some("changelog")));
+            assert!(
+                !key_belongs_to(k, "order", None),
+                "a prefix of the name is not the name"
+            );
+        }
     }
 
     #[test]

@@ -385,15 +385,14 @@ impl Pipeline {
         deadlines: &Deadlines,
     ) -> Option<Stored> {
         let record = DeadLetterRecord {
-            raw_body: Some(String::from_utf8_lossy(body).into_owned()),
             owner: Some(crate::deadletter::process_owner()),
-            ..DeadLetterRecord::new(
+            ..DeadLetterRecord::raw(
                 DeadLetterKind::InFlight,
                 &ctx.function,
-                INPUT_SINK,
                 ctx.invocation_id.clone(),
                 ctx.fingerprint.clone(),
                 "the last attempt did not finish (the process died while delivering it)".into(),
+                body,
             )
         };
         match self
@@ -719,17 +718,14 @@ impl Pipeline {
     ) -> Answer {
         let fingerprint = hex::encode(&Sha256::digest(body)[..16]);
         let invocation_id = invocation_id.unwrap_or_default();
-        let record = DeadLetterRecord {
-            raw_body: Some(String::from_utf8_lossy(body).into_owned()),
-            ..DeadLetterRecord::new(
-                DeadLetterKind::MalformedBatch,
-                function,
-                INPUT_SINK,
-                invocation_id.clone(),
-                fingerprint,
-                reason.clone(),
-            )
-        };
+        let record = DeadLetterRecord::raw(
+            DeadLetterKind::MalformedBatch,
+            function,
+            invocation_id.clone(),
+            fingerprint,
+            reason.clone(),
+            body,
+        );
         match self.dead_letter.put(&record, deadlines.answer).await {
             Ok(stored) => {
                 tracing::warn!(function, reason, key = %stored.key, "batch kept raw in the dead-letter store");
