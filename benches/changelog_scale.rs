@@ -120,10 +120,118 @@ async fn main() {
     fanout::limit_malloc_arenas();
     fanout::install_crypto_provider();
     let binary = Path::new(env!("CARGO_BIN_EXE_fanout"));
+    if std::env::var("BENCH_ONLY_EXACTLY_ONCE").is_ok() {
+        exactly_once_memory(binary).await;
+        return;
+    }
     if std::env::var("BENCH_ONLY_COMMITS").is_err() {
         senders_and_compaction(binary).await;
     }
     commits_and_open().await;
+    exactly_once_memory(binary).await;
+}
+
+/// The memory exactly-once costs: 1M changes over 100k partition keys through the real
+/// binary (4 senders, 100-change batches; `BENCH_EXACTLY_ONCE_CHANGES` changes it), the
+/// handler's RSS as the table grows (the per-key `txn` marks), then 200 re-cut re-deliveries
+/// of old batches (every change below its key's mark: exact lookups load the identities of
+/// their `change_date` partitions), and the rows after them (must not grow).
+async fn exactly_once_memory(binary: &Path) {
+    let changes: usize = std::env::var("BENCH_EXACTLY_ONCE_CHANGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    const KEYS: usize = 100_000;
+    const SENDERS: usize = 4;
+    let batches = changes / BATCH;
+    let dir = tempfile::tempdir().unwrap();
+    write_app(dir.path(), "");
+    let host = Arc::new(
+        EmulatedHost::start(binary, dir.path(), &[("FANOUT_LOG", "warn")])
+            .await
+            .unwrap(),
+    );
+    let pid = host.pid().unwrap();
+    // Generated per batch, not held. A key's changes go through one sender, in order.
+    let docs = |b: usize| -> Vec<serde_json::Value> {
+        (b * BATCH..(b + 1) * BATCH)
+            .map(|n| {
+                samples::order(
+                    &format!("order-{}", n % (KEYS * 5)),
+                    &format!("customer-{}", n % KEYS),
+                    1 + n as i64,
+                    1_744_170_000 + (n / 20) as i64,
+                    10.0 + (n % 50) as f64,
+                    n % 10 == 9,
+                )
+            })
+            .collect()
+    };
+    let batch = move |b: usize| cosmos_trigger_body("documents", "orders", &docs(b), None);
+    let batch = Arc::new(batch);
+    println!(
+        "\nExactly once at scale: {changes} changes over {KEYS} partition keys, {SENDERS} senders x {BATCH}-change batches, through the real binary\n"
+    );
+    println!("| after | handler RSS | peak RSS |");
+    println!("|---|---|---|");
+    let started = Instant::now();
+    let quarter = (batches / 4).max(1);
+    for q in 0..4 {
+        let range = q * quarter..((q + 1) * quarter).min(batches);
+        let tasks = (0..SENDERS).map(|s| {
+            let (host, batch, range) = (host.clone(), batch.clone(), range.clone());
+            tokio::spawn(async move {
+                for b in range.filter(|b| b % SENDERS == s) {
+                    let call = host.invoke("orders", &batch(b)).await.unwrap();
+                    assert!(call.is_success(), "{:?}", call.logs());
+                }
+            })
+        });
+        for t in join_all(tasks).await {
+            t.unwrap();
+        }
+        println!(
+            "| {} changes | {} MB | {} MB |",
+            ((q + 1) * quarter).min(batches) * BATCH,
+            support::proc_status_kb(pid, "VmRSS:") / 1024,
+            support::proc_status_kb(pid, "VmHWM:") / 1024
+        );
+    }
+    let load = started.elapsed();
+    // Re-cut re-deliveries of old batches: the first change dropped, the next batch's first
+    // change added - every change already in the table, below its key's mark.
+    let started = Instant::now();
+    for b in 1000..1200.min(batches.saturating_sub(1)) {
+        let mut cut = docs(b).split_off(1);
+        cut.push(docs(b + 1).remove(0));
+        let call = host
+            .invoke(
+                "orders",
+                &cosmos_trigger_body("documents", "orders", &cut, None),
+            )
+            .await
+            .unwrap();
+        assert!(call.is_success(), "{:?}", call.logs());
+    }
+    let recut = started.elapsed();
+    println!(
+        "| 200 re-cut re-deliveries of old batches ({:.1} s) | {} MB | {} MB |",
+        recut.as_secs_f64(),
+        support::proc_status_kb(pid, "VmRSS:") / 1024,
+        support::proc_status_kb(pid, "VmHWM:") / 1024
+    );
+    let url = table_url("tables/orders", dir.path()).unwrap();
+    let rows = read_changelog(url, Default::default())
+        .await
+        .unwrap()
+        .rows
+        .len();
+    println!(
+        "\n{changes} changes loaded in {:.1} s ({:.0} changes/s); rows in the table after the re-deliveries: {rows} (exactly once: {})",
+        load.as_secs_f64(),
+        changes as f64 / load.as_secs_f64(),
+        if rows == changes { "yes" } else { "NO" }
+    );
 }
 
 async fn senders_and_compaction(binary: &Path) {

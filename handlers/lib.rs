@@ -10,6 +10,7 @@
 pub mod change;
 pub mod config;
 pub mod deadletter;
+pub mod failpoint;
 pub mod host;
 pub mod hostsim;
 pub mod pipeline;

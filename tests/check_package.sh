@@ -14,6 +14,7 @@ check "zip holds the same files" '[ "$(python3 -c "import zipfile; print(\"\n\".
 check "binary is executable" '[ -x "$APP/fanout" ]'
 check "binary is x86-64 ELF" 'file "$APP/fanout" 2>/dev/null | grep -q "x86-64" || od -An -tx1 -N5 "$APP/fanout" | grep -q "7f 45 4c 46 02"'
 check "OpenSSL is linked statically (no libssl/libcrypto needed on the host)" '! objdump -p "$APP/fanout" | grep NEEDED | grep -Eq "libssl|libcrypto|librdkafka"'
+check "no fault hooks in the shipped binary" '! grep -q FANOUT_FAILPOINT "$APP/fanout"'
 check "host.json starts ./fanout" 'grep -q "\"defaultExecutablePath\": \"fanout\"" "$APP/host.json"'
 
 # Start it as the host does: port in the environment, working directory = app root, no args.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestApp, fixture, read_table};
+use common::{TestApp, captured, read_table};
 use fanout::hostsim::{cosmos_trigger_body, samples, with_retry_context};
 use serde_json::json;
 
@@ -282,10 +282,7 @@ async fn without_a_retry_policy_the_first_failure_dead_letters() {
     std::fs::write(app.table("tables/bad"), "blocked").unwrap();
     let host = app.start().await;
     let call = host
-        .invoke(
-            "orders",
-            &fixture("host-requests/cosmos-trigger-request-1.json"),
-        )
+        .invoke("orders", &captured("cosmos-trigger-request-1.json"))
         .await
         .unwrap();
     assert_eq!(call.status, 200, "{:?}", call.logs());
@@ -302,7 +299,7 @@ async fn retry_forever_blocks_instead_of_dead_lettering() {
     std::fs::create_dir_all(app.table("tables")).unwrap();
     std::fs::write(app.table("tables/bad"), "blocked").unwrap();
     let host = app.start().await;
-    let body = fixture("host-requests/cosmos-trigger-request-1.json");
+    let body = captured("cosmos-trigger-request-1.json");
     let calls = host
         .invoke_with_retries("orders", &body, -1, 4)
         .await
@@ -429,10 +426,7 @@ async fn malformed_input_is_dead_lettered_with_the_reason_never_dropped() {
 
     // The process survived all of it.
     let ok = host
-        .invoke(
-            "orders",
-            &fixture("host-requests/cosmos-trigger-request-2.json"),
-        )
+        .invoke("orders", &captured("cosmos-trigger-request-2.json"))
         .await
         .unwrap();
     assert_eq!(ok.status, 200);
@@ -446,7 +440,7 @@ async fn replay_delivers_a_file_of_host_format_batches() {
     let lines: Vec<String> = samples::order_batches(1, 3, 10, 3)
         .iter()
         .map(|docs| cosmos_trigger_body("documents", "orders", docs, None))
-        .chain([fixture("host-requests/cosmos-trigger-request-1.json")])
+        .chain([captured("cosmos-trigger-request-1.json")])
         .collect();
     std::fs::write(app.path().join("batches.ndjson"), lines.join("\n")).unwrap();
     let out = app.run(
@@ -498,7 +492,7 @@ async fn an_unreadable_retry_context_is_treated_as_the_last_attempt() {
     std::fs::create_dir_all(app.table("tables")).unwrap();
     std::fs::write(app.table("tables/bad"), "blocked").unwrap();
     let host = app.start().await;
-    let body = fixture("host-requests/cosmos-trigger-request-1.json").replace(
+    let body = captured("cosmos-trigger-request-1.json").replace(
         r#""Metadata":{"#,
         r#""Metadata":{"RetryContext":{"RetryCount":"unknown"},"#,
     );
@@ -511,7 +505,7 @@ async fn an_unreadable_retry_context_is_treated_as_the_last_attempt() {
     assert_eq!(call.status, 200, "{:?}", call.logs());
     assert_eq!(app.dead_letters().len(), 1);
     // A string-encoded RetryContext (some host versions) is read normally.
-    let body = fixture("host-requests/cosmos-trigger-request-2.json").replace(
+    let body = captured("cosmos-trigger-request-2.json").replace(
         r#""Metadata":{"#,
         r#""Metadata":{"RetryContext":"{\"RetryCount\":1,\"MaxRetryCount\":5}","#,
     );

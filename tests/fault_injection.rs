@@ -18,7 +18,13 @@
 //!   whole long Redis outage, so that the last attempts' records go to the fallback store;
 //!   SIGKILLs that land on last attempts leave write-ahead records, which the restarted
 //!   handler or the replay recovers;
-//! - `fanout replay` run while the load goes on (replayed changes older than live ones).
+//! - `fanout replay` run while the load goes on (replayed changes older than live ones);
+//! - one batch in twenty re-delivered re-cut (the latest-version feed read again from the
+//!   checkpoint: changed documents only at their newer position), all along;
+//! - three 1.5 MB documents, which Kafka (tansu) and Event Hubs (1 MB limits) must refuse and
+//!   keep at once while the other sinks take them;
+//! - the AI Search sink panicking on every 97th delivery (`FANOUT_FAILPOINT_PANIC`, a hook
+//!   in debug builds and the `failpoints` feature only).
 //!
 //! At the end it checks and prints: every change is in every sink or in the dead-letter store;
 //! then after `fanout replay`, in every sink: every (id, lsn) in the Delta changelog exactly
@@ -27,13 +33,14 @@
 //! search index equal to the expected final state. Any loss fails the test.
 //!
 //! CI runs the short version (20k changes, debug build). The long one, on demand:
-//! `FANOUT_FAULT_CHANGES=200000 cargo test --release --test fault_injection -- --nocapture`
+//! `FANOUT_FAULT_CHANGES=200000 cargo test --release --features failpoints --test fault_injection -- --nocapture`
 //! (`FANOUT_FAULT_SEED` replays a given run's data and fault order).
 
 mod common;
 
 use common::fake_event_hubs::FakeEventHubs;
 use common::fake_identity::FakeIdentity;
+use common::kafka::Tansu;
 use common::search::SearchFake;
 use common::{RedisServer, TestApp, read_table};
 use fanout::deadletter::{DeadLetterKind, DeadLetterRecord};
@@ -46,6 +53,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const LEASES: usize = 8;
+const SINKS: [&str; 5] = ["changelog", "cache", "events", "stream", "search"];
 const MAX_BATCH: usize = 100;
 
 /// splitmix64: reproducible data and fault order from one seed, no extra crate.
@@ -71,12 +79,16 @@ struct Expected {
     lsn: i64,
     deleted: bool,
     total: f64,
+    /// A 1.5 MB document: more than Kafka's and Event Hubs' 1 MB limit.
+    big: bool,
 }
 
 struct Plan {
-    /// lease -> batches of documents, in delivery order.
+    /// lease -> deliveries (batches of documents), in delivery order, re-cuts included.
     leases: Vec<Vec<Vec<Value>>>,
     changes: Vec<Expected>,
+    /// Re-deliveries from an earlier checkpoint, cut differently (see [`re_cut`]).
+    re_cuts: usize,
 }
 
 /// `changes` changes over `changes / 20` orders of `changes / 80` customers; a customer (the
@@ -96,7 +108,12 @@ fn plan(changes: usize, rng: &mut Rng) -> Plan {
         let lsn = n + 1;
         let deleted = rng.below(10) == 0;
         let total = (rng.below(100_000) as f64) / 100.0;
-        let doc = samples::order(&id, &customer, lsn, ts0 + n / 50, total, deleted);
+        let mut doc = samples::order(&id, &customer, lsn, ts0 + n / 50, total, deleted);
+        // Three 1.5 MB documents per run (Cosmos DB allows 2 MB).
+        let big = n as usize % (changes / 3).max(1) == 17;
+        if big {
+            doc["pad"] = json!("x".repeat(1_500_000));
+        }
         streams[customer_no as usize % LEASES].push(doc);
         expected.push(Expected {
             id,
@@ -104,8 +121,10 @@ fn plan(changes: usize, rng: &mut Rng) -> Plan {
             lsn,
             deleted,
             total,
+            big,
         });
     }
+    let mut re_cuts = 0;
     let leases = streams
         .into_iter()
         .map(|stream| {
@@ -116,13 +135,39 @@ fn plan(changes: usize, rng: &mut Rng) -> Plan {
                 batches.push(rest[..n].to_vec());
                 rest = &rest[n..];
             }
-            batches
+            // One batch in twenty is re-delivered, re-cut, before the next one.
+            let mut deliveries = Vec::with_capacity(batches.len() * 21 / 20);
+            for i in 0..batches.len() {
+                deliveries.push(batches[i].clone());
+                if i + 1 < batches.len() && rng.below(20) == 0 {
+                    let take = 1 + rng.below(batches[i + 1].len() as u64) as usize;
+                    deliveries.push(re_cut(&batches[i], &batches[i + 1][..take]));
+                    re_cuts += 1;
+                }
+            }
+            deliveries
         })
         .collect();
     Plan {
         leases,
         changes: expected,
+        re_cuts,
     }
+}
+
+/// What the latest-version feed returns when the host reads again from the checkpoint before
+/// `delivered` (a lease moved, the host restarted before it checkpointed): the documents of
+/// `delivered` not changed since, then the newer changes (`next`, cut at another size). A
+/// document changed since is only at its newer position, so the batch starts elsewhere and
+/// its first change is not the first change delivered before.
+fn re_cut(delivered: &[Value], next: &[Value]) -> Vec<Value> {
+    let changed_since: HashSet<&str> = next.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    delivered
+        .iter()
+        .filter(|d| !changed_since.contains(d["id"].as_str().unwrap()))
+        .chain(next)
+        .cloned()
+        .collect()
 }
 
 /// The function's retry policy, read from its function.json as the host reads it.
@@ -314,7 +359,7 @@ const SCHEDULE: [Fault; 9] = [
     Fault::EventHubsDrop,
 ];
 
-fn config(redis: &str, search: &str, hub: &str) -> String {
+fn config(redis: &str, search: &str, hub: &str, brokers: &str) -> String {
     format!(
         r#"
 [dead_letter]
@@ -351,6 +396,12 @@ event_hub = "orders"
 endpoint = "{hub}"
 partitioning = "hash"
 send_timeout_ms = 1000
+
+[functions.orders.sinks.stream]
+type = "kafka"
+brokers = "{brokers}"
+topic = "orders"
+message_timeout_ms = 2000
 
 [functions.orders.sinks.search]
 type = "azure_search"
@@ -399,6 +450,8 @@ async fn no_change_is_lost_under_faults() {
     let identity = FakeIdentity::start().await;
     let hub = FakeEventHubs::new("orders", 4, 1024 * 1024);
     let hub_endpoint = hub.start(0).await.unwrap();
+    let broker = Tansu::start();
+    broker.create_topic("orders", 4).await;
 
     let app = TestApp::new();
     std::fs::create_dir_all(app.path().join("infra/search")).unwrap();
@@ -421,7 +474,12 @@ async fn no_change_is_lost_under_faults() {
         .to_string(),
     )
     .unwrap();
-    app.config(&config(&redis.url(), &search.endpoint(), &hub_endpoint));
+    app.config(&config(
+        &redis.url(),
+        &search.endpoint(),
+        &hub_endpoint,
+        &broker.brokers(),
+    ));
     let policy = RetryPolicy::read(&app.path().join("orders/function.json"));
     let mut env: Vec<(String, String)> = identity
         .env()
@@ -429,10 +487,14 @@ async fn no_change_is_lost_under_faults() {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
     env.push(("FANOUT_LOG".into(), "error".into()));
+    // The handlers' search sink panics on every 97th delivery (a bug in a sink); `fanout
+    // replay`, run with the bug fixed, has no such hook.
+    let mut handler_env = env.clone();
+    handler_env.push(("FANOUT_FAILPOINT_PANIC".into(), "search:97".into()));
 
     let instances = [
-        Instance::start(app.path(), env.clone()).await,
-        Instance::start(app.path(), env.clone()).await,
+        Instance::start(app.path(), handler_env.clone()).await,
+        Instance::start(app.path(), handler_env.clone()).await,
     ];
     let stats = Arc::new(Stats::default());
     let started = Instant::now();
@@ -591,7 +653,7 @@ async fn no_change_is_lost_under_faults() {
         if r.kind == DeadLetterKind::InFlight {
             // A last attempt whose handler was killed: the whole batch, for every sink.
             for (id, lsn) in body_changes(r.raw_body.as_deref().unwrap_or_default()) {
-                for sink in ["changelog", "cache", "events", "search"] {
+                for sink in SINKS {
                     dead.entry(sink.into())
                         .or_default()
                         .insert((id.clone(), lsn));
@@ -655,7 +717,7 @@ async fn no_change_is_lost_under_faults() {
     if redis_stale_before > 0 {
         missing.insert("cache", redis_stale_before);
     }
-    let search_wrong_before = search_mismatches(&search, &latest)
+    let search_wrong_before: Vec<String> = search_mismatches(&search, &latest)
         .into_iter()
         .filter(|id| {
             !plan
@@ -663,9 +725,26 @@ async fn no_change_is_lost_under_faults() {
                 .iter()
                 .any(|c| &c.id == id && in_dead("search", id, c.lsn))
         })
-        .count();
-    if search_wrong_before > 0 {
-        missing.insert("search", search_wrong_before);
+        .collect();
+    if !search_wrong_before.is_empty() {
+        missing.insert("search", search_wrong_before.len());
+        let s = search.state.lock().unwrap();
+        for id in search_wrong_before.iter().take(5) {
+            let held = latest.get(id).and_then(|_| {
+                s.index
+                    .get(&encode_key(id, KeyEncoding::Base64url).unwrap())
+                    .cloned()
+            });
+            let history: Vec<(i64, bool)> = plan
+                .changes
+                .iter()
+                .filter(|c| &c.id == id)
+                .map(|c| (c.lsn, c.deleted))
+                .collect();
+            problems.push(format!(
+                "search `{id}` before replay: index holds {held:?}; its changes (lsn, deleted): {history:?}"
+            ));
+        }
     }
     for (sink, n) in &missing {
         problems.push(format!(
@@ -676,18 +755,57 @@ async fn no_change_is_lost_under_faults() {
     // Replay the dead-letter store with every service up, then check every sink strictly.
     let replay_env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let replay = app.run(&["replay"], &replay_env);
-    if !replay.status.success() {
-        problems.push(format!(
-            "fanout replay failed: {}{}",
-            common::stdout(&replay),
-            common::stderr(&replay)
-        ));
+    let replay_out = format!("{}{}", common::stdout(&replay), common::stderr(&replay));
+    if !replay.status.success()
+        && replay_out.lines().any(|l| {
+            l.contains("still failing") && !l.contains("too large") && !l.contains("refused")
+        })
+    {
+        problems.push(format!("fanout replay failed: {replay_out}"));
     }
-    let still_pending = read_dead_letters(app.path()).len();
-    if still_pending > 0 {
-        problems.push(format!(
-            "{still_pending} dead-letter records still pending after replay"
-        ));
+    // What stays pending: only the 1.5 MB changes the event streams refuse (1 MB limit),
+    // kept with their reason - a replay cannot make them fit.
+    let big: HashSet<(String, i64)> = plan
+        .changes
+        .iter()
+        .filter(|c| c.big)
+        .map(|c| (c.id.clone(), c.lsn))
+        .collect();
+    let still_pending = read_dead_letters(app.path());
+    let mut refused_big: HashMap<String, HashSet<(String, i64)>> = HashMap::new();
+    for r in &still_pending {
+        let all_big = !r.changes.is_empty()
+            && r.changes
+                .iter()
+                .all(|c| big.contains(&(c.id.clone(), c.lsn.unwrap_or(-1))));
+        if r.kind == DeadLetterKind::RejectedChanges
+            && ["events", "stream"].contains(&r.sink.as_str())
+            && all_big
+        {
+            let set = refused_big.entry(r.sink.clone()).or_default();
+            set.extend(
+                r.changes
+                    .iter()
+                    .map(|c| (c.id.clone(), c.lsn.unwrap_or(-1))),
+            );
+        } else {
+            problems.push(format!(
+                "still pending after replay: {:?} of `{}`: {}",
+                r.kind, r.sink, r.error
+            ));
+        }
+    }
+    for sink in ["events", "stream"] {
+        let kept = refused_big.get(sink).map_or(0, HashSet::len);
+        if kept != big.len() {
+            problems.push(format!(
+                "`{sink}`: {kept} of the {} oversized changes kept in the dead-letter store",
+                big.len()
+            ));
+        }
+    }
+    if !replay.status.success() && refused_big.is_empty() {
+        problems.push("fanout replay failed with nothing left pending".into());
     }
 
     let rows = read_table(&app.table("tables/orders")).await.rows;
@@ -707,8 +825,28 @@ async fn no_change_is_lost_under_faults() {
     let events_missing = plan
         .changes
         .iter()
-        .filter(|c| !events_seen.contains(&(c.id.clone(), c.lsn)))
+        .filter(|c| !c.big && !events_seen.contains(&(c.id.clone(), c.lsn)))
         .count();
+    let kafka_records = broker.consume_all("orders", 4);
+    let kafka_seen: HashSet<(String, i64)> = kafka_records
+        .iter()
+        .map(|r| {
+            let ce: Value = serde_json::from_slice(&r.value).expect("a record is a CloudEvent");
+            (ce["subject"].as_str().unwrap().to_string(), lsn_of(&ce))
+        })
+        .collect();
+    let kafka_missing = plan
+        .changes
+        .iter()
+        .filter(|c| !c.big && !kafka_seen.contains(&(c.id.clone(), c.lsn)))
+        .count();
+    let panics: usize = dead_letters
+        .iter()
+        .filter(|r| r.error.contains("the sink panicked"))
+        .count();
+    if panics == 0 {
+        problems.push("no search delivery panicked: run a build with fault hooks (debug, or `--features failpoints`)".into());
+    }
     let order_breaks = event_order_breaks(&hub, events_before);
     let redis_stale = redis_mismatches(&redis, &latest);
     let search_wrong = search_mismatches(&search, &latest);
@@ -724,6 +862,11 @@ async fn no_change_is_lost_under_faults() {
     }
     if events_missing > 0 {
         problems.push(format!("LOST: {events_missing} changes without an event"));
+    }
+    if kafka_missing > 0 {
+        problems.push(format!(
+            "LOST: {kafka_missing} changes without a Kafka record"
+        ));
     }
     if order_breaks > 0 {
         problems.push(format!(
@@ -808,6 +951,17 @@ async fn no_change_is_lost_under_faults() {
         "| events received / unique changes | {} / {} |",
         hub.events().len(),
         events_seen.len()
+    );
+    println!(
+        "| Kafka records / unique changes | {} / {} |",
+        kafka_records.len(),
+        kafka_seen.len()
+    );
+    println!(
+        "| re-cut re-deliveries / search panics / 1.5 MB changes kept by events, stream | {} / {panics} / {}, {} |",
+        plan.re_cuts,
+        refused_big.get("events").map_or(0, HashSet::len),
+        refused_big.get("stream").map_or(0, HashSet::len)
     );
     println!(
         "| Redis keys / search documents checked | {} / {} |",

@@ -1,10 +1,10 @@
 //! The Functions host's wire contract, pinned against the bodies captured from the real host
-//! (tests/fixtures/host-requests, copied verbatim from the shared reference), and the real
+//! (handlers/hostsim/captured, copied verbatim from the shared reference), and the real
 //! binary driven the way the host drives it.
 
 mod common;
 
-use common::{TestApp, fixture};
+use common::{TestApp, captured};
 use fanout::change::{Normalizer, Operation, PartitionKeyPaths};
 use fanout::host::HostRequest;
 use fanout::hostsim::cosmos_trigger_body;
@@ -31,7 +31,7 @@ fn normalize(body: &str, pk: &str) -> Vec<fanout::change::Change> {
 
 #[test]
 fn captured_single_document_body() {
-    let body = fixture("host-requests/cosmos-trigger-request-1.json");
+    let body = captured("cosmos-trigger-request-1.json");
     let request = HostRequest::decode(body.as_bytes(), "documents").unwrap();
     assert_eq!(
         request.sys.method_name.as_deref(),
@@ -63,10 +63,7 @@ fn captured_single_document_body() {
 
 #[test]
 fn captured_multi_document_body_keeps_feed_order() {
-    let changes = normalize(
-        &fixture("host-requests/cosmos-trigger-request-1-multi.json"),
-        "/id",
-    );
+    let changes = normalize(&captured("cosmos-trigger-request-1-multi.json"), "/id");
     let got: Vec<(&str, Option<i64>, Option<i64>)> = changes
         .iter()
         .map(|c| (c.id.as_str(), c.lsn, c.ts))
@@ -94,10 +91,7 @@ fn captured_multi_document_body_keeps_feed_order() {
 
 #[test]
 fn captured_body_with_partition_key_field() {
-    let changes = normalize(
-        &fixture("host-requests/cosmos-trigger-request-2.json"),
-        "/_partitionKey",
-    );
+    let changes = normalize(&captured("cosmos-trigger-request-2.json"), "/_partitionKey");
     assert_eq!(changes.len(), 1);
     let c = &changes[0];
     assert_eq!(c.id, "ArtHabitat_AHProj055_AHFlat681");
@@ -114,7 +108,7 @@ fn emulated_host_body_matches_the_captured_layering() {
     // Our emulator must produce what the real host produces: Data.documents is a JSON string
     // whose content is a JSON string whose content is the array.
     let captured: serde_json::Value =
-        serde_json::from_str(&fixture("host-requests/cosmos-trigger-request-1.json")).unwrap();
+        serde_json::from_str(&captured("cosmos-trigger-request-1.json")).unwrap();
     let ours: serde_json::Value = serde_json::from_str(&cosmos_trigger_body(
         "documents",
         "orders",
@@ -156,10 +150,7 @@ async fn serves_readiness_invocations_and_clear_errors() {
         "cosmos-trigger-request-1-multi.json",
         "cosmos-trigger-request-2.json",
     ] {
-        let call = host
-            .invoke("orders", &fixture(&format!("host-requests/{name}")))
-            .await
-            .unwrap();
+        let call = host.invoke("orders", &captured(name)).await.unwrap();
         assert_eq!(call.status, 200, "{name}: {:?}", call.body);
         let body = call.body.as_object().unwrap();
         assert!(
@@ -180,10 +171,7 @@ async fn serves_readiness_invocations_and_clear_errors() {
     // Unknown function: kept in the dead-letter store (the trigger would checkpoint a refused
     // batch away), with a message that names the fix.
     let call = host
-        .invoke(
-            "payments",
-            &fixture("host-requests/cosmos-trigger-request-1.json"),
-        )
+        .invoke("payments", &captured("cosmos-trigger-request-1.json"))
         .await
         .unwrap();
     assert_eq!(call.status, 200);
@@ -227,10 +215,7 @@ async fn an_oversized_body_is_dead_lettered_whole_and_replayable() {
     );
     // The server is still healthy afterwards.
     let small = host
-        .invoke(
-            "orders",
-            &fixture("host-requests/cosmos-trigger-request-1.json"),
-        )
+        .invoke("orders", &captured("cosmos-trigger-request-1.json"))
         .await
         .unwrap();
     assert_eq!(small.status, 200);
@@ -262,7 +247,7 @@ async fn sigterm_finishes_the_in_flight_batch() {
     std::fs::write(app.table("tables"), "not a folder").unwrap();
     let mut host = app.start().await;
     let port = host.port();
-    let body = fixture("host-requests/cosmos-trigger-request-1-multi.json");
+    let body = captured("cosmos-trigger-request-1-multi.json");
     let in_flight = tokio::spawn(async move {
         reqwest::Client::new()
             .post(format!("http://127.0.0.1:{port}/orders"))

@@ -322,7 +322,7 @@ async fn tls_connection_with_a_private_ca() {
     let call = host
         .invoke(
             "orders",
-            &common::fixture("host-requests/cosmos-trigger-request-1-multi.json"),
+            &common::captured("cosmos-trigger-request-1-multi.json"),
         )
         .await
         .unwrap();
@@ -337,10 +337,7 @@ async fn tls_connection_with_a_private_ca() {
     );
     let host2 = app2.start().await;
     let call = host2
-        .invoke(
-            "orders",
-            &common::fixture("host-requests/cosmos-trigger-request-1.json"),
-        )
+        .invoke("orders", &common::captured("cosmos-trigger-request-1.json"))
         .await
         .unwrap();
     assert!(

@@ -465,3 +465,88 @@ async fn a_replayed_change_older_than_the_indexed_document_is_skipped() {
     );
     assert!(state.violations.is_empty(), "{:?}", state.violations);
 }
+
+#[tokio::test]
+async fn a_replayed_upsert_does_not_bring_back_a_document_deleted_since() {
+    let fake = SearchFake::start("key").await;
+    // While the app points at a dead port, an upsert is dead-lettered.
+    let port = fanout::hostsim::free_port().unwrap();
+    let app = app(
+        &format!("http://127.0.0.1:{port}"),
+        None,
+        300,
+        "version_field = \"cosmosVersion\"",
+    );
+    let older = samples::order("o-1", "c1", 10, 1_744_170_000, 1.0, false);
+    let deleted = samples::order("o-1", "c1", 12, 1_744_170_009, 1.0, true);
+    let host = app.start().await;
+    let body = cosmos_trigger_body("documents", "orders", std::slice::from_ref(&older), None);
+    assert_eq!(host.invoke("orders", &body).await.unwrap().status, 200);
+    drop(host);
+    assert_eq!(app.dead_letters().len(), 1);
+    // The service is back; the document is deleted live (a soft delete), and the index
+    // holds nothing for it.
+    let config = std::fs::read_to_string(app.path().join("fanout.toml"))
+        .unwrap()
+        .replace(&format!("http://127.0.0.1:{port}"), &fake.endpoint());
+    app.config(&config);
+    let host = app.start().await;
+    let body = cosmos_trigger_body("documents", "orders", std::slice::from_ref(&deleted), None);
+    let call = host.invoke("orders", &body).await.unwrap();
+    assert_eq!(call.status, 200, "{:?}", call.logs());
+    drop(host);
+    assert!(!fake.state.lock().unwrap().index.contains_key(&key("o-1")));
+    let tombstones = app
+        .path()
+        .join(".fanout/dead-letter/tombstones/orders/search");
+    assert_eq!(
+        std::fs::read_dir(&tombstones)
+            .map(|d| d.count())
+            .unwrap_or(0),
+        1,
+        "the delete is kept while the older upsert waits"
+    );
+    // Replaying the older upsert does not bring the document back; nothing waits any more,
+    // so the tombstone goes.
+    let out = app.run_async(&["replay"]).await;
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(app.dead_letters().is_empty());
+    let state = fake.state.lock().unwrap();
+    assert!(
+        !state.index.contains_key(&key("o-1")),
+        "a replayed upsert older than the delete resurrected the document: {:?}",
+        state.index.get(&key("o-1"))
+    );
+    assert!(state.violations.is_empty(), "{:?}", state.violations);
+    assert_eq!(
+        std::fs::read_dir(&tombstones)
+            .map(|d| d.count())
+            .unwrap_or(0),
+        1,
+        "written within the last minute: kept until a later replay (clock-skew margin)"
+    );
+}
+
+#[tokio::test]
+async fn deletes_leave_no_tombstone_when_nothing_waits_for_replay() {
+    let fake = SearchFake::start("key").await;
+    let app = app(
+        &fake.endpoint(),
+        None,
+        300,
+        "version_field = \"cosmosVersion\"",
+    );
+    let host = app.start().await;
+    let docs = [
+        samples::order("o-1", "c1", 10, 1_744_170_000, 1.0, false),
+        samples::order("o-1", "c1", 12, 1_744_170_009, 1.0, true),
+    ];
+    let body = cosmos_trigger_body("documents", "orders", &docs, None);
+    assert_eq!(host.invoke("orders", &body).await.unwrap().status, 200);
+    drop(host);
+    assert!(!fake.state.lock().unwrap().index.contains_key(&key("o-1")));
+    assert!(
+        !app.path().join(".fanout/dead-letter/tombstones").exists(),
+        "no write on the common path"
+    );
+}

@@ -8,7 +8,6 @@ use std::fmt;
 pub struct PartitionKeyPaths {
     /// Each path split into its segments: `/address/city` -> `["address", "city"]`.
     paths: Vec<Vec<String>>,
-    raw: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -38,14 +37,7 @@ impl PartitionKeyPaths {
             }
             split.push(segments);
         }
-        Ok(Self {
-            paths: split,
-            raw: paths.iter().map(|p| p.as_ref().to_string()).collect(),
-        })
-    }
-
-    pub fn raw(&self) -> &[String] {
-        &self.raw
+        Ok(Self { paths: split })
     }
 
     /// Each path split into its segments (`/address/city` -> `["address", "city"]`).
@@ -71,12 +63,11 @@ impl PartitionKeyPaths {
         PartitionKey(
             self.paths
                 .iter()
-                .zip(&self.raw)
-                .map(|(segments, raw)| {
-                    let flat = raw.trim_start_matches('/');
+                .map(|segments| {
+                    let flat = segments.join("/");
                     meta_pk
-                        .get(flat)
-                        .or_else(|| meta_pk.get(raw.as_str()))
+                        .get(&flat)
+                        .or_else(|| meta_pk.get(&format!("/{flat}")))
                         .or_else(|| lookup(meta_pk, segments))
                         .cloned()
                 })

@@ -70,6 +70,9 @@ pub async fn run(
     }
 
     let store = pipeline.dead_letter();
+    // Tombstones older than this run (a minute of clock skew between here and the store
+    // allowed) are no longer needed once nothing of their sink waits (`deadletter::tombstone`).
+    let started = chrono::Utc::now() - chrono::Duration::minutes(1);
     // Last attempts whose process died mid-way are replayed like any other record.
     if !dry_run {
         let recovered = pipeline
@@ -99,6 +102,9 @@ pub async fn run(
         .collect();
     if keys.is_empty() {
         println!("nothing to replay in {}", store.location());
+        if !dry_run {
+            prune_tombstones(store, started).await;
+        }
         return Ok(());
     }
     // Feed order: read every record's position first (records are read again one at a time
@@ -169,12 +175,24 @@ pub async fn run(
         "replayed {replayed} records ({changes} changes); {failed} still pending in {}",
         store.location()
     );
+    prune_tombstones(store, started).await;
     if failed == 0 {
         Ok(())
     } else {
         Err(CommandError::Failed(format!(
             "{failed} records could not be replayed"
         )))
+    }
+}
+
+async fn prune_tombstones(
+    store: &fanout::deadletter::DeadLetterStore,
+    written_before: chrono::DateTime<chrono::Utc>,
+) {
+    match store.prune_tombstones(written_before).await {
+        Ok(0) => {}
+        Ok(n) => println!("{n} tombstones no longer needed removed"),
+        Err(e) => println!("tombstones not pruned (harmless, the next replay tries again): {e}"),
     }
 }
 

@@ -123,6 +123,22 @@ impl Location {
         Ok(listed)
     }
 
+    /// Whether anything is stored under `{area}/{prefix}/` (reads one listing page at most).
+    pub(super) async fn any_under(
+        &self,
+        area: &str,
+        prefix: &str,
+    ) -> Result<bool, DeadLetterError> {
+        use futures::StreamExt;
+        let prefix = self.path(area, prefix);
+        match self.store.list(Some(&prefix)).next().await {
+            None => Ok(false),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(object_store::Error::NotFound { .. })) => Ok(false),
+            Some(Err(e)) => Err(e.into()),
+        }
+    }
+
     /// Moves an object from one area to another (copy, then delete the original).
     pub(super) async fn rename(
         &self,

@@ -8,6 +8,8 @@
 //! `in-flight/{function}/_input/{fingerprint}-in_flight.json` - a last attempt being delivered
 //! (the write-ahead record: settled when the outcome is known; one left behind by a process
 //! that died is moved to `pending/` by [`DeadLetterStore::recover_in_flight`]).
+//! `tombstones/{function}/{sink}/{digest}.json` - a delete kept while older changes of its
+//! document wait for replay (see [`tombstone`]).
 //! The key is deterministic, so a re-delivered batch overwrites its own record instead of adding one.
 //!
 //! Two tiers: the configured store and an optional fallback (`[dead_letter.fallback]`: another
@@ -17,6 +19,9 @@
 //! names its tier wherever it is printed or passed back.
 
 mod location;
+mod tombstone;
+
+pub use tombstone::{TOMBSTONES, Tombstone};
 
 use crate::change::Change;
 use crate::config::DeadLetterConfig;

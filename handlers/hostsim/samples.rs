@@ -3,20 +3,20 @@
 
 use serde_json::{Value, json};
 
-/// The three request bodies captured from the real host (see tests/fixtures/host-requests and
-/// the shared reference's SOURCES.md). Their binding is `documents`.
+/// The three request bodies captured from the real host (`captured/` beside this file; their
+/// sources are in tests/fixtures/SOURCES.md). Their binding is `documents`.
 pub const CAPTURED_BODIES: [(&str, &str); 3] = [
     (
         "cosmos-trigger-request-1.json",
-        include_str!("../../tests/fixtures/host-requests/cosmos-trigger-request-1.json"),
+        include_str!("captured/cosmos-trigger-request-1.json"),
     ),
     (
         "cosmos-trigger-request-1-multi.json",
-        include_str!("../../tests/fixtures/host-requests/cosmos-trigger-request-1-multi.json"),
+        include_str!("captured/cosmos-trigger-request-1-multi.json"),
     ),
     (
         "cosmos-trigger-request-2.json",
-        include_str!("../../tests/fixtures/host-requests/cosmos-trigger-request-2.json"),
+        include_str!("captured/cosmos-trigger-request-2.json"),
     ),
 ];
 

@@ -12,7 +12,8 @@
 //! - the write-ahead record of a last attempt gets at most a tenth of that, 10 s at most;
 //! - the sinks get the route's retry budget from when they start, but never past
 //!   `answer - reserve`, with reserve = min(timeout / 4, 30 s) left for the dead-letter writes;
-//! - the dead-letter writes get everything left until `answer`.
+//! - tombstones of deletes (kept only while older changes wait for replay) get half of what
+//!   is left until `answer` when the sinks are done, the dead-letter writes everything left.
 
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,12 @@ impl Deadlines {
         route_budget
             .min(self.sinks.saturating_duration_since(now))
             .max(Duration::from_millis(1))
+    }
+
+    /// When the tombstones of a batch's deletes must be kept by, asked at `now` (after the
+    /// sinks): half of the time left, so the dead-letter writes keep the other half.
+    pub fn tombstones(&self, now: Instant) -> Instant {
+        now + self.answer.saturating_duration_since(now) / 2
     }
 }
 
@@ -101,6 +108,9 @@ mod tests {
         assert_eq!(d.sink_budget(t0, secs(60)), secs(60));
         // Started late (a slow write-ahead): cut to what is left before the reserve.
         assert_eq!(d.sink_budget(t0 + secs(230), secs(60)), secs(35));
+        // Tombstones take half of what is left, never past the answer.
+        assert_eq!(d.tombstones(t0 + secs(275)) - t0, secs(285));
+        assert_eq!(d.tombstones(t0 + secs(299)), t0 + secs(299));
         // Past it: a token budget (one attempt that times out at once), never a panic.
         assert_eq!(
             d.sink_budget(t0 + secs(290), secs(60)),

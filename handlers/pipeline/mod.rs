@@ -462,6 +462,12 @@ impl Pipeline {
             Origin::Host => runs,
             Origin::Replay => runs.into_iter().map(without_host).collect(),
         };
+        let tombstones_by = deadlines.tombstones(Instant::now());
+        let runs: Vec<SinkRun> = join_all(runs.into_iter().map(|run| {
+            let sink = route.sinks.iter().find(|s| s.name() == run.sink);
+            self.keep_tombstones(sink, function, &changes, run, tombstones_by)
+        }))
+        .await;
 
         // Decide, per sink, what happens to what it could not take (pure: `decide`), then
         // turn the plan into records.
@@ -953,16 +959,49 @@ impl Pipeline {
                 (changes, route.sinks.iter().collect())
             }
         };
-        let runs = join_all(
-            sinks
-                .iter()
-                .map(|s| deliver_with_retry(s.as_ref(), &ctx, &changes, &route.retry)),
-        )
-        .await
-        .into_iter()
-        .map(without_host);
+        // A sink that keeps tombstones is not given upserts older than a delete it received.
+        let mut given = Vec::with_capacity(sinks.len());
+        let mut hidden = 0;
+        for sink in &sinks {
+            if !sink.keeps_tombstones() {
+                given.push(None);
+                continue;
+            }
+            let mut kept = Vec::with_capacity(changes.len());
+            for change in &changes {
+                let tombstone = self
+                    .dead_letter
+                    .tombstone(&record.function, sink.name(), change)
+                    .await
+                    .map_err(|e| format!("{}: tombstones unreadable: {e}", sink.name()))?;
+                if tombstone.is_some_and(|t| t.hides(change)) {
+                    hidden += 1;
+                } else {
+                    kept.push(change.clone());
+                }
+            }
+            given.push(Some(kept));
+        }
+        let tombstones_by = Instant::now() + route.retry.budget;
+        let ctx = &ctx;
+        let runs = join_all(sinks.iter().zip(&given).map(|(s, given)| {
+            let given = given.as_deref().unwrap_or(&changes);
+            async move {
+                let run =
+                    without_host(deliver_with_retry(s.as_ref(), ctx, given, &route.retry).await);
+                self.keep_tombstones(Some(s), &record.function, given, run, tombstones_by)
+                    .await
+            }
+        }))
+        .await;
         let mut problems = Vec::new();
         let mut details = Vec::new();
+        if hidden > 0 {
+            details.push(format!(
+                "{} not given to the sinks that keep tombstones: the document was deleted since",
+                plural(hidden, "older upsert")
+            ));
+        }
         for run in runs {
             match run.result {
                 SinkResult::Delivered { detail } if run.rejected.is_empty() => {
@@ -983,6 +1022,65 @@ impl Pipeline {
         } else {
             Err(problems.join("; "))
         }
+    }
+}
+
+impl Pipeline {
+    /// The deletes a sink that keeps tombstones took from `given`, kept as tombstones while
+    /// something of that sink waits in the store (`deadletter::tombstone`), by `deadline`.
+    /// When they cannot be kept, the deletes count as undelivered to that sink (transient): the
+    /// host re-delivers them, or the last attempt dead-letters them for replay.
+    async fn keep_tombstones(
+        &self,
+        sink: Option<&Arc<dyn Sink>>,
+        function: &str,
+        given: &[Change],
+        mut run: SinkRun,
+        deadline: Instant,
+    ) -> SinkRun {
+        if !sink.is_some_and(|s| s.keeps_tombstones()) || !run.delivered() {
+            return run;
+        }
+        let indices: Vec<usize> = run
+            .delivered_indices()
+            .into_iter()
+            .filter(|&i| given[i].operation.is_delete())
+            .collect();
+        if indices.is_empty() {
+            return run;
+        }
+        let deletes: Vec<&Change> = indices.iter().map(|&i| &given[i]).collect();
+        let store = &self.dead_letter;
+        let kept = tokio::time::timeout_at(deadline.into(), async {
+            if store.holds_changes_for(function, &run.sink).await? {
+                store
+                    .put_tombstones(function, &run.sink, &deletes, deadline)
+                    .await
+                    .map(|t| t.len())
+            } else {
+                Ok(0)
+            }
+        })
+        .await;
+        let error = match kept {
+            Ok(Ok(n)) => {
+                if n > 0 {
+                    tracing::debug!(function, sink = %run.sink, tombstones = n, "deletes kept as tombstones: older changes of this sink wait for replay");
+                }
+                return run;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer in time".to_string(),
+        };
+        run.result = SinkResult::Failed {
+            error: format!(
+                "{} delivered, but their tombstones could not be kept (older changes of this sink wait for replay, and would bring the documents back): {error}",
+                plural(indices.len(), "delete")
+            ),
+            permanent: false,
+            undelivered: indices,
+        };
+        run
     }
 }
 

@@ -91,7 +91,11 @@ pub async fn deliver_with_retry(
             .max(Duration::from_millis(1));
         // A panicking sink must not take the invocation down with it: its changes are
         // dead-lettered like any permanent failure, and the other sinks carry on.
-        let guarded = std::panic::AssertUnwindSafe(sink.deliver(ctx, &changes)).catch_unwind();
+        let guarded = std::panic::AssertUnwindSafe(async {
+            crate::failpoint::before_deliver(sink.name());
+            sink.deliver(ctx, &changes).await
+        })
+        .catch_unwind();
         let attempt = match tokio::time::timeout(remaining, guarded).await {
             Ok(Ok(result)) => result,
             Ok(Err(panic)) => Err(SinkError::permanent(format!(

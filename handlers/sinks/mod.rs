@@ -211,6 +211,13 @@ pub trait Sink: Send + Sync {
     fn host_delivers(&self) -> bool {
         false
     }
+    /// True when the sink overwrites state without conditions and guards replays by reading
+    /// the version the target holds (AI Search with `version_field`): the deletes it receives
+    /// are kept as tombstones while older changes of the same documents wait for replay, so a
+    /// replayed older upsert cannot bring a deleted document back (`deadletter::tombstone`).
+    fn keeps_tombstones(&self) -> bool {
+        false
+    }
     /// Delivers changes, in order. Must be idempotent across re-deliveries of the same changes.
     async fn deliver(&self, ctx: &BatchContext, changes: &[&Change])
     -> Result<Delivery, SinkError>;

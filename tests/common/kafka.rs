@@ -158,3 +158,45 @@ impl Tansu {
         out
     }
 }
+
+impl Tansu {
+    /// Reads every partition of `topic` from the beginning until nothing new arrived for 2 s
+    /// (60 s at most): everything the topic holds, duplicates included.
+    pub fn consume_all(&self, topic: &str, partitions: i32) -> Vec<Record> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("group.id", "fanout-tests-all")
+            .set("enable.auto.commit", "false")
+            .set("fetch.message.max.bytes", "4194304")
+            .create()
+            .expect("consumer");
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions {
+            assignment
+                .add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&assignment).expect("assign");
+        let mut out = Vec::new();
+        let started = Instant::now();
+        let mut last_new = Instant::now();
+        while last_new.elapsed() < Duration::from_secs(2)
+            && started.elapsed() < Duration::from_secs(60)
+        {
+            let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let msg = msg.expect("consume");
+            last_new = Instant::now();
+            out.push(Record {
+                partition: msg.partition(),
+                offset: msg.offset(),
+                key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                value: msg.payload().unwrap_or_default().to_vec(),
+                headers: HashMap::new(),
+            });
+        }
+        out.sort_by_key(|r| (r.partition, r.offset));
+        out
+    }
+}

@@ -27,6 +27,13 @@ pub fn fixture(rel: &str) -> String {
         .unwrap_or_else(|e| panic!("fixture {rel}: {e}"))
 }
 
+/// A request body captured from the real Functions host (handlers/hostsim/captured, embedded
+/// by `fanout demo` too).
+pub fn captured(name: &str) -> String {
+    std::fs::read_to_string(repo_root().join("handlers/hostsim/captured").join(name))
+        .unwrap_or_else(|e| panic!("captured body {name}: {e}"))
+}
+
 /// A Function App folder in a temp dir: the repo's host.json, function folders, fanout.toml.
 pub struct TestApp {
     pub dir: TempDir,

@@ -122,6 +122,10 @@ impl Sink for SearchSink {
         KIND
     }
 
+    fn keeps_tombstones(&self) -> bool {
+        self.actions.version_field.is_some()
+    }
+
     async fn deliver(
         &self,
         ctx: &BatchContext,
