@@ -45,7 +45,7 @@ use common::search::SearchFake;
 use common::{RedisServer, TestApp, read_table};
 use fanout::deadletter::{DeadLetterKind, DeadLetterRecord};
 use fanout::hostsim::{EmulatedHost, HostError, cosmos_trigger_body, samples, with_retry_context};
-use fanout::sinks::azure_search::{KeyEncoding, encode_key};
+use fanout::sinks::azure_search::{KeyEncoding, decode_key, encode_key};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -936,10 +936,10 @@ async fn no_change_is_lost_under_faults() {
     println!(
         "| replay | {} records, {} |",
         dead_letters.len(),
-        if replay.status.success() {
-            "ok"
-        } else {
-            "FAILED"
+        match (replay.status.success(), still_pending.len()) {
+            (true, _) => "ok".to_string(),
+            (false, n) =>
+                format!("{n} still pending (the oversized changes the event streams refuse)"),
         }
     );
     println!(
@@ -1174,17 +1174,14 @@ fn search_mismatches(search: &SearchFake, latest: &BTreeMap<String, Expected>) -
             wrong.push(id.clone());
         }
     }
-    let extra = s.index.len()
-        - latest
-            .iter()
-            .filter(|(id, c)| {
-                !c.deleted
-                    && s.index
-                        .contains_key(&encode_key(id, KeyEncoding::Base64url).unwrap())
-            })
-            .count();
-    if extra > 0 {
-        wrong.push(format!("{extra} documents the stream never had"));
+    // Documents the stream never had (a wrong key, a resurrected id): by id, so that the
+    // check before the replay can tell them from documents a pending record still fixes.
+    for key in s.index.keys() {
+        match decode_key(key, KeyEncoding::Base64url) {
+            Some(id) if latest.contains_key(&id) => {}
+            Some(id) => wrong.push(format!("{id} (never in the stream)")),
+            None => wrong.push(format!("key {key} (not an encoded id)")),
+        }
     }
     wrong
 }
