@@ -141,7 +141,10 @@ async fn exactly_once_memory(binary: &Path) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    const KEYS: usize = 100_000;
+    let keys: usize = std::env::var("BENCH_EXACTLY_ONCE_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     const SENDERS: usize = 4;
     let batches = changes / BATCH;
     let dir = tempfile::tempdir().unwrap();
@@ -153,12 +156,12 @@ async fn exactly_once_memory(binary: &Path) {
     );
     let pid = host.pid().unwrap();
     // Generated per batch, not held. A key's changes go through one sender, in order.
-    let docs = |b: usize| -> Vec<serde_json::Value> {
+    let docs = move |b: usize| -> Vec<serde_json::Value> {
         (b * BATCH..(b + 1) * BATCH)
             .map(|n| {
                 samples::order(
-                    &format!("order-{}", n % (KEYS * 5)),
-                    &format!("customer-{}", n % KEYS),
+                    &format!("order-{}", n % (keys * 5)),
+                    &format!("customer-{}", n % keys),
                     1 + n as i64,
                     1_744_170_000 + (n / 20) as i64,
                     10.0 + (n % 50) as f64,
@@ -170,7 +173,7 @@ async fn exactly_once_memory(binary: &Path) {
     let batch = move |b: usize| cosmos_trigger_body("documents", "orders", &docs(b), None);
     let batch = Arc::new(batch);
     println!(
-        "\nExactly once at scale: {changes} changes over {KEYS} partition keys, {SENDERS} senders x {BATCH}-change batches, through the real binary\n"
+        "\nExactly once at scale: {changes} changes over {keys} partition keys, {SENDERS} senders x {BATCH}-change batches, through the real binary\n"
     );
     println!("| after | handler RSS | peak RSS |");
     println!("|---|---|---|");
