@@ -9,7 +9,6 @@
 
 mod support;
 use fanout::hostsim::{EmulatedHost, cosmos_trigger_body, samples};
-use fanout::sinks::BatchContext;
 use fanout::sinks::delta::{ChangelogTable, DeltaConfig, open, read_changelog, table_url};
 use futures::future::join_all;
 use std::path::Path;
@@ -296,13 +295,7 @@ async fn commits_and_open() {
     let commits = commits();
     // Generated per commit, not held: 10k batches of documents would dominate the RSS.
     let docs = (0..commits).map(|c| samples::order_batches(1 + c as i64 * 10, 1, 10, 50).remove(0));
-    let ctx = BatchContext {
-        function: "orders".into(),
-        invocation_id: "bench".into(),
-        fingerprint: "fp".into(),
-        received_at: chrono::Utc::now(),
-        replay: false,
-    };
+    let ctx = fanout::testing::batch_context("orders");
     let normalizer = fanout::change::Normalizer::new(
         fanout::change::PartitionKeyPaths::parse(&["/customerId"]).unwrap(),
         None,

@@ -9,7 +9,6 @@ use fanout::change::{Normalizer, PartitionKeyPaths, SoftDelete};
 use fanout::host::HostRequest;
 use fanout::hostsim::{cosmos_trigger_body, samples};
 use fanout::pipeline::fingerprint;
-use fanout::sinks::BatchContext;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -63,13 +62,7 @@ fn stages(c: &mut Criterion) {
         .map(|(i, item)| routes["orders"].normalize(i, item).unwrap())
         .collect();
     let refs: Vec<_> = changes.iter().collect();
-    let ctx = BatchContext {
-        function: "orders".into(),
-        invocation_id: "bench".into(),
-        fingerprint: "fp".into(),
-        received_at: chrono::Utc::now(),
-        replay: false,
-    };
+    let ctx = fanout::testing::batch_context("orders");
     group.bench_function(BenchmarkId::new("delta_encode_arrow", 100), |b| {
         b.iter(|| {
             black_box(
@@ -87,15 +80,15 @@ index_definition = "infra/search/orders.json"
 fields = { id = "/id", customerId = "/customerId", status = "/status", total = "/total", skus = "/lines/sku" }"#,
     )
     .unwrap();
-    let fanout::sinks::SinkConfig::AzureSearch(search_config) = search_config else {
+    let ctx = fanout::testing::route_context(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+        &["/customerId"],
+    );
+    let Ok(fanout::sinks::ValidatedSink::AzureSearch(validated)) = search_config.validate(&ctx)
+    else {
         unreachable!()
     };
-    let search = fanout::sinks::azure_search::SearchSink::new(
-        "search",
-        &search_config,
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
-    )
-    .unwrap();
+    let search = fanout::sinks::azure_search::SearchSink::new("search", &validated).unwrap();
     group.bench_function(BenchmarkId::new("search_serialize", 100), |b| {
         b.iter(|| black_box(search.request_bodies(black_box(&refs))))
     });

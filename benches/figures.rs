@@ -110,7 +110,7 @@ async fn main() {
 /// A 10k-change replay through the AI Search sink against a local endpoint that counts
 /// requests and answers 200 for every key: requests used vs the minimum the limits allow.
 async fn search_replay() {
-    use fanout::sinks::{BuildContext, SinkConfig};
+    use fanout::testing::route_context;
     use std::sync::atomic::{AtomicUsize, Ordering};
     static REQUESTS: AtomicUsize = AtomicUsize::new(0);
     static BYTES: AtomicUsize = AtomicUsize::new(0);
@@ -129,22 +129,13 @@ async fn search_replay() {
         axum::Json(serde_json::json!({ "value": results }))
     });
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let config: SinkConfig = toml::from_str(&format!(
+    let config = format!(
         "type = \"azure_search\"\nendpoint = \"http://127.0.0.1:{port}\"\nindex = \"orders\"\nauth = \"api_key\"\napi_key = \"k\"\nindex_definition = \"infra/search/orders.json\"\nfields = {{ id = \"/id\", customerId = \"/customerId\", status = \"/status\", total = \"/total\", skus = \"/lines/sku\", note = \"/note\" }}"
-    ))
-    .unwrap();
+    );
     let pk = fanout::change::PartitionKeyPaths::parse(&["/customerId"]).unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let sink = config
-        .build(
-            "search",
-            &BuildContext {
-                app_root: root,
-                partition_key: &pk,
-                function: &orders_function(),
-            },
-        )
-        .unwrap();
+    let sink =
+        fanout::testing::sink_from_toml("search", &config, &route_context(root, &["/customerId"]));
     // 10k changes to 10k distinct documents, as one dead-letter record replayed.
     let n = fanout::change::Normalizer::new(pk.clone(), None);
     let changes: Vec<fanout::change::Change> = samples::order_batches(1, 1, 10_000, 500)
@@ -177,7 +168,7 @@ async fn search_replay() {
 /// Redis invalidation of 1000-change batches through the sink (the real client path) against a
 /// local redis-server, next to `redis-benchmark` pipelining the same command.
 async fn redis_invalidation() {
-    use fanout::sinks::{BuildContext, SinkConfig};
+    use fanout::testing::route_context;
     let Some(server_bin) = which("redis-server") else {
         println!(
             "| Redis invalidation | skipped: redis-server not installed (tests/setup.sh installs it) |"
@@ -202,21 +193,13 @@ async fn redis_invalidation() {
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let config: SinkConfig = toml::from_str(&format!(
-        "type = \"redis\"\nurl = \"redis://127.0.0.1:{port}\"\nkeys = [\"order:{{id}}\"]"
-    ))
-    .unwrap();
-    let pk = fanout::change::PartitionKeyPaths::parse(&["/customerId"]).unwrap();
-    let sink = config
-        .build(
-            "cache",
-            &BuildContext {
-                app_root: Path::new("."),
-                partition_key: &pk,
-                function: &orders_function(),
-            },
-        )
-        .unwrap();
+    let config =
+        format!("type = \"redis\"\nurl = \"redis://127.0.0.1:{port}\"\nkeys = [\"order:{{id}}\"]");
+    let sink = fanout::testing::sink_from_toml(
+        "cache",
+        &config,
+        &route_context(Path::new("."), &["/customerId"]),
+    );
     let batches = normalized_batches(100);
     let ctx = bench_context();
     let reads = || -> u64 {
@@ -301,18 +284,8 @@ fn normalized_batches(count: usize) -> Vec<Vec<fanout::change::Change>> {
         .collect()
 }
 
-fn orders_function() -> fanout::config::FunctionDefinition {
-    fanout::config::read_function(Path::new(env!("CARGO_MANIFEST_DIR")), "orders").unwrap()
-}
-
 fn bench_context() -> BatchContext {
-    BatchContext {
-        function: "orders".into(),
-        invocation_id: "bench".into(),
-        fingerprint: "fp".into(),
-        received_at: chrono::Utc::now(),
-        replay: false,
-    }
+    fanout::testing::batch_context("orders")
 }
 
 fn which(name: &str) -> Option<std::path::PathBuf> {

@@ -72,13 +72,7 @@ fn rows_to_markdown(title: &str, rows: &[Row]) -> String {
 }
 
 fn bench_context() -> BatchContext {
-    BatchContext {
-        function: "orders".into(),
-        invocation_id: "bench".into(),
-        fingerprint: "fp".into(),
-        received_at: chrono::Utc::now(),
-        replay: false,
-    }
+    fanout::testing::batch_context("orders")
 }
 
 /// Changes/s of `f` over a 100-change batch, run for about half a second.
@@ -173,7 +167,10 @@ fn search_sink() -> fanout::sinks::azure_search::SearchSink {
         "endpoint = \"http://127.0.0.1:9\"\nindex = \"orders\"\nauth = \"api_key\"\napi_key = \"k\"\nindex_definition = \"infra/search/orders.json\"\nfields = { id = \"/id\", customerId = \"/customerId\", status = \"/status\", total = \"/total\", skus = \"/lines/sku\" }",
     )
     .unwrap();
-    fanout::sinks::azure_search::SearchSink::new("search", &config, &repo()).unwrap()
+    let validated = config
+        .validate(&fanout::testing::route_context(&repo(), &["/customerId"]))
+        .unwrap();
+    fanout::sinks::azure_search::SearchSink::new("search", &validated).unwrap()
 }
 
 async fn startup(binary: &Path) -> Vec<Row> {

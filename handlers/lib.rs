@@ -14,9 +14,13 @@ pub mod failpoint;
 pub mod host;
 pub mod hostsim;
 pub mod pipeline;
+pub mod problem;
 pub mod server;
 pub mod sinks;
+pub mod storage;
 pub mod telemetry;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 
 /// The message of a caught panic (`panic!` payloads are a `&str` or a `String`).
 pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -272,3 +272,108 @@ async fn sweep_in_flight(pipeline: Arc<Pipeline>) {
 async fn readiness() -> String {
     format!("fanout ready, pid {}", std::process::id())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AppConfig;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    /// A Function App with one routed function (`orders`, changelog in a local table).
+    fn app(dir: &std::path::Path) -> Arc<Pipeline> {
+        std::fs::create_dir_all(dir.join("orders")).unwrap();
+        std::fs::write(
+            dir.join("orders/function.json"),
+            r#"{"bindings": [{"type": "cosmosDBTrigger", "name": "documents", "direction": "in", "connection": "C", "databaseName": "shop", "containerName": "orders"}]}"#,
+        )
+        .unwrap();
+        let toml = "[functions.orders]\npartition_key = \"/customerId\"\n[functions.orders.sinks.changelog]\ntype = \"delta\"\ntable = \"tables/orders\"\n";
+        let config = AppConfig::from_toml(dir, &dir.join("fanout.toml"), toml, &|_| None).unwrap();
+        Arc::new(Pipeline::build(&config).unwrap())
+    }
+
+    fn pending(dir: &std::path::Path) -> Vec<String> {
+        let root = dir.join(".fanout/dead-letter/pending");
+        let mut out = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push(p.strip_prefix(&root).unwrap().display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn every_request_the_host_can_send_gets_the_answer_that_loses_nothing() {
+        let valid = crate::hostsim::cosmos_trigger_body(
+            "documents",
+            "orders",
+            &[serde_json::json!({"id": "a", "customerId": "c1", "_lsn": 1, "_ts": 1_700_000_000})],
+            None,
+        );
+        // (method, path, body, body limit) -> (status, what the store keeps)
+        type Case<'a> = (&'a str, &'a str, String, usize, u16, &'a [&'a str]);
+        let cases: [Case; 5] = [
+            ("GET", "/", String::new(), 1 << 20, 200, &[]),
+            ("POST", "/orders", valid.clone(), 1 << 20, 200, &[]),
+            (
+                "POST",
+                "/orders",
+                "{not json".into(),
+                1 << 20,
+                200,
+                &["malformed_batch"],
+            ),
+            // No route for the function: kept, not refused (replay delivers it once routed).
+            (
+                "POST",
+                "/invoices",
+                valid.clone(),
+                1 << 20,
+                200,
+                &["malformed_batch"],
+            ),
+            // Over the body limit: streamed to the store, answered 2xx.
+            (
+                "POST",
+                "/orders",
+                valid.clone(),
+                16,
+                200,
+                &["malformed_batch", ".body"],
+            ),
+        ];
+        for (method, path, body, limit, status, kept) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let router = router(app(dir.path()), limit);
+            let answer = router
+                .oneshot(
+                    Request::builder()
+                        .method(method)
+                        .uri(path)
+                        .body(Body::from(body))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(answer.status().as_u16(), status, "{method} {path}");
+            let stored = pending(dir.path());
+            assert_eq!(
+                stored.len(),
+                kept.len(),
+                "{method} {path} (limit {limit}): {stored:?}"
+            );
+            for (file, kind) in stored.iter().zip(kept) {
+                assert!(file.contains(kind), "{method} {path}: {file} is not {kind}");
+            }
+        }
+    }
+}

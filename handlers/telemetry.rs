@@ -85,10 +85,22 @@ fn resource() -> Resource {
     builder.build()
 }
 
+/// delta-rs logs a commit that lost a race ("exceeded maximum commit attempts") as an error;
+/// the changelog sink commits with no delta-rs retries on purpose and re-checks the conflict
+/// itself, so for us it is routine. Silenced unless the filter names deltalake itself.
+const QUIET_COMMIT_CONFLICTS: &str = "deltalake_core::kernel::transaction=off";
+
 fn log_filter() -> EnvFilter {
-    EnvFilter::try_from_env("FANOUT_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("warn,fanout=info"))
+    let written = std::env::var("FANOUT_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "warn,fanout=info".into());
+    let filter =
+        EnvFilter::try_new(&written).unwrap_or_else(|_| EnvFilter::new("warn,fanout=info"));
+    if written.contains("deltalake") {
+        filter
+    } else {
+        filter.add_directive(QUIET_COMMIT_CONFLICTS.parse().expect("a valid directive"))
+    }
 }
 
 /// Log lines stay as they were before spans: the events carry their own fields, and the

@@ -5,10 +5,12 @@
 
 mod normalize;
 mod partition_key;
+mod path;
 pub mod projection;
 
 pub use normalize::{ChangeShape, NormalizeError, Normalizer, SoftDelete, Unreadable, shape};
 pub use partition_key::{PartitionKey, PartitionKeyPathError, PartitionKeyPaths};
+pub use path::{DocPath, DocPathError};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

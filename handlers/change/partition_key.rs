@@ -27,15 +27,11 @@ impl PartitionKeyPaths {
         }
         let mut split = Vec::with_capacity(paths.len());
         for p in paths {
-            let p = p.as_ref();
-            let rest = p
-                .strip_prefix('/')
-                .ok_or_else(|| PartitionKeyPathError::MissingSlash(p.to_string()))?;
-            let segments: Vec<String> = rest.split('/').map(str::to_string).collect();
-            if segments.iter().any(String::is_empty) {
-                return Err(PartitionKeyPathError::EmptySegment(p.to_string()));
-            }
-            split.push(segments);
+            let path = super::DocPath::parse(p.as_ref()).map_err(|e| match e {
+                super::DocPathError::MissingSlash(p) => PartitionKeyPathError::MissingSlash(p),
+                super::DocPathError::EmptySegment(p) => PartitionKeyPathError::EmptySegment(p),
+            })?;
+            split.push(path.segments().to_vec());
         }
         Ok(Self { paths: split })
     }

@@ -7,14 +7,6 @@ use serde_json::{Map, Value};
 /// Properties Cosmos DB adds to every document.
 pub const SYSTEM_PROPERTIES: [&str; 6] = ["_rid", "_self", "_etag", "_attachments", "_ts", "_lsn"];
 
-/// `/address/city` -> `["address", "city"]`.
-pub fn parse_path(path: &str) -> Vec<String> {
-    path.trim_start_matches('/')
-        .split('/')
-        .map(str::to_string)
-        .collect()
-}
-
 /// The value at a parsed path (object members only), if the document has one.
 pub fn lookup<'a>(doc: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
     let (first, rest) = path.split_first()?;
@@ -37,9 +29,9 @@ pub struct FieldSelection {
 }
 
 impl FieldSelection {
-    pub fn new(paths: &[String]) -> Self {
+    pub fn new(paths: &[super::DocPath]) -> Self {
         Self {
-            paths: paths.iter().map(|p| parse_path(p)).collect(),
+            paths: paths.iter().map(|p| p.segments().to_vec()).collect(),
         }
     }
 
@@ -92,7 +84,11 @@ mod tests {
     fn selects_nested_fields_or_drops_system_properties() {
         let doc = json!({"id": "a", "address": {"city": "Graz", "zip": "8010"}, "total": 1, "_rid": "x", "_ts": 5});
         let doc = doc.as_object().unwrap();
-        let some = FieldSelection::new(&["/id".into(), "/address/city".into(), "/missing".into()]);
+        let paths: Vec<crate::change::DocPath> = ["/id", "/address/city", "/missing"]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let some = FieldSelection::new(&paths);
         assert_eq!(
             Value::Object(some.project(doc)),
             json!({"id": "a", "address": {"city": "Graz"}})
@@ -102,6 +98,5 @@ mod tests {
             Value::Object(all),
             json!({"id": "a", "address": {"city": "Graz", "zip": "8010"}, "total": 1})
         );
-        assert_eq!(parse_path("/a/b"), vec!["a", "b"]);
     }
 }

@@ -1,5 +1,4 @@
 use super::{CommandError, Context};
-use fanout::sinks::SinkConfig;
 use fanout::sinks::delta::{DeltaConfig, read_changelog, table_url};
 use std::collections::HashMap;
 
@@ -29,10 +28,7 @@ pub fn delta_tables(
         .routes
         .values()
         .flat_map(|route| route.sinks.values())
-        .filter_map(|sink| match sink {
-            SinkConfig::Delta(d) => Some(d.clone()),
-            _ => None,
-        })
+        .filter_map(|sink| sink.as_delta().cloned())
         .collect())
 }
 
@@ -42,7 +38,7 @@ pub async fn summarize_table(
     options: HashMap<String, String>,
     app_root: &std::path::Path,
 ) -> Result<(), CommandError> {
-    let url = table_url(location, app_root).map_err(CommandError::Usage)?;
+    let url = table_url(location, app_root).map_err(|e| CommandError::Usage(e.to_string()))?;
     let snapshot = read_changelog(url.clone(), options)
         .await
         .map_err(|e| CommandError::Failed(format!("cannot read {url}: {e}")))?;

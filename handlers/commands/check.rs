@@ -38,7 +38,7 @@ pub fn run(ctx: &Context) -> Result<(), CommandError> {
                 .get(name)
                 .and_then(|r| r.sinks.get(sink.name()))
             {
-                for w in cfg.warnings(&config.app_root, &config.routes[name].partition_key) {
+                for w in cfg.warnings() {
                     println!("      warning: {w}");
                 }
             }

@@ -1,6 +1,5 @@
 use super::{CommandError, Context};
 use fanout::hostsim::{EmulatedHost, cosmos_trigger_body, samples, with_retry_context};
-use fanout::sinks::SinkConfig;
 use std::time::Instant;
 
 /// The function the quickstart drives (its folder ships in the repo).
@@ -96,7 +95,7 @@ pub async fn run(ctx: &Context, batches: usize) -> Result<(), CommandError> {
 
     println!();
     for sink in route.sinks.values() {
-        let SinkConfig::Delta(d) = sink else { continue };
+        let Some(d) = sink.as_delta() else { continue };
         super::changelog::summarize_table(
             &d.table,
             d.storage_options.clone().into_iter().collect(),

@@ -9,7 +9,8 @@ use fanout::sinks::delta::{ChangelogTable, open, register_storage_handlers, tabl
 pub async fn compact(ctx: &Context, table: Option<String>) -> Result<(), CommandError> {
     register_storage_handlers();
     for config in delta_tables(ctx, table)? {
-        let url = table_url(&config.table, &ctx.app_root).map_err(CommandError::Usage)?;
+        let url = table_url(&config.table, &ctx.app_root)
+            .map_err(|e| CommandError::Usage(e.to_string()))?;
         let report = ChangelogTable::new(url.clone(), &config)
             .compact()
             .await
@@ -29,7 +30,8 @@ pub async fn run_vacuum(
 ) -> Result<(), CommandError> {
     register_storage_handlers();
     for config in delta_tables(ctx, table)? {
-        let url = table_url(&config.table, &ctx.app_root).map_err(CommandError::Usage)?;
+        let url = table_url(&config.table, &ctx.app_root)
+            .map_err(|e| CommandError::Usage(e.to_string()))?;
         let table = open(
             url.clone(),
             config.storage_options.clone().into_iter().collect(),

@@ -1,6 +1,5 @@
 use super::{CommandError, Context};
-use fanout::sinks::SinkConfig;
-use fanout::sinks::azure_search::{IndexDefinition, SearchClient};
+use fanout::sinks::azure_search::SearchClient;
 
 /// Creates or updates every AI Search index the config names, from its checked-in definition.
 pub async fn run(ctx: &Context) -> Result<(), CommandError> {
@@ -8,15 +7,14 @@ pub async fn run(ctx: &Context) -> Result<(), CommandError> {
     let mut done = 0;
     for (function, route) in &config.routes {
         for (name, sink) in &route.sinks {
-            let SinkConfig::AzureSearch(c) = sink else {
+            let Some(v) = sink.as_search() else {
                 continue;
             };
-            let Some(path) = &c.index_definition else {
+            let c = &v.config;
+            let (Some(path), Some((def, raw))) = (&c.index_definition, &v.definition) else {
                 println!("{function}.{name}: no index_definition; skipped");
                 continue;
             };
-            let (def, raw) =
-                IndexDefinition::load(&config.app_root.join(path)).map_err(CommandError::Usage)?;
             if def.name != c.index {
                 return Err(CommandError::Usage(format!(
                     "{path} defines index `{}` but {function}.{name} writes to `{}`",
@@ -24,7 +22,7 @@ pub async fn run(ctx: &Context) -> Result<(), CommandError> {
                 )));
             }
             let client = SearchClient::new(c).map_err(CommandError::Failed)?;
-            let status = client.put_index(&raw).await.map_err(|e| {
+            let status = client.put_index(raw).await.map_err(|e| {
                 CommandError::Failed(format!(
                     "{function}.{name}: cannot create index `{}`: {e}",
                     c.index

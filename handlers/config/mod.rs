@@ -12,8 +12,10 @@ pub use functions::{
 };
 pub use interpolate::{InterpolationError, interpolate};
 
+use crate::change::DocPath;
 use crate::change::{PartitionKeyPaths, SoftDelete};
-use crate::sinks::SinkConfig;
+use crate::sinks::{RouteContext, SinkConfig, ValidatedSink};
+use crate::storage::Location;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,12 +30,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 100 * 1024 * 1024;
 /// Dead-letter store used when the config names none: a folder under the app root.
 pub const DEFAULT_DEAD_LETTER_URL: &str = ".fanout/dead-letter";
 
-/// One thing wrong with the config, located by its key path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub at: String,
-    pub message: String,
-}
+pub use crate::problem::Problem;
 
 /// The config could not be used; lists every problem found, not just the first.
 #[derive(Debug, thiserror::Error)]
@@ -72,21 +69,7 @@ pub struct RetrySettings {
     pub budget: Duration,
 }
 
-/// One storage location: a local folder (relative to the app root) or an `az://` /
-/// `abfss://` / `file://` URL, with its object_store options.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreLocationConfig {
-    pub url: String,
-    pub storage_options: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct DeadLetterConfig {
-    pub primary: StoreLocationConfig,
-    /// Tried when the primary fails or does not answer in time: another container or
-    /// account, or a local folder.
-    pub fallback: Option<StoreLocationConfig>,
-}
+pub use crate::deadletter::DeadLetterConfig;
 
 /// One routed function, validated.
 #[derive(Debug, Clone)]
@@ -95,7 +78,9 @@ pub struct RouteConfig {
     pub partition_key: PartitionKeyPaths,
     pub soft_delete: Option<SoftDelete>,
     pub retry: RetrySettings,
-    pub sinks: BTreeMap<String, SinkConfig>,
+    /// What the sinks know about this route.
+    pub context: RouteContext,
+    pub sinks: BTreeMap<String, ValidatedSink>,
 }
 
 impl RouteConfig {
@@ -388,21 +373,13 @@ fn validate(
         };
         let soft_delete = match f.soft_delete {
             None => None,
-            Some(sd) => match PartitionKeyPaths::parse(&[sd.field.as_str()]) {
-                Ok(_) => Some(SoftDelete {
-                    path: sd
-                        .field
-                        .trim_start_matches('/')
-                        .split('/')
-                        .map(str::to_string)
-                        .collect(),
+            Some(sd) => match DocPath::parse(&sd.field) {
+                Ok(path) => Some(SoftDelete {
+                    path: path.segments().to_vec(),
                     equals: sd.equals,
                 }),
-                Err(_) => {
-                    problem(
-                        &format!("{at}.soft_delete.field"),
-                        format!("`{}` must be a `/`-path such as `/deleted`", sd.field),
-                    );
+                Err(e) => {
+                    problem(&format!("{at}.soft_delete.field"), e.to_string());
                     None
                 }
             },
@@ -417,6 +394,22 @@ fn validate(
         if f.sinks.is_empty() {
             problem(&format!("{at}.sinks"), "no sinks; add one, e.g. `[functions.NAME.sinks.changelog]` with `type = \"delta\"`".into());
         }
+        // Sinks are checked even when the partition key is wrong (with a stand-in), so one
+        // run of check-config lists every problem.
+        let context = RouteContext {
+            function: name.clone(),
+            app_root: app_root.to_path_buf(),
+            partition_key: partition_key
+                .clone()
+                .unwrap_or_else(|| PartitionKeyPaths::parse(&["/id"]).expect("a valid path")),
+            event_source: format!(
+                "/cosmosdb/{}/{}",
+                function.database.as_deref().unwrap_or("database"),
+                function.container.as_deref().unwrap_or(&function.name)
+            ),
+            output_bindings: function.outputs.clone(),
+        };
+        let mut sinks = BTreeMap::new();
         for (sink_name, sink) in &f.sinks {
             let sink_at = format!("{at}.sinks.{sink_name}");
             if !is_simple_name(sink_name) {
@@ -426,22 +419,16 @@ fn validate(
                 // re-delivery progress): a sink of that name would be counted as done.
                 problem(&sink_at, "sink names starting with `_` are reserved for fanout itself (`_input` is what failed before any sink); rename the sink".into());
             }
-            for message in sink.validate() {
-                problem(&sink_at, message);
-            }
-            if let SinkConfig::EventHubsBinding(b) = sink
-                && !function
-                    .outputs
-                    .iter()
-                    .any(|(n, t)| n == &b.binding && t.eq_ignore_ascii_case("eventHub"))
-            {
-                problem(
-                    &sink_at,
-                    format!(
-                        "{name}/function.json has no `eventHub` output binding named `{}`; add one (direction `out`) or fix `binding`",
-                        b.binding
-                    ),
-                );
+            match sink.validate(&context) {
+                Ok(validated) => {
+                    sinks.insert(sink_name.clone(), validated);
+                }
+                Err(found) => {
+                    for p in found {
+                        let p = p.under(&sink_at);
+                        problem(&p.at, p.message);
+                    }
+                }
             }
         }
         // Everything above is checked even when the partition key is wrong, so one run of
@@ -454,7 +441,8 @@ fn validate(
                     partition_key,
                     soft_delete,
                     retry,
-                    sinks: f.sinks,
+                    context,
+                    sinks,
                 },
             );
         }
@@ -472,37 +460,28 @@ fn validate(
             );
         }
     }
+    let mut location = |at: &str, url: &str, options: BTreeMap<String, String>| {
+        Location::parse(url, options, app_root)
+            .map_err(|e| problem(at, e.to_string()))
+            .ok()
+    };
+    let default = || {
+        Location::parse(DEFAULT_DEAD_LETTER_URL, BTreeMap::new(), app_root)
+            .expect("the default location parses")
+    };
     let dead_letter = match parsed.dead_letter {
         Some(d) => DeadLetterConfig {
-            primary: StoreLocationConfig {
-                url: d.url,
-                storage_options: d.storage_options,
-            },
-            fallback: d.fallback.map(|f| StoreLocationConfig {
-                url: f.url,
-                storage_options: f.storage_options,
-            }),
+            primary: location("dead_letter.url", &d.url, d.storage_options).unwrap_or_else(default),
+            fallback: d
+                .fallback
+                .and_then(|f| location("dead_letter.fallback.url", &f.url, f.storage_options)),
         },
         None => DeadLetterConfig {
-            primary: StoreLocationConfig {
-                url: DEFAULT_DEAD_LETTER_URL.into(),
-                storage_options: BTreeMap::new(),
-            },
+            primary: default(),
             fallback: None,
         },
     };
-    let tiers = std::iter::once(("dead_letter.url", &dead_letter.primary)).chain(
-        dead_letter
-            .fallback
-            .iter()
-            .map(|f| ("dead_letter.fallback.url", f)),
-    );
-    for (at, location) in tiers {
-        if let Some(message) = location_problem(&location.url) {
-            problem(at, message);
-        }
-    }
-    if dead_letter.fallback.as_ref().map(|f| &f.url) == Some(&dead_letter.primary.url) {
+    if dead_letter.fallback.as_ref().map(|f| f.url()) == Some(dead_letter.primary.url()) {
         problem(
             "dead_letter.fallback.url",
             "is the same location as `dead_letter.url`; a fallback helps only when it fails apart from the primary: use another container, account or a local folder".into(),
@@ -518,20 +497,6 @@ fn validate(
             .unwrap_or(DEFAULT_MAX_BODY_BYTES),
         function_timeout,
         routes,
-    }
-}
-
-/// What is wrong with a store location as written, if anything.
-fn location_problem(url: &str) -> Option<String> {
-    if url.trim().is_empty() {
-        return Some("is empty; use a folder such as `.fanout/dead-letter` or an `az://container/prefix` URL".into());
-    }
-    let (scheme, _) = url.split_once("://")?;
-    match scheme {
-        "file" | "az" | "azure" | "abfs" | "abfss" | "adl" => None,
-        other => Some(format!(
-            "unsupported scheme `{other}://`; use a folder, `az://container/prefix` or `abfss://container@account.dfs.core.windows.net/prefix`"
-        )),
     }
 }
 

@@ -1,15 +1,11 @@
-//! One place records can be kept: a local folder (relative to the app root) or an Azure Blob /
-//! ADLS container and prefix. The tiered [`super::DeadLetterStore`] holds one or two of these.
+//! One place records can be kept (a [`crate::storage::Location`]: a local folder or an Azure
+//! Blob / ADLS container and prefix), with the area / key operations the store needs. The tiered [`super::DeadLetterStore`] holds one or two of these.
 
 use super::DeadLetterError;
-use crate::config::StoreLocationConfig;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use object_store::azure::MicrosoftAzureBuilder;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use std::path::Path;
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -26,53 +22,19 @@ pub(super) struct Listed {
 }
 
 impl Location {
-    /// Opens a local folder (created if missing) or an `az://container/prefix` /
-    /// `abfss://container@account.dfs.core.windows.net/prefix` URL, with credentials from
-    /// `storage_options` and the environment (`AZURE_*`, managed identity).
-    pub(super) fn open(
-        config: &StoreLocationConfig,
-        app_root: &Path,
-    ) -> Result<Self, DeadLetterError> {
-        let url = config.url.clone();
-        let fail = |message: String| DeadLetterError::Config {
-            location: url.clone(),
-            message,
-        };
-        if !url.contains("://") || url.starts_with("file://") {
-            let raw = url.strip_prefix("file://").unwrap_or(&url);
-            let path = app_root.join(raw);
-            std::fs::create_dir_all(&path)
-                .map_err(|e| fail(format!("cannot create {}: {e}", path.display())))?;
-            let store = LocalFileSystem::new_with_prefix(&path).map_err(|e| fail(e.to_string()))?;
-            return Ok(Self {
-                store: Arc::new(store),
-                root: StorePath::default(),
-                url,
-            });
-        }
-        let parsed = url::Url::parse(&url).map_err(|e| fail(format!("not a valid URL: {e}")))?;
-        match parsed.scheme() {
-            "az" | "azure" | "abfs" | "abfss" | "adl" => {
-                let mut builder = MicrosoftAzureBuilder::from_env().with_url(url.as_str());
-                for (key, value) in &config.storage_options {
-                    let key = key.parse().map_err(|e: object_store::Error| {
-                        fail(format!("storage option `{key}`: {e}"))
-                    })?;
-                    builder = builder.with_config(key, value);
-                }
-                let store = builder.build().map_err(|e| fail(e.to_string()))?;
-                // az://container/prefix: the prefix is the path; abfss://container@host/prefix likewise.
-                let root = StorePath::from(parsed.path().trim_start_matches('/'));
-                Ok(Self {
-                    store: Arc::new(store),
-                    root,
-                    url,
-                })
-            }
-            other => Err(fail(format!(
-                "unsupported scheme `{other}://`; use a folder, `az://` or `abfss://`"
-            ))),
-        }
+    /// Opens the store at `location` (a local folder is created if missing).
+    pub(super) fn open(location: &crate::storage::Location) -> Result<Self, DeadLetterError> {
+        let (store, root) = location
+            .object_store()
+            .map_err(|e| DeadLetterError::Config {
+                location: location.to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            store,
+            root,
+            url: location.to_string(),
+        })
     }
 
     pub(super) fn path(&self, area: &str, key: &str) -> StorePath {

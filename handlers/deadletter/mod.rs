@@ -24,7 +24,7 @@ mod tombstone;
 pub use tombstone::{TOMBSTONES, Tombstone};
 
 use crate::change::Change;
-use crate::config::DeadLetterConfig;
+use crate::storage::Location as StoreLocation;
 use chrono::{DateTime, Utc};
 use location::Location;
 use serde::{Deserialize, Serialize};
@@ -231,6 +231,15 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
+/// Where the dead-letter store is: the configured location and an optional fallback.
+#[derive(Debug, Clone)]
+pub struct DeadLetterConfig {
+    pub primary: StoreLocation,
+    /// Tried when the primary fails or does not answer in time: another container or
+    /// account, or a local folder.
+    pub fallback: Option<StoreLocation>,
+}
+
 /// Where a record was written: its key (tier-prefixed) and a readable location for logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
@@ -255,14 +264,10 @@ impl std::fmt::Debug for DeadLetterStore {
 
 impl DeadLetterStore {
     /// Opens the configured store and its fallback (no I/O but creating local folders).
-    pub fn open(config: &DeadLetterConfig, app_root: &Path) -> Result<Self, DeadLetterError> {
+    pub fn open(config: &DeadLetterConfig) -> Result<Self, DeadLetterError> {
         Ok(Self {
-            primary: Location::open(&config.primary, app_root)?,
-            fallback: config
-                .fallback
-                .as_ref()
-                .map(|f| Location::open(f, app_root))
-                .transpose()?,
+            primary: Location::open(&config.primary)?,
+            fallback: config.fallback.as_ref().map(Location::open).transpose()?,
         })
     }
 
@@ -592,13 +597,13 @@ fn body_record_key(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StoreLocationConfig;
-
-    fn local(dir: &Path, name: &str) -> StoreLocationConfig {
-        StoreLocationConfig {
-            url: dir.join(name).display().to_string(),
-            storage_options: Default::default(),
-        }
+    fn local(dir: &Path, name: &str) -> StoreLocation {
+        StoreLocation::parse(
+            &dir.join(name).display().to_string(),
+            Default::default(),
+            dir,
+        )
+        .unwrap()
     }
 
     fn record(fp: &str) -> DeadLetterRecord {
@@ -619,17 +624,11 @@ mod tests {
     #[tokio::test]
     async fn a_failing_primary_falls_back_and_keys_name_the_tier() {
         let dir = tempfile::tempdir().unwrap();
-        let primary = StoreLocationConfig {
-            url: dir.path().join("ok").display().to_string(),
-            storage_options: Default::default(),
-        };
-        let store = DeadLetterStore::open(
-            &DeadLetterConfig {
-                primary,
-                fallback: Some(local(dir.path(), "fallback")),
-            },
-            dir.path(),
-        )
+        let primary = local(dir.path(), "ok");
+        let store = DeadLetterStore::open(&DeadLetterConfig {
+            primary,
+            fallback: Some(local(dir.path(), "fallback")),
+        })
         .unwrap();
         let first = store.put(&record("a"), soon()).await.unwrap();
         assert!(!first.in_fallback);
@@ -654,13 +653,10 @@ mod tests {
     #[tokio::test]
     async fn both_tiers_failing_is_an_error_naming_both_and_the_deadline_holds() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DeadLetterStore::open(
-            &DeadLetterConfig {
-                primary: local(dir.path(), "a"),
-                fallback: Some(local(dir.path(), "b")),
-            },
-            dir.path(),
-        )
+        let store = DeadLetterStore::open(&DeadLetterConfig {
+            primary: local(dir.path(), "a"),
+            fallback: Some(local(dir.path(), "b")),
+        })
         .unwrap();
         for t in ["a", "b"] {
             std::fs::write(dir.path().join(t).join("pending"), b"").unwrap();
@@ -676,13 +672,10 @@ mod tests {
     #[tokio::test]
     async fn in_flight_records_are_settled_or_recovered_when_old() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DeadLetterStore::open(
-            &DeadLetterConfig {
-                primary: local(dir.path(), "dl"),
-                fallback: None,
-            },
-            dir.path(),
-        )
+        let store = DeadLetterStore::open(&DeadLetterConfig {
+            primary: local(dir.path(), "dl"),
+            fallback: None,
+        })
         .unwrap();
         let mut r = record("f");
         r.kind = DeadLetterKind::InFlight;
@@ -747,13 +740,10 @@ mod tests {
     #[tokio::test]
     async fn an_orphaned_body_is_listed_as_its_own_record() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DeadLetterStore::open(
-            &DeadLetterConfig {
-                primary: local(dir.path(), "dl"),
-                fallback: None,
-            },
-            dir.path(),
-        )
+        let store = DeadLetterStore::open(&DeadLetterConfig {
+            primary: local(dir.path(), "dl"),
+            fallback: None,
+        })
         .unwrap();
         let key = body_key("orders", "abc-oversized");
         store

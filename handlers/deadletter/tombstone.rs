@@ -187,22 +187,17 @@ impl DeadLetterStore {
 mod tests {
     use super::*;
     use crate::change::Operation;
-    use crate::config::{DeadLetterConfig, StoreLocationConfig};
-    use crate::deadletter::{DeadLetterKind, DeadLetterRecord};
-    use serde_json::json;
+    use crate::deadletter::{DeadLetterConfig, DeadLetterKind, DeadLetterRecord};
+    use crate::storage::Location;
+    use crate::testing::ChangeBuilder;
     use std::time::Duration;
 
     fn change(id: &str, pk: &str, op: Operation, lsn: i64) -> Change {
-        Change {
-            operation: op,
-            delete_kind: None,
-            id: id.into(),
-            partition_key: PartitionKey(vec![Some(json!(pk))]),
-            lsn: Some(lsn),
-            ts: Some(1_700_000_000 + lsn),
-            etag: None,
-            document: None,
-        }
+        let b = match op {
+            Operation::Delete => ChangeBuilder::delete(id),
+            _ => ChangeBuilder::upsert(id),
+        };
+        b.pk(pk).lsn(lsn).build()
     }
 
     #[test]
@@ -224,16 +219,10 @@ mod tests {
     #[tokio::test]
     async fn tombstones_are_kept_read_back_and_pruned_only_when_nothing_waits() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DeadLetterStore::open(
-            &DeadLetterConfig {
-                primary: StoreLocationConfig {
-                    url: dir.path().join("dl").display().to_string(),
-                    storage_options: Default::default(),
-                },
-                fallback: None,
-            },
-            dir.path(),
-        )
+        let store = DeadLetterStore::open(&DeadLetterConfig {
+            primary: Location::parse("dl", Default::default(), dir.path()).unwrap(),
+            fallback: None,
+        })
         .unwrap();
         let soon = Instant::now() + Duration::from_secs(5);
         assert!(!store.holds_changes_for("orders", "search").await.unwrap());

@@ -20,7 +20,7 @@ use crate::deadletter::{
     DeadLetterError, DeadLetterKind, DeadLetterRecord, DeadLetterStore, INPUT_SINK, Stored,
 };
 use crate::host::{HostRequest, InvocationResponse, RetryContext, RetryState};
-use crate::sinks::{BatchContext, BuildContext, Sink, SinkError};
+use crate::sinks::{BatchContext, Sink, SinkError};
 use crate::telemetry;
 use chrono::Utc;
 use futures::future::join_all;
@@ -180,20 +180,12 @@ impl Pipeline {
         let mut routes = BTreeMap::new();
         for (name, route) in &config.routes {
             let mut sinks = Vec::new();
-            let ctx = BuildContext {
-                app_root: &config.app_root,
-                partition_key: &route.partition_key,
-                function: &route.function,
-            };
             for (sink_name, sink) in &route.sinks {
-                sinks.push(
-                    sink.build(sink_name, &ctx)
-                        .map_err(|source| BuildError::Sink {
-                            function: name.clone(),
-                            sink: sink_name.clone(),
-                            source,
-                        })?,
-                );
+                sinks.push(sink.build(sink_name).map_err(|source| BuildError::Sink {
+                    function: name.clone(),
+                    sink: sink_name.clone(),
+                    source,
+                })?);
             }
             routes.insert(
                 name.clone(),
@@ -208,7 +200,7 @@ impl Pipeline {
                 },
             );
         }
-        let dead_letter = DeadLetterStore::open(&config.dead_letter, &config.app_root)?;
+        let dead_letter = DeadLetterStore::open(&config.dead_letter)?;
         Ok(Self {
             routes,
             dead_letter,

@@ -133,7 +133,8 @@ pub async fn deliver_with_retry(
                     delivery.retry_after,
                 )
             }
-            Err(SinkError::Permanent { message }) => {
+            Err(e @ SinkError::Permanent { .. }) => {
+                let message = e.detail();
                 return run(
                     attempts,
                     rejected,
@@ -144,10 +145,13 @@ pub async fn deliver_with_retry(
                     },
                 );
             }
-            Err(SinkError::Transient {
-                message,
-                retry_after,
-            }) => (message, retry_after),
+            Err(e @ SinkError::Transient { .. }) => {
+                let retry_after = match &e {
+                    SinkError::Transient { retry_after, .. } => *retry_after,
+                    SinkError::Permanent { .. } => None,
+                };
+                (e.detail(), retry_after)
+            }
         };
         let delay = backoff
             .next()
@@ -173,59 +177,15 @@ pub async fn deliver_with_retry(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::change::{Operation, PartitionKey};
     use crate::sinks::{Delivery, Rejected};
-    use async_trait::async_trait;
-    use std::sync::Mutex;
-
-    /// A scripted sink: answers from a list, records what it was given.
-    struct Scripted {
-        answers: Mutex<Vec<Result<Delivery, SinkError>>>,
-        seen: Mutex<Vec<Vec<String>>>,
-    }
-
-    #[async_trait]
-    impl Sink for Scripted {
-        fn name(&self) -> &str {
-            "scripted"
-        }
-        fn kind(&self) -> &'static str {
-            "test"
-        }
-        async fn deliver(
-            &self,
-            _: &BatchContext,
-            changes: &[&Change],
-        ) -> Result<Delivery, SinkError> {
-            self.seen
-                .lock()
-                .unwrap()
-                .push(changes.iter().map(|c| c.id.clone()).collect());
-            self.answers.lock().unwrap().remove(0)
-        }
-    }
+    use crate::testing::{ChangeBuilder, PanickingSink, ScriptedSink, batch_context};
 
     fn change(id: &str) -> Change {
-        Change {
-            operation: Operation::Upsert,
-            delete_kind: None,
-            id: id.into(),
-            partition_key: PartitionKey(vec![None]),
-            lsn: None,
-            ts: None,
-            etag: None,
-            document: None,
-        }
+        ChangeBuilder::upsert(id).build()
     }
 
     fn ctx() -> BatchContext {
-        BatchContext {
-            function: "f".into(),
-            invocation_id: "i".into(),
-            fingerprint: "fp".into(),
-            received_at: chrono::Utc::now(),
-            replay: false,
-        }
+        batch_context("f")
     }
 
     fn settings(budget_ms: u64) -> RetrySettings {
@@ -238,8 +198,9 @@ mod tests {
 
     #[tokio::test]
     async fn partial_failure_redrives_only_pending_and_keeps_rejections() {
-        let sink = Scripted {
-            answers: Mutex::new(vec![
+        let sink = ScriptedSink::new(
+            "scripted",
+            vec![
                 Ok(Delivery {
                     pending: vec![1, 2],
                     rejected: vec![Rejected {
@@ -254,15 +215,14 @@ mod tests {
                     ..Delivery::default()
                 }),
                 Ok(Delivery::done("ok")),
-            ]),
-            seen: Mutex::new(vec![]),
-        };
+            ],
+        );
         let batch = vec![change("a"), change("b"), change("c")];
         let run = deliver_with_retry(&sink, &ctx(), &batch, &settings(5_000)).await;
         assert!(run.delivered());
         assert_eq!(run.attempts, 4);
         assert_eq!(run.rejected, vec![(0, "bad".to_string())]);
-        let seen = sink.seen.lock().unwrap().clone();
+        let seen = sink.seen();
         assert_eq!(
             seen,
             vec![
@@ -274,24 +234,18 @@ mod tests {
         );
     }
 
-    struct Panics;
-
-    #[async_trait]
-    impl Sink for Panics {
-        fn name(&self) -> &str {
-            "panics"
-        }
-        fn kind(&self) -> &'static str {
-            "test"
-        }
-        async fn deliver(&self, _: &BatchContext, _: &[&Change]) -> Result<Delivery, SinkError> {
-            panic!("index out of bounds")
-        }
-    }
-
     #[tokio::test]
     async fn a_panicking_sink_is_a_permanent_failure_not_a_crash() {
-        let run = deliver_with_retry(&Panics, &ctx(), &[change("a")], &settings(5_000)).await;
+        let run = deliver_with_retry(
+            &PanickingSink {
+                name: "panics".into(),
+                message: "index out of bounds",
+            },
+            &ctx(),
+            &[change("a")],
+            &settings(5_000),
+        )
+        .await;
         assert_eq!(
             run.result,
             SinkResult::Failed {
@@ -304,10 +258,7 @@ mod tests {
 
     #[tokio::test]
     async fn permanent_errors_stop_at_once() {
-        let sink = Scripted {
-            answers: Mutex::new(vec![Err(SinkError::permanent("schema"))]),
-            seen: Mutex::new(vec![]),
-        };
+        let sink = ScriptedSink::new("scripted", vec![Err(SinkError::permanent("schema"))]);
         let run = deliver_with_retry(&sink, &ctx(), &[change("a")], &settings(5_000)).await;
         assert_eq!(run.attempts, 1);
         assert_eq!(
@@ -322,13 +273,12 @@ mod tests {
 
     #[tokio::test]
     async fn retry_after_longer_than_the_budget_gives_up_early() {
-        let sink = Scripted {
-            answers: Mutex::new(vec![Err(SinkError::Transient {
-                message: "429".into(),
-                retry_after: Some(Duration::from_secs(30)),
-            })]),
-            seen: Mutex::new(vec![]),
-        };
+        let sink = ScriptedSink::new(
+            "scripted",
+            vec![Err(
+                SinkError::transient("429").retry_after(Some(Duration::from_secs(30)))
+            )],
+        );
         let started = Instant::now();
         let run = deliver_with_retry(&sink, &ctx(), &[change("a")], &settings(2_000)).await;
         assert!(matches!(

@@ -9,8 +9,9 @@
 //! fields, and the SDK would pull its own HTTP/AMQP/Kafka integrations into the build.
 
 use crate::change::projection::FieldSelection;
-use crate::change::{Change, Operation};
-use crate::sinks::BatchContext;
+use crate::change::{Change, DocPath, Operation};
+use crate::problem::{Problem, Problems};
+use crate::sinks::{BatchContext, RouteContext};
 use serde_json::{Value, json};
 
 /// How an event is laid out on the wire.
@@ -69,28 +70,75 @@ pub struct EventSettings {
 pub const DEFAULT_TYPE_PREFIX: &str = "com.microsoft.cosmosdb.document";
 
 impl EventSettings {
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self.fields.iter().any(|f| !f.starts_with('/')) {
-            problems.push("`format.fields` must be `/`-paths such as `/total`".into());
-        }
+    /// Checks the `format` table and parses it, with `default_source` for a missing
+    /// `source`. Problems are located under `format`.
+    pub fn validate(&self, default_source: &str) -> Result<EventFormat, Vec<Problem>> {
+        let mut problems = Problems::default();
+        let fields: Vec<DocPath> = self
+            .fields
+            .iter()
+            .filter_map(|f| problems.take("format.fields", DocPath::parse(f)))
+            .collect();
         if self.type_prefix.as_deref() == Some("") {
             problems.push(
-                "`format.type_prefix` must not be empty (leave it out for the default)".into(),
+                "format.type_prefix",
+                "must not be empty (leave it out for the default)",
             );
         }
-        problems
-    }
-
-    pub fn format(&self, default_source: String) -> EventFormat {
-        EventFormat {
-            source: self.source.clone().unwrap_or(default_source),
+        problems.into_result(|| EventFormat {
+            source: self
+                .source
+                .clone()
+                .unwrap_or_else(|| default_source.to_string()),
             type_prefix: self
                 .type_prefix
                 .clone()
                 .unwrap_or_else(|| DEFAULT_TYPE_PREFIX.into()),
-            fields: FieldSelection::new(&self.fields),
+            fields: FieldSelection::new(&fields),
+        })
+    }
+}
+
+/// The settings every event-stream sink shares (Event Hubs over AMQP, Kafka), checked and
+/// parsed once: which key each event is sent with, and the CloudEvents layout. The sinks'
+/// tables spell them the same way: `partitioning`, `partition_key`, `format = { ... }`.
+#[derive(Debug, Clone)]
+pub struct EventStream {
+    pub partitioning: Partitioning,
+    pub key: EventKey,
+    pub format: EventFormat,
+    pub mode: EventMode,
+}
+
+impl EventStream {
+    pub fn validate(
+        partitioning: Partitioning,
+        partition_key: Option<&str>,
+        settings: &EventSettings,
+        ctx: &RouteContext,
+    ) -> Result<Self, Vec<Problem>> {
+        let mut problems = Problems::default();
+        let path = partition_key.and_then(|p| problems.take("partition_key", DocPath::parse(p)));
+        if partition_key.is_some() && partitioning == Partitioning::None {
+            problems.push(
+                "partition_key",
+                "has no effect with `partitioning = \"none\"`: remove one of them",
+            );
         }
+        let format = match settings.validate(&ctx.event_source) {
+            Ok(f) => Some(f),
+            Err(found) => {
+                problems.0.extend(found);
+                None
+            }
+        };
+        let format = problems.into_result(|| format.expect("parsed when nothing is wrong"))?;
+        Ok(EventStream {
+            partitioning,
+            key: EventKey::new(partitioning, path),
+            format,
+            mode: settings.mode,
+        })
     }
 }
 
@@ -122,10 +170,10 @@ impl EventKey {
     /// `path`: a `/`-path in the document to key by instead of the Cosmos partition key. A
     /// change without a document (a hard delete) or without that field is keyed by its Cosmos
     /// partition key.
-    pub fn new(partitioning: Partitioning, path: Option<&str>) -> Self {
+    pub fn new(partitioning: Partitioning, path: Option<DocPath>) -> Self {
         Self {
             partitioning,
-            path: path.map(crate::change::projection::parse_path),
+            path: path.map(|p| p.segments().to_vec()),
         }
     }
 
@@ -262,13 +310,7 @@ mod tests {
     use crate::change::{DeleteKind, PartitionKey};
 
     fn ctx() -> BatchContext {
-        BatchContext {
-            function: "orders".into(),
-            invocation_id: "i".into(),
-            fingerprint: "f".into(),
-            received_at: chrono::Utc::now(),
-            replay: false,
-        }
+        crate::testing::batch_context("orders")
     }
 
     #[test]

@@ -14,10 +14,11 @@ pub mod redis;
 
 use crate::change::Change;
 use crate::change::PartitionKeyPaths;
+use crate::problem::Problem;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,97 +34,97 @@ pub enum SinkConfig {
     Kafka(kafka::KafkaConfig),
 }
 
-/// What a sink may know about its route when it is built.
-pub struct BuildContext<'a> {
-    pub app_root: &'a Path,
-    pub partition_key: &'a PartitionKeyPaths,
-    pub function: &'a crate::config::FunctionDefinition,
+/// What a sink may know about its route: built once, by the config, and given to every
+/// sink's validation, warnings and build.
+#[derive(Debug, Clone)]
+pub struct RouteContext {
+    /// The function (folder) name.
+    pub function: String,
+    pub app_root: PathBuf,
+    /// The monitored container's partition key paths.
+    pub partition_key: PartitionKeyPaths,
+    /// The default CloudEvents `source` and the changelog's exactly-once scope:
+    /// `/cosmosdb/{database}/{container}` from function.json.
+    pub event_source: String,
+    /// The function's output bindings, `(name, type)`, from function.json.
+    pub output_bindings: Vec<(String, String)>,
 }
 
 impl SinkConfig {
-    /// Problems with the settings that can be found without I/O, each saying how to fix it.
-    pub fn validate(&self) -> Vec<String> {
+    /// Checks the settings and parses them, once: what is wrong (every problem, each saying
+    /// how to fix it, located relative to the sink's table), or the parsed state the build
+    /// consumes. Reads nothing but files under the app root.
+    pub fn validate(&self, ctx: &RouteContext) -> Result<ValidatedSink, Vec<Problem>> {
+        Ok(match self {
+            SinkConfig::Delta(c) => ValidatedSink::Delta(c.validate(ctx)?),
+            SinkConfig::Redis(c) => ValidatedSink::Redis(c.validate(ctx)?),
+            SinkConfig::AzureSearch(c) => ValidatedSink::AzureSearch(c.validate(ctx)?),
+            SinkConfig::EventHubs(c) => ValidatedSink::EventHubs(c.validate(ctx)?),
+            SinkConfig::EventHubsBinding(c) => ValidatedSink::EventHubsBinding(c.validate(ctx)?),
+            SinkConfig::Kafka(c) => ValidatedSink::Kafka(c.validate(ctx)?),
+        })
+    }
+}
+
+/// A sink's settings, checked and parsed ([`SinkConfig::validate`]): what building it needs.
+#[derive(Debug, Clone)]
+pub enum ValidatedSink {
+    Delta(delta::ValidatedDelta),
+    Redis(redis::ValidatedRedis),
+    AzureSearch(azure_search::ValidatedSearch),
+    EventHubs(event_hubs::ValidatedAmqp),
+    EventHubsBinding(event_hubs::ValidatedBinding),
+    Kafka(kafka::ValidatedKafka),
+}
+
+impl ValidatedSink {
+    pub fn kind(&self) -> &'static str {
         match self {
-            SinkConfig::Delta(c) => c.validate(),
-            SinkConfig::Redis(c) => c.validate(),
-            SinkConfig::AzureSearch(c) => c.validate(),
-            SinkConfig::EventHubs(c) => c.validate(),
-            SinkConfig::EventHubsBinding(c) => c.validate(),
-            SinkConfig::Kafka(c) => c.validate(),
+            ValidatedSink::Delta(_) => delta::KIND,
+            ValidatedSink::Redis(_) => redis::KIND,
+            ValidatedSink::AzureSearch(_) => azure_search::KIND,
+            ValidatedSink::EventHubs(_) => event_hubs::amqp::KIND,
+            ValidatedSink::EventHubsBinding(_) => event_hubs::BINDING_KIND,
+            ValidatedSink::Kafka(_) => kafka::KIND,
         }
     }
 
-    /// Things worth a look that do not stop start-up (e.g. a projected field the index lacks).
-    pub fn warnings(&self, app_root: &Path, partition_key: &PartitionKeyPaths) -> Vec<String> {
+    /// Things worth a look that do not stop start-up (e.g. a projected field the index
+    /// lacks), located relative to the sink's table.
+    pub fn warnings(&self) -> Vec<Problem> {
         match self {
-            SinkConfig::Redis(c) => c.warnings(partition_key.segments()),
-            SinkConfig::AzureSearch(c) => match azure_search::missing_fields(c, app_root) {
-                Ok(missing) => missing
-                    .into_iter()
-                    .map(|f| format!("the projection writes `{f}`, which the index definition does not have: the service will refuse those documents"))
-                    .collect(),
-                Err(e) => vec![e],
-            },
+            ValidatedSink::Redis(v) => v.warnings(),
+            ValidatedSink::AzureSearch(v) => v.warnings(),
             _ => Vec::new(),
         }
     }
 
-    pub fn kind(&self) -> &'static str {
+    /// The changelog settings, for the commands that work on the table itself.
+    pub fn as_delta(&self) -> Option<&delta::DeltaConfig> {
         match self {
-            SinkConfig::Delta(_) => delta::KIND,
-            SinkConfig::Redis(_) => redis::KIND,
-            SinkConfig::AzureSearch(_) => azure_search::KIND,
-            SinkConfig::EventHubs(_) => event_hubs::amqp::KIND,
-            SinkConfig::EventHubsBinding(_) => event_hubs::BINDING_KIND,
-            SinkConfig::Kafka(_) => kafka::KIND,
+            ValidatedSink::Delta(v) => Some(&v.config),
+            _ => None,
+        }
+    }
+
+    /// The search settings, for the command that creates the index.
+    pub fn as_search(&self) -> Option<&azure_search::ValidatedSearch> {
+        match self {
+            ValidatedSink::AzureSearch(v) => Some(v),
+            _ => None,
         }
     }
 
     /// Builds the sink. Connections are opened lazily, on the first batch, so start-up stays fast.
-    pub fn build(&self, name: &str, ctx: &BuildContext<'_>) -> Result<Arc<dyn Sink>, SinkError> {
-        match self {
-            SinkConfig::Delta(c) => Ok(Arc::new(delta::DeltaSink::new(
-                name,
-                c,
-                ctx.app_root,
-                ctx.event_source(),
-            )?)),
-            SinkConfig::Redis(c) => Ok(Arc::new(redis::RedisSink::new(
-                name,
-                c,
-                ctx.partition_key.segments().to_vec(),
-            )?)),
-            SinkConfig::AzureSearch(c) => Ok(Arc::new(azure_search::SearchSink::new(
-                name,
-                c,
-                ctx.app_root,
-            )?)),
-            SinkConfig::EventHubs(c) => Ok(Arc::new(event_hubs::AmqpSink::new(
-                name,
-                c,
-                ctx.event_source(),
-            )?)),
-            SinkConfig::EventHubsBinding(c) => Ok(Arc::new(event_hubs::BindingSink::new(
-                name,
-                c,
-                ctx.event_source(),
-            ))),
-            SinkConfig::Kafka(c) => {
-                Ok(Arc::new(kafka::KafkaSink::new(name, c, ctx.event_source())))
-            }
-        }
-    }
-}
-
-impl BuildContext<'_> {
-    /// The default CloudEvents `source`: `/cosmosdb/{database}/{container}` from function.json.
-    pub fn event_source(&self) -> String {
-        let f = self.function;
-        format!(
-            "/cosmosdb/{}/{}",
-            f.database.as_deref().unwrap_or("database"),
-            f.container.as_deref().unwrap_or(&f.name)
-        )
+    pub fn build(&self, name: &str) -> Result<Arc<dyn Sink>, SinkError> {
+        Ok(match self {
+            ValidatedSink::Delta(v) => Arc::new(delta::DeltaSink::new(name, v)?),
+            ValidatedSink::Redis(v) => Arc::new(redis::RedisSink::new(name, v)?),
+            ValidatedSink::AzureSearch(v) => Arc::new(azure_search::SearchSink::new(name, v)?),
+            ValidatedSink::EventHubs(v) => Arc::new(event_hubs::AmqpSink::new(name, v)?),
+            ValidatedSink::EventHubsBinding(v) => Arc::new(event_hubs::BindingSink::new(name, v)),
+            ValidatedSink::Kafka(v) => Arc::new(kafka::KafkaSink::new(name, v)),
+        })
     }
 }
 
@@ -171,18 +172,29 @@ impl Delivery {
     }
 }
 
-/// Why a delivery attempt failed as a whole.
-#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+/// The client error behind a [`SinkError`], kept for `source()` chains and debugging.
+pub type ErrorSource = Arc<dyn std::error::Error + Send + Sync>;
+
+/// Why a delivery attempt failed as a whole. Each sink turns its client's errors into one in
+/// a single function in the same-named file (`classify`); the message says what failed and
+/// the source keeps the client's error.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SinkError {
     /// May succeed later (network, throttling, conflicts, a service restarting).
     #[error("{message}")]
     Transient {
         message: String,
         retry_after: Option<Duration>,
+        #[source]
+        source: Option<ErrorSource>,
     },
     /// Will not succeed by retrying (bad settings, data the sink cannot take).
     #[error("{message}")]
-    Permanent { message: String },
+    Permanent {
+        message: String,
+        #[source]
+        source: Option<ErrorSource>,
+    },
 }
 
 impl SinkError {
@@ -190,12 +202,74 @@ impl SinkError {
         SinkError::Transient {
             message: message.into(),
             retry_after: None,
+            source: None,
         }
     }
 
     pub fn permanent(message: impl Into<String>) -> Self {
         SinkError::Permanent {
             message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The same error, with the client error that caused it.
+    pub fn with_source(mut self, error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        let arc: ErrorSource = Arc::new(error);
+        match &mut self {
+            SinkError::Transient { source, .. } | SinkError::Permanent { source, .. } => {
+                *source = Some(arc)
+            }
+        }
+        self
+    }
+
+    /// A transient error that asks to wait this long before the next attempt.
+    pub fn retry_after(mut self, after: Option<Duration>) -> Self {
+        if let SinkError::Transient { retry_after, .. } = &mut self {
+            *retry_after = after;
+        }
+        self
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, SinkError::Permanent { .. })
+    }
+
+    /// The message, and the client error behind it when the message does not already say it:
+    /// what the host log and the dead-letter record show.
+    pub fn detail(&self) -> String {
+        let (SinkError::Transient {
+            message, source, ..
+        }
+        | SinkError::Permanent { message, source }) = self;
+        match source {
+            Some(e) if !message.contains(&e.to_string()) => format!("{message}: {e}"),
+            _ => message.clone(),
+        }
+    }
+}
+
+/// Equal when the kind, the message and the requested wait are (sources are not compared).
+impl PartialEq for SinkError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                SinkError::Transient {
+                    message: a,
+                    retry_after: ra,
+                    ..
+                },
+                SinkError::Transient {
+                    message: b,
+                    retry_after: rb,
+                    ..
+                },
+            ) => a == b && ra == rb,
+            (SinkError::Permanent { message: a, .. }, SinkError::Permanent { message: b, .. }) => {
+                a == b
+            }
+            _ => false,
         }
     }
 }

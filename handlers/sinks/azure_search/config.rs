@@ -1,3 +1,8 @@
+use super::index::IndexDefinition;
+use super::project::{FieldMapping, mappings};
+use crate::change::DocPath;
+use crate::problem::{Problem, Problems};
+use crate::sinks::RouteContext;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -90,11 +95,40 @@ pub enum KeyEncoding {
     None,
 }
 
+/// A search sink's settings, checked and parsed: the index definition read once (when there
+/// is one), and the projection.
+#[derive(Debug, Clone)]
+pub struct ValidatedSearch {
+    pub config: SearchConfig,
+    /// The checked-in index definition, parsed and as written (for creating the index).
+    pub definition: Option<(IndexDefinition, serde_json::Value)>,
+    /// Field name -> EDM type, from the definition (empty without one).
+    pub types: BTreeMap<String, String>,
+    pub key_field: String,
+    pub mappings: Vec<FieldMapping>,
+}
+
+impl ValidatedSearch {
+    /// Projected fields the index definition lacks: the service would refuse those documents.
+    pub fn warnings(&self) -> Vec<Problem> {
+        if self.definition.is_none() {
+            return Vec::new();
+        }
+        self.config
+            .fields
+            .keys()
+            .chain(&self.config.version_field)
+            .filter(|f| !self.types.contains_key(*f))
+            .map(|f| Problem::new("fields", format!("the projection writes `{f}`, which the index definition does not have: the service will refuse those documents")))
+            .collect()
+    }
+}
+
 impl SearchConfig {
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
+    pub fn validate(&self, ctx: &RouteContext) -> Result<ValidatedSearch, Vec<Problem>> {
+        let mut problems = Problems::default();
         if !(self.endpoint.starts_with("https://") || self.endpoint.starts_with("http://")) {
-            problems.push(format!("`endpoint` must be an https:// URL such as https://<service>.search.windows.net, got `{}`", self.endpoint));
+            problems.push("", format!("`endpoint` must be an https:// URL such as https://<service>.search.windows.net, got `{}`", self.endpoint));
         }
         if self.index.is_empty()
             || !self
@@ -102,30 +136,61 @@ impl SearchConfig {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         {
-            problems.push(format!(
-                "`index` `{}` is not a valid index name (lowercase letters, digits, dashes)",
-                self.index
-            ));
+            problems.push(
+                "",
+                format!(
+                    "`index` `{}` is not a valid index name (lowercase letters, digits, dashes)",
+                    self.index
+                ),
+            );
         }
         if self.auth == SearchAuth::ApiKey && self.api_key.as_deref().unwrap_or("").is_empty() {
-            problems.push("`auth = \"api_key\"` needs `api_key = \"${SEARCH_API_KEY}\"` (from an app setting)".into());
+            problems.push("", "`auth = \"api_key\"` needs `api_key = \"${SEARCH_API_KEY}\"` (from an app setting)");
         }
         if self.key == KeySource::PartitionKeyAndId && self.key_encoding == KeyEncoding::None {
-            problems.push("`key_encoding = \"none\"` works only with `key = \"id\"`: a partition key and id together always need encoding".into());
+            problems.push("", "`key_encoding = \"none\"` works only with `key = \"id\"`: a partition key and id together always need encoding");
         }
         if !(1..=1000).contains(&self.max_actions) {
-            problems.push(format!(
-                "`max_actions` must be 1..=1000, got {}",
-                self.max_actions
-            ));
+            problems.push(
+                "",
+                format!("`max_actions` must be 1..=1000, got {}", self.max_actions),
+            );
         }
+        let mut paths = Vec::with_capacity(self.fields.len());
         for (field, path) in &self.fields {
-            if !path.starts_with('/') {
-                problems.push(format!(
-                    "`fields.{field}` = `{path}` must be a `/`-path such as `/address/city`"
-                ));
+            match DocPath::parse(path) {
+                Ok(p) => paths.push((field.clone(), p)),
+                Err(_) => problems.push(
+                    "",
+                    format!(
+                        "`fields.{field}` = `{path}` must be a `/`-path such as `/address/city`"
+                    ),
+                ),
             }
         }
-        problems
+        let definition = match &self.index_definition {
+            Some(path) => problems.take(
+                "index_definition",
+                IndexDefinition::load(&ctx.app_root.join(path)),
+            ),
+            None => None,
+        };
+        let types = definition
+            .as_ref()
+            .map(|(d, _)| d.types())
+            .unwrap_or_default();
+        let key_field = self
+            .key_field
+            .clone()
+            .or_else(|| definition.as_ref().map(|(d, _)| d.key_field().to_string()))
+            .unwrap_or_else(|| "id".into());
+        let mappings = mappings(&paths, &types);
+        problems.into_result(|| ValidatedSearch {
+            config: self.clone(),
+            definition,
+            types,
+            key_field,
+            mappings,
+        })
     }
 }

@@ -9,7 +9,9 @@ mod project;
 mod request;
 mod service;
 
-pub use config::{DEFAULT_API_VERSION, KeyEncoding, KeySource, SearchAuth, SearchConfig};
+pub use config::{
+    DEFAULT_API_VERSION, KeyEncoding, KeySource, SearchAuth, SearchConfig, ValidatedSearch,
+};
 pub use index::{FieldDefinition, IndexDefinition};
 pub use project::{coerce, decode_key, encode_key, key_material};
 pub use service::{SEARCH_SCOPE, SearchClient};
@@ -20,7 +22,6 @@ use async_trait::async_trait;
 use request::{ActionBuilder, chunk};
 use service::Answer;
 use std::collections::VecDeque;
-use std::path::Path;
 
 pub const KIND: &str = "azure_search";
 
@@ -33,33 +34,17 @@ pub struct SearchSink {
 }
 
 impl SearchSink {
-    pub fn new(name: &str, config: &SearchConfig, app_root: &Path) -> Result<Self, SinkError> {
-        let definition = match &config.index_definition {
-            Some(path) => Some(
-                IndexDefinition::load(&app_root.join(path))
-                    .map_err(SinkError::permanent)?
-                    .0,
-            ),
-            None => None,
-        };
-        let types = definition
-            .as_ref()
-            .map(IndexDefinition::types)
-            .unwrap_or_default();
-        let key_field = config
-            .key_field
-            .clone()
-            .or_else(|| definition.as_ref().map(|d| d.key_field().to_string()))
-            .unwrap_or_else(|| "id".into());
+    pub fn new(name: &str, v: &ValidatedSearch) -> Result<Self, SinkError> {
+        let config = &v.config;
         Ok(Self {
             name: name.to_string(),
             client: SearchClient::new(config).map_err(SinkError::permanent)?,
             actions: ActionBuilder {
                 key_source: config.key,
-                mappings: project::mappings(&config.fields, &types),
-                key_field,
+                mappings: v.mappings.clone(),
+                key_field: v.key_field.clone(),
                 key_encoding: config.key_encoding,
-                types,
+                types: v.types.clone(),
                 version_field: config.version_field.clone(),
             },
             max_actions: config.max_actions,
@@ -94,22 +79,6 @@ fn reject_with_superseded(rejected: &mut Vec<Rejected>, action: &request::Action
         index: action.change,
         reason,
     });
-}
-
-/// Fields the projection names that the index lacks (for `check-config` warnings).
-pub fn missing_fields(config: &SearchConfig, app_root: &Path) -> Result<Vec<String>, String> {
-    let Some(path) = &config.index_definition else {
-        return Ok(Vec::new());
-    };
-    let (def, _) = IndexDefinition::load(&app_root.join(path))?;
-    let types = def.types();
-    Ok(config
-        .fields
-        .keys()
-        .chain(&config.version_field)
-        .filter(|f| !types.contains_key(*f))
-        .cloned()
-        .collect())
 }
 
 #[async_trait]
@@ -233,10 +202,7 @@ impl Sink for SearchSink {
             && indexed == 0
             && rejected.is_empty()
         {
-            return Err(SinkError::Transient {
-                message,
-                retry_after,
-            });
+            return Err(SinkError::transient(message).retry_after(retry_after));
         }
         Ok(Delivery {
             detail: format!(

@@ -7,7 +7,7 @@ use base64::Engine;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 use serde_json::{Map, Number, Value};
 
-use crate::change::projection::{SYSTEM_PROPERTIES, parse_path};
+use crate::change::projection::SYSTEM_PROPERTIES;
 
 /// The text a document's key encodes: the id, or (default) the partition key and the id as a
 /// JSON array, `["c1","order-1"]` (`{}` for an undefined component), which is unambiguous.
@@ -71,14 +71,14 @@ pub struct FieldMapping {
 }
 
 pub fn mappings(
-    fields: &std::collections::BTreeMap<String, String>,
+    fields: &[(String, crate::change::DocPath)],
     types: &std::collections::BTreeMap<String, String>,
 ) -> Vec<FieldMapping> {
     fields
         .iter()
         .map(|(field, path)| FieldMapping {
             field: field.clone(),
-            path: parse_path(path),
+            path: path.segments().to_vec(),
             edm_type: types.get(field).cloned(),
         })
         .collect()
@@ -367,10 +367,9 @@ mod tests {
         ]
         .into();
         let fields = [
-            ("total".to_string(), "/total".to_string()),
-            ("city".to_string(), "/address/city".to_string()),
-        ]
-        .into();
+            ("total".to_string(), "/total".parse().unwrap()),
+            ("city".to_string(), "/address/city".parse().unwrap()),
+        ];
         let e = project(&doc, &mappings(&fields, &types), &types).unwrap_err();
         assert_eq!(
             e,
@@ -379,7 +378,7 @@ mod tests {
         let ok = project(
             &doc,
             &mappings(
-                &[("city".to_string(), "/address/city".to_string())].into(),
+                &[("city".to_string(), "/address/city".parse().unwrap())],
                 &types,
             ),
             &types,

@@ -9,9 +9,10 @@
 //! than the table's `delta.deletedFileRetentionDuration` unless explicitly forced.
 
 use super::config::CompactionConfig;
-use super::error::ChangelogError;
+use super::error;
 use super::reader::read_data_file;
 use super::schema::{PARTITION_COLUMN, conform, table_arrow_schema};
+use crate::sinks::SinkError;
 use chrono::NaiveDate;
 use deltalake::DeltaTable;
 use deltalake::arrow::array::{ArrayRef, Date32Array, RecordBatch};
@@ -109,7 +110,7 @@ pub async fn compact(
     table: &DeltaTable,
     config: &CompactionConfig,
     min_files: usize,
-) -> Result<CompactionReport, ChangelogError> {
+) -> Result<CompactionReport, SinkError> {
     let plans = plan(table, config, min_files);
     let mut report = CompactionReport::default();
     if plans.is_empty() {
@@ -120,7 +121,7 @@ pub async fn compact(
     let mut actions = Vec::new();
     for partition in &plans {
         let day = NaiveDate::parse_from_str(&partition.change_date, "%Y-%m-%d").map_err(|e| {
-            ChangelogError::Permanent(format!(
+            error::permanent(format!(
                 "partition change_date={}: {e}",
                 partition.change_date
             ))
@@ -136,7 +137,7 @@ pub async fn compact(
                     report.rows += batch.num_rows();
                     let batch = with_partition_column(&batch, days)?;
                     writer
-                        .write(conform(&batch, &table_schema).map_err(ChangelogError::Permanent)?)
+                        .write(conform(&batch, &table_schema).map_err(error::permanent)?)
                         .await?;
                 }
                 report.files_removed += 1;
@@ -184,7 +185,7 @@ async fn commit_exclusively(
     actions: Vec<Action>,
     removed: &[String],
     operation: DeltaOperation,
-) -> Result<u64, ChangelogError> {
+) -> Result<u64, SinkError> {
     const ATTEMPTS: usize = 100;
     for _ in 0..ATTEMPTS {
         let live: std::collections::HashSet<String> = table
@@ -194,7 +195,7 @@ async fn commit_exclusively(
             .map(|f| f.path().into_owned())
             .collect();
         if let Some(gone) = removed.iter().find(|p| !live.contains(*p)) {
-            return Err(ChangelogError::Transient(format!(
+            return Err(error::transient(format!(
                 "compaction abandoned: {gone} was already rewritten or removed by another writer"
             )));
         }
@@ -218,13 +219,13 @@ async fn commit_exclusively(
             }
         }
     }
-    Err(ChangelogError::Transient(format!(
+    Err(error::transient(format!(
         "compaction abandoned: the table moved on {ATTEMPTS} times while committing"
     )))
 }
 
 /// Files hold no partition column (its value is in the path): put it back for the writer.
-fn with_partition_column(batch: &RecordBatch, days: i32) -> Result<RecordBatch, ChangelogError> {
+fn with_partition_column(batch: &RecordBatch, days: i32) -> Result<RecordBatch, SinkError> {
     let mut fields: Vec<_> = batch.schema().fields().iter().cloned().collect();
     let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
     if batch.column_by_name(PARTITION_COLUMN).is_none() {
@@ -236,7 +237,7 @@ fn with_partition_column(batch: &RecordBatch, days: i32) -> Result<RecordBatch, 
         columns.push(Arc::new(Date32Array::from(vec![days; batch.num_rows()])));
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-        .map_err(|e| ChangelogError::Permanent(e.to_string()))
+        .map_err(|e| error::permanent(e.to_string()))
 }
 
 /// What a vacuum did (or would do).
@@ -255,7 +256,7 @@ pub async fn vacuum(
     retention_hours: Option<u64>,
     dry_run: bool,
     force: bool,
-) -> Result<VacuumReport, ChangelogError> {
+) -> Result<VacuumReport, SinkError> {
     let mut builder = table
         .vacuum()
         .with_dry_run(dry_run)
@@ -266,7 +267,7 @@ pub async fn vacuum(
     let (_, metrics) = builder.await.map_err(|e| {
         let message = e.to_string();
         if message.to_ascii_lowercase().contains("retention") {
-            ChangelogError::Permanent(format!(
+            error::permanent(format!(
                 "{message}; pass --force to go below the table's retention (unsafe while readers or writers are active)"
             ))
         } else {

@@ -1,3 +1,6 @@
+use crate::change::DocPath;
+use crate::problem::Problem;
+use crate::sinks::RouteContext;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -141,6 +144,17 @@ fn is_identifier(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// A changelog sink's settings, checked and parsed.
+#[derive(Debug, Clone)]
+pub struct ValidatedDelta {
+    pub config: DeltaConfig,
+    /// The table, as a URL (a local path resolved against the app root).
+    pub url: url::Url,
+    /// The monitored container, `/cosmosdb/{database}/{container}`: the scope of the
+    /// exactly-once marks.
+    pub source: String,
+}
+
 impl DeltaConfig {
     /// A table at `table` with every other setting at its default.
     pub fn at(table: impl Into<String>) -> Self {
@@ -154,17 +168,29 @@ impl DeltaConfig {
         }
     }
 
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self.table.trim().is_empty() {
-            problems.push("`table` is empty; set a folder such as `.fanout/tables/orders` or an `abfss://` URL".into());
-        } else if let Some((scheme, _)) = self.table.split_once("://")
-            && !["file", "az", "azure", "abfs", "abfss", "adl"].contains(&scheme)
-        {
-            problems.push(format!(
-                "`table` uses the unsupported scheme `{scheme}://`; use a local path, `file://`, `az://` or `abfss://`"
-            ));
+    /// Checks the settings; the parsed state is the table's URL and the route's scope.
+    pub fn validate(&self, ctx: &RouteContext) -> Result<ValidatedDelta, Vec<Problem>> {
+        let mut problems: Vec<Problem> = self.check().into_iter().map(Problem::here).collect();
+        let location = crate::storage::Location::parse(
+            &self.table,
+            self.storage_options.clone(),
+            &ctx.app_root,
+        )
+        .map_err(|e| problems.push(Problem::new("table", e.to_string())))
+        .ok();
+        match location {
+            Some(location) if problems.is_empty() => Ok(ValidatedDelta {
+                config: self.clone(),
+                url: location.url().clone(),
+                source: ctx.event_source.clone(),
+            }),
+            _ => Err(problems),
         }
+    }
+
+    /// What is wrong with the settings as written, each saying how to fix it.
+    pub fn check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
         if self.group_commit.window_ms > 1_000 {
             problems.push(format!(
                 "`group_commit.window_ms` is {}; every invocation may wait that long: use 0-1000 (default 10)",
@@ -207,7 +233,7 @@ impl DeltaConfig {
                     col.name
                 ));
             }
-            if !col.path.starts_with('/') || col.path.len() < 2 {
+            if DocPath::parse(&col.path).is_err() {
                 problems.push(format!(
                     "{at}: path `{}` must be a document path such as `/customerId` or `/address/city`",
                     col.path
@@ -229,7 +255,7 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let c = parse("");
-        assert!(c.validate().is_empty());
+        assert!(c.check().is_empty());
         assert_eq!(c.group_commit.window_ms, 10);
         assert_eq!(c.checkpoint_interval, 100);
         assert!(c.compaction.enabled);
@@ -246,7 +272,7 @@ mod tests {
   { name = "ok", path = "z", type = "double" },
 ]"#,
         );
-        let problems = c.validate();
+        let problems = c.check();
         assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(problems[0].contains("`columns[1]`: column `Customer_Id` is defined twice"));
         assert!(problems[1].contains("`lsn` is one of the changelog's fixed columns"));
@@ -269,6 +295,6 @@ mod tests {
         let c = parse(
             "group_commit = { window_ms = 5000, max_rows = 0 }\ncompaction = { min_small_files = 1, small_file_mb = 200 }\ncheckpoint_interval = 0",
         );
-        assert_eq!(c.validate().len(), 5, "{:?}", c.validate());
+        assert_eq!(c.check().len(), 5, "{:?}", c.check());
     }
 }

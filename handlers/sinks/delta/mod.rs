@@ -11,8 +11,9 @@ mod txn_index;
 mod writer;
 
 pub use compaction::{CompactionReport, VacuumReport, vacuum};
-pub use config::{ColumnType, CompactionConfig, DeltaConfig, GroupCommitConfig, TypedColumn};
-pub use error::ChangelogError;
+pub use config::{
+    ColumnType, CompactionConfig, DeltaConfig, GroupCommitConfig, TypedColumn, ValidatedDelta,
+};
 pub use reader::{ChangelogRow, ChangelogSnapshot, read_changelog};
 pub use schema::{ARROW_SCHEMA, ChangelogSchema, PARTITION_COLUMN, encode};
 pub use table::{AppendOutcome, batch_app_id, open, table_url};
@@ -21,7 +22,6 @@ pub use writer::ChangelogTable;
 use super::{BatchContext, Delivery, Sink, SinkError};
 use crate::change::Change;
 use async_trait::async_trait;
-use std::path::Path;
 
 pub const KIND: &str = "delta";
 
@@ -31,18 +31,11 @@ pub struct DeltaSink {
 }
 
 impl DeltaSink {
-    /// `source`: the monitored container, `/cosmosdb/{database}/{container}`.
-    pub fn new(
-        name: &str,
-        config: &DeltaConfig,
-        app_root: &Path,
-        source: String,
-    ) -> Result<Self, SinkError> {
+    pub fn new(name: &str, v: &ValidatedDelta) -> Result<Self, SinkError> {
         register_storage_handlers();
-        let url = table::table_url(&config.table, app_root).map_err(SinkError::permanent)?;
         Ok(Self {
             name: name.to_string(),
-            table: ChangelogTable::new(url, config).with_source(source),
+            table: ChangelogTable::new(v.url.clone(), &v.config).with_source(v.source.clone()),
         })
     }
 
@@ -54,16 +47,6 @@ impl DeltaSink {
 /// Registers the az:// / abfss:// URL schemes with delta-rs (idempotent).
 pub fn register_storage_handlers() {
     deltalake::azure::register_handlers(None);
-}
-
-impl From<ChangelogError> for SinkError {
-    fn from(e: ChangelogError) -> Self {
-        if e.is_permanent() {
-            SinkError::permanent(e.to_string())
-        } else {
-            SinkError::transient(e.to_string())
-        }
-    }
 }
 
 #[async_trait]

@@ -6,10 +6,12 @@
 //! schema at commit time (the table may hold columns other writers added).
 
 use super::config::{ColumnType, TypedColumn};
-use super::error::ChangelogError;
+use super::error;
 use crate::change::Change;
-use crate::change::projection::{lookup, parse_path};
+use crate::change::DocPath;
+use crate::change::projection::lookup;
 use crate::sinks::BatchContext;
+use crate::sinks::SinkError;
 use chrono::{DateTime, NaiveDate, Utc};
 use deltalake::arrow::array::{
     ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, RecordBatch,
@@ -109,7 +111,11 @@ impl ChangelogSchema {
         Self {
             typed: typed
                 .iter()
-                .map(|c| (c.clone(), parse_path(&c.path)))
+                .map(|c| {
+                    // Checked by the config's validation.
+                    let path = DocPath::parse(&c.path).map(|p| p.segments().to_vec());
+                    (c.clone(), path.unwrap_or_default())
+                })
                 .collect(),
             arrow: Arc::new(Schema::new(fields)),
         }
@@ -152,7 +158,7 @@ impl ChangelogSchema {
 }
 
 /// The table's current schema, as Arrow (it may hold columns other writers added).
-pub fn table_arrow_schema(table: &deltalake::DeltaTable) -> Result<SchemaRef, ChangelogError> {
+pub fn table_arrow_schema(table: &deltalake::DeltaTable) -> Result<SchemaRef, SinkError> {
     use deltalake::kernel::engine::arrow_conversion::TryIntoArrow;
     let schema: Schema = table
         .snapshot()?
@@ -160,7 +166,7 @@ pub fn table_arrow_schema(table: &deltalake::DeltaTable) -> Result<SchemaRef, Ch
         .as_ref()
         .try_into_arrow()
         .map_err(|e: deltalake::arrow::error::ArrowError| {
-            ChangelogError::Permanent(format!("table schema: {e}"))
+            error::permanent(format!("table schema: {e}"))
         })?;
     Ok(Arc::new(schema))
 }

@@ -27,11 +27,12 @@
 //! hold the identities of at most three `change_date` partitions (about 40 bytes a row), and
 //! only once a change below its key's mark arrived.
 
-use super::error::ChangelogError;
+use super::error;
 use super::schema::{ChangelogSchema, PARTITION_COLUMN, conform, table_arrow_schema};
 use super::txn_index::TxnIndex;
 use crate::change::Change;
 use crate::sinks::BatchContext;
+use crate::sinks::SinkError;
 use chrono::Utc;
 use deltalake::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use deltalake::arrow::compute::filter_record_batch;
@@ -85,14 +86,8 @@ pub struct TableSettings {
 /// Turns the configured location into a table URL; local paths are resolved against the app
 /// root. No I/O: the folder is created on the first append, so start-up stays fast and a
 /// storage problem is a (retried) delivery failure, not a start-up crash.
-pub fn table_url(location: &str, app_root: &Path) -> Result<Url, String> {
-    if location.contains("://") {
-        return Url::parse(location).map_err(|e| format!("`{location}` is not a valid URL: {e}"));
-    }
-    let path = std::path::absolute(app_root.join(location))
-        .map_err(|e| format!("cannot resolve {location}: {e}"))?;
-    Url::from_directory_path(&path)
-        .map_err(|()| format!("{} is not an absolute path", path.display()))
+pub fn table_url(location: &str, app_root: &Path) -> Result<Url, crate::storage::LocationError> {
+    crate::storage::Location::parse(location, Default::default(), app_root).map(|l| l.url().clone())
 }
 
 /// The identity of a batch for the table's txn records.
@@ -440,7 +435,7 @@ pub async fn commit_appends(
     index: &TxnIndex,
     appends: &[PendingAppend],
     exact: &mut ExactRows,
-) -> Result<Vec<AppendOutcome>, ChangelogError> {
+) -> Result<Vec<AppendOutcome>, SinkError> {
     let snapshot = table.snapshot()?;
     let log_store = table.log_store();
     // The in-memory index answers; delta-rs (a log replay each) only when it is incomplete.
@@ -494,7 +489,7 @@ pub async fn commit_appends(
     let mut fresh_batches_written = Vec::new();
     for ((append, (fresh, version)), keep) in appends.iter().zip(by_batch).zip(masks) {
         let fresh = filter_record_batch(&fresh, &BooleanArray::from(keep))
-            .map_err(|e| ChangelogError::Permanent(e.to_string()))?;
+            .map_err(|e| error::permanent(e.to_string()))?;
         let rows = append.batch.num_rows();
         outcomes.push(AppendOutcome {
             rows_written: fresh.num_rows(),
@@ -508,7 +503,7 @@ pub async fn commit_appends(
                 version,
                 Some(Utc::now().timestamp_millis()),
             ));
-            fresh_batches.push(conform(&fresh, &table_schema).map_err(ChangelogError::Permanent)?);
+            fresh_batches.push(conform(&fresh, &table_schema).map_err(error::permanent)?);
             fresh_batches_written.push(fresh);
         }
     }
@@ -540,7 +535,7 @@ async fn key_marks(
     table: &DeltaTable,
     index: &TxnIndex,
     appends: &[PendingAppend],
-) -> Result<HashMap<String, Option<i64>>, ChangelogError> {
+) -> Result<HashMap<String, Option<i64>>, SinkError> {
     let mut marks: HashMap<String, Option<i64>> = HashMap::new();
     for a in appends {
         for key in row_keys(&a.batch).into_iter().flatten() {
@@ -573,11 +568,11 @@ async fn key_marks(
 fn fresh_rows(
     append: &PendingAppend,
     recorded: Option<i64>,
-) -> Result<(RecordBatch, i64), ChangelogError> {
+) -> Result<(RecordBatch, i64), SinkError> {
     let lsns = append
         .batch
         .column_by_name("lsn")
-        .ok_or_else(|| ChangelogError::Permanent("encoded batch has no lsn column".into()))?
+        .ok_or_else(|| error::permanent("encoded batch has no lsn column"))?
         .as_primitive::<Int64Type>();
     let max_lsn = lsns.iter().flatten().max().unwrap_or(0);
     match recorded {
@@ -590,7 +585,7 @@ fn fresh_rows(
                 .map(|l| Some(l.is_some_and(|l| l > upto)))
                 .collect();
             let fresh = filter_record_batch(&append.batch, &keep)
-                .map_err(|e| ChangelogError::Permanent(e.to_string()))?;
+                .map_err(|e| error::permanent(e.to_string()))?;
             Ok((fresh, max_lsn.max(upto)))
         }
     }

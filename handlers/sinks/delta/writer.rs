@@ -14,7 +14,7 @@
 
 use super::compaction::{self, CompactionReport};
 use super::config::{CompactionConfig, DeltaConfig, GroupCommitConfig};
-use super::error::ChangelogError;
+use super::error;
 use super::schema::ChangelogSchema;
 use super::table::{
     self, AppendOutcome, PendingAppend, TXN_RETENTION_MS, TableSettings, batch_app_id,
@@ -23,6 +23,7 @@ use super::table::{
 use super::txn_index::TxnIndex;
 use crate::change::Change;
 use crate::sinks::BatchContext;
+use crate::sinks::SinkError;
 use chrono::Utc;
 use deltalake::DeltaTable;
 use std::collections::{HashSet, VecDeque};
@@ -33,7 +34,7 @@ use tokio::time::Instant;
 
 struct Request {
     append: PendingAppend,
-    reply: oneshot::Sender<Result<AppendOutcome, ChangelogError>>,
+    reply: oneshot::Sender<Result<AppendOutcome, SinkError>>,
 }
 
 pub struct ChangelogTable {
@@ -79,7 +80,7 @@ impl ChangelogTable {
         ctx: &BatchContext,
         sink: &str,
         changes: &[&Change],
-    ) -> Result<AppendOutcome, ChangelogError> {
+    ) -> Result<AppendOutcome, SinkError> {
         if changes.is_empty() {
             return Ok(AppendOutcome {
                 rows_written: 0,
@@ -92,7 +93,7 @@ impl ChangelogTable {
             .settings
             .schema
             .encode(ctx, changes, Utc::now())
-            .map_err(ChangelogError::Permanent)?;
+            .map_err(error::permanent)?;
         let append = PendingAppend {
             app_id: batch_app_id(ctx, sink, changes),
             scope: match &self.source {
@@ -104,16 +105,16 @@ impl ChangelogTable {
         let (reply, answer) = oneshot::channel();
         self.committer()
             .send(Request { append, reply })
-            .map_err(|_| ChangelogError::Transient("the table's committer has stopped".into()))?;
+            .map_err(|_| error::transient("the table's committer has stopped"))?;
         answer.await.unwrap_or_else(|_| {
-            Err(ChangelogError::Transient(
-                "the table's committer stopped before answering".into(),
+            Err(error::transient(
+                "the table's committer stopped before answering",
             ))
         })
     }
 
     /// On demand (`fanout compact`): every partition with at least two small files.
-    pub async fn compact(&self) -> Result<CompactionReport, ChangelogError> {
+    pub async fn compact(&self) -> Result<CompactionReport, SinkError> {
         let table = table::open(
             self.settings.url.clone(),
             self.settings.storage_options.clone(),
@@ -264,7 +265,7 @@ impl Committer {
     async fn try_commit(
         &mut self,
         appends: &[PendingAppend],
-    ) -> Result<Vec<AppendOutcome>, ChangelogError> {
+    ) -> Result<Vec<AppendOutcome>, SinkError> {
         let (table, mut index) = match self.table.take() {
             // No catch-up read before committing: the commit itself checks every commit other
             // writers made since our version (a `txn` of one of our batches there is a

@@ -8,9 +8,9 @@
 //! lost to us, we cannot see it. For delivery we control, use the direct AMQP or Kafka sinks.
 
 use crate::change::Change;
-use crate::change::projection::FieldSelection;
-use crate::sinks::cloudevent::EventFormat;
-use crate::sinks::{BatchContext, Delivery, Rejected, Sink, SinkError};
+use crate::problem::{Problem, Problems};
+use crate::sinks::cloudevent::{EventFormat, EventMode, EventSettings};
+use crate::sinks::{BatchContext, Delivery, Rejected, RouteContext, Sink, SinkError};
 use async_trait::async_trait;
 use serde::Deserialize;
 
@@ -22,34 +22,82 @@ pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
 pub struct BindingConfig {
     /// The `name` of the `eventHub` output binding (direction `out`) in function.json.
     pub binding: String,
-    /// CloudEvents `source`; default `/cosmosdb/{database}/{container}` from function.json.
+    /// CloudEvents layout, as for the other event-stream sinks: `{ source, type_prefix,
+    /// fields }` (the binding sends structured events only).
+    pub format: Option<EventSettings>,
+    /// Older spelling of `format.source` (still accepted; not together with `format`).
     pub source: Option<String>,
-    #[serde(default = "default_type_prefix")]
-    pub type_prefix: String,
-    /// Fields for `data` (`/`-paths); empty: the whole document without system properties.
+    /// Older spelling of `format.type_prefix`.
+    pub type_prefix: Option<String>,
+    /// Older spelling of `format.fields`.
     #[serde(default)]
     pub fields: Vec<String>,
     #[serde(default = "default_max_event_bytes")]
     pub max_event_bytes: usize,
 }
 
-fn default_type_prefix() -> String {
-    "com.microsoft.cosmosdb.document".into()
-}
 fn default_max_event_bytes() -> usize {
     DEFAULT_MAX_EVENT_BYTES
 }
 
+/// An output-binding sink's settings, checked and parsed.
+#[derive(Debug, Clone)]
+pub struct ValidatedBinding {
+    pub config: BindingConfig,
+    pub format: EventFormat,
+}
+
 impl BindingConfig {
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
+    /// The `format` table, or the older top-level keys as one.
+    fn settings(&self) -> EventSettings {
+        self.format.clone().unwrap_or_else(|| EventSettings {
+            source: self.source.clone(),
+            type_prefix: self.type_prefix.clone(),
+            fields: self.fields.clone(),
+            ..EventSettings::default()
+        })
+    }
+
+    pub fn validate(&self, ctx: &RouteContext) -> Result<ValidatedBinding, Vec<Problem>> {
+        let mut problems = Problems::default();
         if self.binding.is_empty() {
-            problems.push("`binding` must name the function's eventHub output binding".into());
+            problems.push(
+                "binding",
+                "must name the function's eventHub output binding",
+            );
+        } else if !ctx
+            .output_bindings
+            .iter()
+            .any(|(n, t)| n == &self.binding && t.eq_ignore_ascii_case("eventHub"))
+        {
+            problems.push(
+                "",
+                format!(
+                    "{}/function.json has no `eventHub` output binding named `{}`; add one (direction `out`) or fix `binding`",
+                    ctx.function, self.binding
+                ),
+            );
         }
-        if self.fields.iter().any(|f| !f.starts_with('/')) {
-            problems.push("`fields` must be `/`-paths such as `/total`".into());
+        if self.format.is_some()
+            && (self.source.is_some() || self.type_prefix.is_some() || !self.fields.is_empty())
+        {
+            problems.push("format", "is set together with the older top-level `source` / `type_prefix` / `fields`: keep only `format`");
         }
-        problems
+        let settings = self.settings();
+        if settings.mode == EventMode::Binary {
+            problems.push("format.mode", "the output binding sends structured events only: remove `mode`, or use an `event_hubs` (AMQP) sink for binary mode");
+        }
+        let format = match settings.validate(&ctx.event_source) {
+            Ok(f) => Some(f),
+            Err(found) => {
+                problems.0.extend(found);
+                None
+            }
+        };
+        problems.into_result(|| ValidatedBinding {
+            config: self.clone(),
+            format: format.expect("parsed when nothing is wrong"),
+        })
     }
 }
 
@@ -61,16 +109,12 @@ pub struct BindingSink {
 }
 
 impl BindingSink {
-    pub fn new(name: &str, config: &BindingConfig, default_source: String) -> Self {
+    pub fn new(name: &str, v: &ValidatedBinding) -> Self {
         Self {
             name: name.to_string(),
-            binding: config.binding.clone(),
-            format: EventFormat {
-                source: config.source.clone().unwrap_or(default_source),
-                type_prefix: config.type_prefix.clone(),
-                fields: FieldSelection::new(&config.fields),
-            },
-            max_event_bytes: config.max_event_bytes,
+            binding: v.config.binding.clone(),
+            format: v.format.clone(),
+            max_event_bytes: v.config.max_event_bytes,
         }
     }
 }

@@ -6,7 +6,7 @@
 pub mod amqp;
 mod binding;
 
-pub use amqp::{AmqpConfig, AmqpSink};
-pub use binding::{BindingConfig, BindingSink, DEFAULT_MAX_EVENT_BYTES};
+pub use amqp::{AmqpConfig, AmqpSink, ValidatedAmqp};
+pub use binding::{BindingConfig, BindingSink, DEFAULT_MAX_EVENT_BYTES, ValidatedBinding};
 
 pub const BINDING_KIND: &str = "event_hubs_binding";

@@ -1,4 +1,6 @@
-use crate::sinks::cloudevent::{EventSettings, Partitioning};
+use crate::problem::Problem;
+use crate::sinks::RouteContext;
+use crate::sinks::cloudevent::{EventSettings, EventStream, Partitioning};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -97,6 +99,13 @@ impl Compression {
     }
 }
 
+/// A Kafka sink's settings, checked and parsed.
+#[derive(Debug, Clone)]
+pub struct ValidatedKafka {
+    pub config: KafkaConfig,
+    pub stream: EventStream,
+}
+
 /// Settings the sink manages itself; `client` may not override them.
 pub const MANAGED_SETTINGS: [&str; 9] = [
     "bootstrap.servers",
@@ -111,8 +120,30 @@ pub const MANAGED_SETTINGS: [&str; 9] = [
 ];
 
 impl KafkaConfig {
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = self.format.validate();
+    /// Checks the settings and parses the event-stream part.
+    pub fn validate(&self, ctx: &RouteContext) -> Result<ValidatedKafka, Vec<Problem>> {
+        let mut problems: Vec<Problem> = self.check().into_iter().map(Problem::here).collect();
+        let stream = EventStream::validate(
+            self.partitioning,
+            self.partition_key.as_deref(),
+            &self.format,
+            ctx,
+        )
+        .map_err(|found| problems.extend(found))
+        .ok();
+        match stream {
+            Some(stream) if problems.is_empty() => Ok(ValidatedKafka {
+                config: self.clone(),
+                stream,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// What is wrong with the sink's own settings (the event-stream ones are checked by
+    /// [`EventStream::validate`]).
+    pub fn check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
         if self.brokers.trim().is_empty() || self.brokers.contains("://") {
             problems.push(format!(
                 "`brokers` must be `host:port[,host:port]` (e.g. `myns.servicebus.windows.net:9093`), got `{}`",
@@ -142,19 +173,6 @@ impl KafkaConfig {
         if self.auth != KafkaAuth::ConnectionString && self.connection_string.is_some() {
             problems
                 .push("`connection_string` is set but `auth` is not `connection_string`".into());
-        }
-        if let Some(p) = &self.partition_key
-            && !p.starts_with('/')
-        {
-            problems.push(format!(
-                "`partition_key` must be a `/`-path such as `/customerId` (got `{p}`)"
-            ));
-        }
-        if self.partition_key.is_some() && self.partitioning == Partitioning::None {
-            problems.push(
-                "`partition_key` has no effect with `partitioning = \"none\"`: remove one of them"
-                    .into(),
-            );
         }
         for k in self.client.keys() {
             if MANAGED_SETTINGS.contains(&k.as_str()) {

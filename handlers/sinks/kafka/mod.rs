@@ -15,7 +15,7 @@
 mod config;
 mod producer;
 
-pub use config::{Compression, KafkaAuth, KafkaConfig};
+pub use config::{Compression, KafkaAuth, KafkaConfig, ValidatedKafka};
 pub use producer::{client_settings, default_scope};
 
 use crate::change::Change;
@@ -42,14 +42,14 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    pub fn new(name: &str, config: &KafkaConfig, default_source: String) -> Self {
+    pub fn new(name: &str, v: &ValidatedKafka) -> Self {
         Self {
             name: name.to_string(),
-            topic: config.topic.clone(),
-            format: config.format.format(default_source),
-            mode: config.format.mode,
-            key: EventKey::new(config.partitioning, config.partition_key.as_deref()),
-            config: config.clone(),
+            topic: v.config.topic.clone(),
+            format: v.stream.format.clone(),
+            mode: v.stream.mode,
+            key: v.stream.key.clone(),
+            config: v.config.clone(),
             producer: Mutex::new(None),
         }
     }
@@ -262,7 +262,7 @@ connection_string = "Endpoint=sb://myns.servicebus.windows.net/;SharedAccessKeyN
 compression = "gzip"
 "#,
         );
-        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        assert!(c.check().is_empty(), "{:?}", c.check());
         let s: HashMap<String, String> = client_settings(&c).into_iter().collect();
         assert_eq!(s["security.protocol"], "sasl_ssl");
         assert_eq!(s["sasl.mechanism"], "PLAIN");
@@ -305,7 +305,7 @@ auth = "connection_string"
 client = { "enable.idempotence" = "false" }
 "#,
         );
-        let problems = bad.validate().join("\n");
+        let problems = bad.check().join("\n");
         assert!(
             problems.contains("`brokers` must be `host:port"),
             "{problems}"
@@ -317,9 +317,9 @@ client = { "enable.idempotence" = "false" }
             "brokers = \"ns.servicebus.windows.net:9093\"\ntopic = \"t\"\nauth = \"entra\"\ncompression = \"lz4\"\n",
         );
         assert!(
-            lz4_on_event_hubs.validate()[0].contains("does not accept `lz4`"),
+            lz4_on_event_hubs.check()[0].contains("does not accept `lz4`"),
             "{:?}",
-            lz4_on_event_hubs.validate()
+            lz4_on_event_hubs.check()
         );
     }
 }

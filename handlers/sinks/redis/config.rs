@@ -1,4 +1,8 @@
 use super::keys::KeyTemplate;
+use crate::change::DocPath;
+use crate::change::projection::FieldSelection;
+use crate::problem::{Problem, Problems};
+use crate::sinks::RouteContext;
 use serde::Deserialize;
 
 /// `type = "redis"`: cache invalidation (and optional refresh) of the keys a change affects.
@@ -73,79 +77,111 @@ pub enum RedisAuth {
     Entra,
 }
 
-impl RedisConfig {
+/// A Redis sink's settings, checked and parsed.
+#[derive(Debug, Clone)]
+pub struct ValidatedRedis {
+    pub config: RedisConfig,
+    /// Invalidate mode: `keys`; refresh mode: the one `key`.
+    pub templates: Vec<KeyTemplate>,
+    pub fields: FieldSelection,
+    /// The route's partition key paths (a hard delete's key fields are read from them).
+    pub partition_key: Vec<Vec<String>>,
+}
+
+impl ValidatedRedis {
     /// What works but may surprise. Refresh mode compares each change's version with the one
     /// the key holds: a key that leaves the partition key out makes two documents with the
     /// same id in different partitions (Cosmos allows it) overwrite and out-version each other.
-    pub fn warnings(&self, partition_key: &[Vec<String>]) -> Vec<String> {
+    pub fn warnings(&self) -> Vec<Problem> {
         let mut warnings = Vec::new();
-        if self.mode == RedisMode::Refresh
-            && let Some(key) = self.key.as_deref().and_then(|k| KeyTemplate::parse(k).ok())
-            && !key.names_the_partition(partition_key)
+        if self.config.mode == RedisMode::Refresh
+            && let Some(key) = self.templates.first()
+            && !key.names_the_partition(&self.partition_key)
         {
-            warnings.push(format!(
+            warnings.push(Problem::new("key", format!(
                 "`key = \"{}\"` leaves the partition key out: documents with the same id in different partitions share one key, and refresh keeps only the one with the higher version. Add `{{pk}}` (e.g. `order:{{pk}}:{{id}}`) unless ids are unique across partitions",
-                self.key.as_deref().unwrap_or_default()
-            ));
+                key.raw()
+            )));
         }
         warnings
     }
+}
 
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
+impl RedisConfig {
+    pub fn validate(&self, ctx: &RouteContext) -> Result<ValidatedRedis, Vec<Problem>> {
+        let mut problems = Problems::default();
         if !(self.url.starts_with("redis://") || self.url.starts_with("rediss://")) {
-            problems.push(format!(
+            problems.push("", format!(
                 "`url` must start with redis:// or rediss://, got `{}` (an Azure connection string is not a URL: use rediss://host:port and put the key in `password`)",
                 super::connection::redact(&self.url)
             ));
         }
         if self.url.contains('@') && self.auth != RedisAuth::None {
-            problems.push("`url` carries credentials and `auth` is set too; keep secrets in `password` (from an app setting)".into());
+            problems.push("", "`url` carries credentials and `auth` is set too; keep secrets in `password` (from an app setting)");
         }
         match self.mode {
             RedisMode::Invalidate => {
                 if self.keys.is_empty() {
                     problems.push(
-                        "invalidate mode needs `keys`, e.g. `keys = [\"order:{id}\"]`".into(),
+                        "",
+                        "invalidate mode needs `keys`, e.g. `keys = [\"order:{id}\"]`",
                     );
                 }
                 if self.key.is_some() || !self.fields.is_empty() || self.ttl_seconds > 0 {
                     problems.push(
-                        "`key`, `fields` and `ttl_seconds` belong to `mode = \"refresh\"`".into(),
+                        "",
+                        "`key`, `fields` and `ttl_seconds` belong to `mode = \"refresh\"`",
                     );
                 }
             }
             RedisMode::Refresh => {
                 if self.key.is_none() {
-                    problems.push("refresh mode needs `key`, e.g. `key = \"order:{id}\"`".into());
+                    problems.push("", "refresh mode needs `key`, e.g. `key = \"order:{id}\"`");
                 }
                 if !self.keys.is_empty() {
                     problems.push(
-                        "`keys` belongs to invalidate mode; refresh mode writes one `key`".into(),
+                        "",
+                        "`keys` belongs to invalidate mode; refresh mode writes one `key`",
                     );
                 }
             }
         }
-        for template in self.keys.iter().chain(&self.key) {
-            if let Err(e) = KeyTemplate::parse(template) {
-                problems.push(e);
-            }
+        let at = match self.mode {
+            RedisMode::Invalidate => "keys",
+            RedisMode::Refresh => "key",
+        };
+        let templates: Vec<KeyTemplate> = match self.mode {
+            RedisMode::Invalidate => self.keys.iter().collect::<Vec<_>>(),
+            RedisMode::Refresh => self.key.iter().collect(),
         }
+        .into_iter()
+        .filter_map(|t| problems.take(at, KeyTemplate::parse(t)))
+        .collect();
+        let fields: Vec<DocPath> = self
+            .fields
+            .iter()
+            .filter_map(|f| problems.take("fields", DocPath::parse_lenient(f)))
+            .collect();
         match self.auth {
             RedisAuth::Password if self.password.as_deref().unwrap_or("").is_empty() => {
-                problems.push("`auth = \"password\"` needs `password = \"${REDIS_PASSWORD}\"` (the access key, from an app setting)".into())
+                problems.push("", "`auth = \"password\"` needs `password = \"${REDIS_PASSWORD}\"` (the access key, from an app setting)")
             }
-            RedisAuth::Entra if self.username.as_deref().unwrap_or("").is_empty() => problems.push(
-                "`auth = \"entra\"` needs `username`: the object (principal) id of the managed identity, e.g. `\"${REDIS_USERNAME}\"`".into(),
+            RedisAuth::Entra if self.username.as_deref().unwrap_or("").is_empty() => problems.push("",
+                "`auth = \"entra\"` needs `username`: the object (principal) id of the managed identity, e.g. `\"${REDIS_USERNAME}\"`",
             ),
-            RedisAuth::Entra if !self.url.starts_with("rediss://") => problems.push("`auth = \"entra\"` needs TLS: use a rediss:// URL".into()),
+            RedisAuth::Entra if !self.url.starts_with("rediss://") => problems.push("", "`auth = \"entra\"` needs TLS: use a rediss:// URL"),
             _ => {}
         }
         if let Some(ca) = &self.ca_file
             && !std::path::Path::new(ca).exists()
         {
-            problems.push(format!("`ca_file` {ca} does not exist"));
+            problems.push("", format!("`ca_file` {ca} does not exist"));
         }
-        problems
+        problems.into_result(|| ValidatedRedis {
+            config: self.clone(),
+            templates,
+            fields: FieldSelection::new(&fields),
+            partition_key: ctx.partition_key.segments().to_vec(),
+        })
     }
 }

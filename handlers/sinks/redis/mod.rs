@@ -7,7 +7,7 @@ mod connection;
 mod keys;
 mod request;
 
-pub use config::{RedisAuth, RedisConfig, RedisMode};
+pub use config::{RedisAuth, RedisConfig, RedisMode, ValidatedRedis};
 pub use connection::{REDIS_SCOPE, redact};
 pub use keys::{KeyTemplate, cluster_slot, version_key};
 pub use request::REFRESH_SCRIPT;
@@ -27,15 +27,11 @@ pub struct RedisSink {
 }
 
 impl RedisSink {
-    pub fn new(
-        name: &str,
-        config: &RedisConfig,
-        pk_paths: Vec<Vec<String>>,
-    ) -> Result<Self, SinkError> {
+    pub fn new(name: &str, v: &ValidatedRedis) -> Result<Self, SinkError> {
         Ok(Self {
             name: name.to_string(),
-            connector: Connector::new(config).map_err(SinkError::permanent)?,
-            requests: RequestBuilder::new(config, pk_paths).map_err(SinkError::permanent)?,
+            connector: Connector::new(&v.config).map_err(SinkError::permanent)?,
+            requests: RequestBuilder::new(v),
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Request building: one pipeline per batch (one round trip on a single node; one per node in
 //! a cluster), in feed order.
 
-use super::config::{RedisConfig, RedisMode};
+use super::config::{RedisMode, ValidatedRedis};
 use super::keys::{KeyTemplate, version_key};
 use crate::change::Change;
 use crate::change::projection::FieldSelection;
@@ -65,27 +65,18 @@ pub struct RequestBuilder {
 }
 
 impl RequestBuilder {
-    pub fn new(config: &RedisConfig, pk_paths: Vec<Vec<String>>) -> Result<Self, String> {
-        let templates = match config.mode {
-            RedisMode::Invalidate => config
-                .keys
-                .iter()
-                .map(|k| KeyTemplate::parse(k))
-                .collect::<Result<_, _>>()?,
-            RedisMode::Refresh => vec![KeyTemplate::parse(
-                config.key.as_deref().unwrap_or_default(),
-            )?],
-        };
-        Ok(Self {
+    pub fn new(v: &ValidatedRedis) -> Self {
+        let config = &v.config;
+        Self {
             mode: config.mode,
-            templates,
-            fields: FieldSelection::new(&config.fields),
+            templates: v.templates.clone(),
+            fields: v.fields.clone(),
             ttl_seconds: config.ttl_seconds,
             tombstone_ttl_seconds: config.tombstone_ttl_seconds,
             channel: config.channel.clone(),
-            pk_paths,
+            pk_paths: v.partition_key.clone(),
             script_sha: redis::Script::new(REFRESH_SCRIPT).get_hash().to_string(),
-        })
+        }
     }
 
     pub fn mode(&self) -> RedisMode {

@@ -1,4 +1,6 @@
-use crate::sinks::cloudevent::{EventSettings, Partitioning};
+use crate::problem::Problem;
+use crate::sinks::RouteContext;
+use crate::sinks::cloudevent::{EventSettings, EventStream, Partitioning};
 use serde::Deserialize;
 
 /// `type = "event_hubs"`: one CloudEvent per change, sent over AMQP with the Event Hubs SDK,
@@ -34,6 +36,13 @@ pub struct AmqpConfig {
     pub send_timeout_ms: u64,
 }
 
+/// An AMQP sink's settings, checked and parsed.
+#[derive(Debug, Clone)]
+pub struct ValidatedAmqp {
+    pub config: AmqpConfig,
+    pub stream: EventStream,
+}
+
 fn default_send_timeout_ms() -> u64 {
     5_000
 }
@@ -43,8 +52,30 @@ fn default_max_in_flight() -> usize {
 }
 
 impl AmqpConfig {
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = self.format.validate();
+    /// Checks the settings and parses the event-stream part.
+    pub fn validate(&self, ctx: &RouteContext) -> Result<ValidatedAmqp, Vec<Problem>> {
+        let mut problems: Vec<Problem> = self.check().into_iter().map(Problem::here).collect();
+        let stream = EventStream::validate(
+            self.partitioning,
+            self.partition_key.as_deref(),
+            &self.format,
+            ctx,
+        )
+        .map_err(|found| problems.extend(found))
+        .ok();
+        match stream {
+            Some(stream) if problems.is_empty() => Ok(ValidatedAmqp {
+                config: self.clone(),
+                stream,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// What is wrong with the sink's own settings (the event-stream ones are checked by
+    /// [`EventStream::validate`]).
+    pub fn check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
         if self.namespace.is_empty() || self.namespace.contains("://") {
             problems.push(format!(
                 "`namespace` must be the fully qualified namespace host, e.g. `myns.servicebus.windows.net` (got `{}`); put a custom address in `endpoint`",
@@ -60,19 +91,6 @@ impl AmqpConfig {
             problems.push(format!(
                 "`endpoint` must be an amqp:// or amqps:// URL (got `{e}`)"
             ));
-        }
-        if let Some(p) = &self.partition_key
-            && !p.starts_with('/')
-        {
-            problems.push(format!(
-                "`partition_key` must be a `/`-path such as `/customerId` (got `{p}`)"
-            ));
-        }
-        if self.partition_key.is_some() && self.partitioning == Partitioning::None {
-            problems.push(
-                "`partition_key` has no effect with `partitioning = \"none\"`: remove one of them"
-                    .into(),
-            );
         }
         if self.send_timeout_ms == 0 {
             problems.push("`send_timeout_ms` must be above 0".into());

@@ -10,7 +10,7 @@
 mod config;
 mod producer;
 
-pub use config::AmqpConfig;
+pub use config::{AmqpConfig, ValidatedAmqp};
 
 use crate::change::Change;
 use crate::sinks::cloudevent::{EventFormat, EventKey, EventMode};
@@ -31,16 +31,16 @@ pub struct AmqpSink {
 }
 
 impl AmqpSink {
-    pub fn new(name: &str, config: &AmqpConfig, default_source: String) -> Result<Self, SinkError> {
+    pub fn new(name: &str, v: &ValidatedAmqp) -> Result<Self, SinkError> {
         let credential =
             crate::sinks::entra::credential_from_env().map_err(SinkError::permanent)?;
         Ok(Self {
             name: name.to_string(),
-            format: config.format.format(default_source),
-            mode: config.format.mode,
-            key: EventKey::new(config.partitioning, config.partition_key.as_deref()),
-            hashed: config.partitioning == crate::sinks::cloudevent::Partitioning::Hash,
-            producer: Producer::new(config, credential),
+            format: v.stream.format.clone(),
+            mode: v.stream.mode,
+            key: v.stream.key.clone(),
+            hashed: v.stream.partitioning == crate::sinks::cloudevent::Partitioning::Hash,
+            producer: Producer::new(&v.config, credential),
         })
     }
 }
@@ -130,44 +130,31 @@ impl Sink for AmqpSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::change::{Operation, PartitionKey};
     use crate::sinks::cloudevent::Partitioning;
-    use serde_json::json;
+    use crate::testing::ChangeBuilder;
 
     fn change(id: &str, customer: &str, lsn: i64) -> Change {
-        Change {
-            operation: Operation::Upsert,
-            delete_kind: None,
-            id: id.into(),
-            partition_key: PartitionKey(vec![Some(json!(customer))]),
-            lsn: Some(lsn),
-            ts: Some(1),
-            etag: None,
-            document: Some(
-                json!({"id": id, "customerId": customer, "region": "eu"})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            ),
-        }
+        ChangeBuilder::upsert(id)
+            .pk(customer)
+            .lsn(lsn)
+            .ts(1)
+            .field("customerId", customer)
+            .field("region", "eu")
+            .build()
     }
 
     #[test]
     fn events_are_grouped_by_key_in_batch_order() {
-        let ctx = BatchContext {
-            function: "orders".into(),
-            invocation_id: "i".into(),
-            fingerprint: "f".into(),
-            received_at: chrono::Utc::now(),
-            replay: false,
-        };
+        let ctx = crate::testing::batch_context("orders");
         let changes = [
             change("a", "c1", 1),
             change("b", "c2", 2),
             change("c", "c1", 3),
         ];
         let refs: Vec<&Change> = changes.iter().collect();
-        let format = crate::sinks::cloudevent::EventSettings::default().format("/s".into());
+        let format = crate::sinks::cloudevent::EventSettings::default()
+            .validate("/s")
+            .unwrap();
         let by_key = group_by_key(
             &format,
             EventMode::Structured,
@@ -189,7 +176,7 @@ mod tests {
         let by_path = group_by_key(
             &format,
             EventMode::Structured,
-            &EventKey::new(Partitioning::Key, Some("/region")),
+            &EventKey::new(Partitioning::Key, Some("/region".parse().unwrap())),
             &ctx,
             &refs,
         );
