@@ -19,7 +19,7 @@ pub const AZURE_SCHEMES: [&str; 5] = ["az", "azure", "abfs", "abfss", "adl"];
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum LocationError {
     #[error(
-        "is empty; use a folder such as `.fanout/dead-letter` or an `az://container/prefix` URL"
+        "is empty; use a folder (relative to the app root) or an `az://container/prefix` / `abfss://container@account.dfs.core.windows.net/prefix` URL"
     )]
     Empty,
     #[error(
@@ -67,14 +67,18 @@ impl Location {
         if written.trim().is_empty() {
             return Err(LocationError::Empty);
         }
+        let folder = |path: &str| {
+            // `file://dl` and `dl` are folders under the app root, `file:///data/dl` and
+            // `/data/dl` absolute ones; the folder name is taken as written (no %-decoding).
+            let path = std::path::absolute(app_root.join(path))
+                .map_err(|e| invalid(format!("cannot resolve it: {e}")))?;
+            Url::from_directory_path(&path)
+                .map_err(|()| invalid(format!("{} is not an absolute path", path.display())))
+        };
         let url = match written.split_once("://") {
-            None => {
-                let path = std::path::absolute(app_root.join(written))
-                    .map_err(|e| invalid(format!("cannot resolve it: {e}")))?;
-                Url::from_directory_path(&path)
-                    .map_err(|()| invalid(format!("{} is not an absolute path", path.display())))?
-            }
-            Some((scheme, _)) if scheme == "file" || AZURE_SCHEMES.contains(&scheme) => {
+            None => folder(written)?,
+            Some(("file", path)) => folder(path)?,
+            Some((scheme, _)) if AZURE_SCHEMES.contains(&scheme) => {
                 Url::parse(written).map_err(|e| invalid(format!("not a valid URL: {e}")))?
             }
             Some((scheme, _)) => return Err(LocationError::Scheme(scheme.to_string())),
@@ -140,12 +144,13 @@ mod tests {
     fn locations_parse_once_and_say_how_to_fix_them() {
         let root = Path::new("/app");
         // (written, URL or error)
-        let cases: [(&str, Result<&str, LocationError>); 6] = [
+        let cases: [(&str, Result<&str, LocationError>); 7] = [
             (
                 ".fanout/dead-letter",
                 Ok("file:///app/.fanout/dead-letter/"),
             ),
-            ("file:///data/t", Ok("file:///data/t")),
+            ("file:///data/t", Ok("file:///data/t/")),
+            ("file://dl", Ok("file:///app/dl/")),
             ("az://c/dl", Ok("az://c/dl")),
             (
                 "abfss://c@acct.dfs.core.windows.net/t",

@@ -85,17 +85,24 @@ fn resource() -> Resource {
     builder.build()
 }
 
-/// delta-rs logs a commit that lost a race ("exceeded maximum commit attempts") as an error;
-/// the changelog sink commits with no delta-rs retries on purpose and re-checks the conflict
-/// itself, so for us it is routine. Silenced unless the filter names deltalake itself.
+/// delta-rs logs a commit that lost a race ("exceeded maximum commit attempts") as an error,
+/// and each conflict check as a warning; the changelog sink commits with no delta-rs retries
+/// on purpose and re-checks the conflict itself, so for us they are routine. That module of
+/// delta-rs (its commit loop) is silenced unless the filter names deltalake itself.
 const QUIET_COMMIT_CONFLICTS: &str = "deltalake_core::kernel::transaction=off";
 
 fn log_filter() -> EnvFilter {
-    let written = std::env::var("FANOUT_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "warn,fanout=info".into());
-    let filter =
-        EnvFilter::try_new(&written).unwrap_or_else(|_| EnvFilter::new("warn,fanout=info"));
+    // FANOUT_LOG, else RUST_LOG, else the default; an unreadable one is skipped, as before.
+    let (written, filter) = ["FANOUT_LOG", "RUST_LOG"]
+        .iter()
+        .filter_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+        .find_map(|v| EnvFilter::try_new(&v).ok().map(|f| (v, f)))
+        .unwrap_or_else(|| {
+            (
+                "warn,fanout=info".into(),
+                EnvFilter::new("warn,fanout=info"),
+            )
+        });
     if written.contains("deltalake") {
         filter
     } else {

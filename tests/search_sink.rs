@@ -421,10 +421,13 @@ async fn replay_goes_in_feed_order_so_an_older_change_never_overwrites_a_newer_o
     );
 }
 
-#[tokio::test]
-async fn a_replayed_change_older_than_the_indexed_document_is_skipped() {
-    let fake = SearchFake::start("key").await;
-    // While the app points at a dead port, the older change is dead-lettered.
+/// `older` is dead-lettered while the app points at a dead port; then the service is back and
+/// `newer` arrives live. Returns the app (pointing at the fake) with `older` pending.
+async fn dead_lettered_then_live(
+    fake: &SearchFake,
+    older: &serde_json::Value,
+    newer: &serde_json::Value,
+) -> TestApp {
     let port = fanout::hostsim::free_port().unwrap();
     let app = app(
         &format!("http://127.0.0.1:{port}"),
@@ -432,23 +435,29 @@ async fn a_replayed_change_older_than_the_indexed_document_is_skipped() {
         300,
         "version_field = \"cosmosVersion\"",
     );
-    let older = samples::order("o-1", "c1", 10, 1_744_170_000, 1.0, false);
-    let newer = samples::order("o-1", "c1", 12, 1_744_170_009, 2.0, false);
     let host = app.start().await;
-    let body = cosmos_trigger_body("documents", "orders", std::slice::from_ref(&older), None);
+    let body = cosmos_trigger_body("documents", "orders", std::slice::from_ref(older), None);
     assert_eq!(host.invoke("orders", &body).await.unwrap().status, 200);
     drop(host);
     assert_eq!(app.dead_letters().len(), 1);
-    // The service is back; the newer change arrives live, with its version.
     let config = std::fs::read_to_string(app.path().join("fanout.toml"))
         .unwrap()
         .replace(&format!("http://127.0.0.1:{port}"), &fake.endpoint());
     app.config(&config);
     let host = app.start().await;
-    let body = cosmos_trigger_body("documents", "orders", std::slice::from_ref(&newer), None);
+    let body = cosmos_trigger_body("documents", "orders", std::slice::from_ref(newer), None);
     let call = host.invoke("orders", &body).await.unwrap();
     assert_eq!(call.status, 200, "{:?}", call.logs());
-    drop(host);
+    app
+}
+
+#[tokio::test]
+async fn a_replayed_change_older_than_the_indexed_document_is_skipped() {
+    let fake = SearchFake::start("key").await;
+    let older = samples::order("o-1", "c1", 10, 1_744_170_000, 1.0, false);
+    let newer = samples::order("o-1", "c1", 12, 1_744_170_009, 2.0, false);
+    // The older change is dead-lettered; the newer one arrives live, with its version.
+    let app = dead_lettered_then_live(&fake, &older, &newer).await;
     assert_eq!(
         fake.state.lock().unwrap().index[&key("o-1")]["cosmosVersion"],
         json!(12)
@@ -469,32 +478,11 @@ async fn a_replayed_change_older_than_the_indexed_document_is_skipped() {
 #[tokio::test]
 async fn a_replayed_upsert_does_not_bring_back_a_document_deleted_since() {
     let fake = SearchFake::start("key").await;
-    // While the app points at a dead port, an upsert is dead-lettered.
-    let port = fanout::hostsim::free_port().unwrap();
-    let app = app(
-        &format!("http://127.0.0.1:{port}"),
-        None,
-        300,
-        "version_field = \"cosmosVersion\"",
-    );
     let older = samples::order("o-1", "c1", 10, 1_744_170_000, 1.0, false);
     let deleted = samples::order("o-1", "c1", 12, 1_744_170_009, 1.0, true);
-    let host = app.start().await;
-    let body = cosmos_trigger_body("documents", "orders", std::slice::from_ref(&older), None);
-    assert_eq!(host.invoke("orders", &body).await.unwrap().status, 200);
-    drop(host);
-    assert_eq!(app.dead_letters().len(), 1);
-    // The service is back; the document is deleted live (a soft delete), and the index
-    // holds nothing for it.
-    let config = std::fs::read_to_string(app.path().join("fanout.toml"))
-        .unwrap()
-        .replace(&format!("http://127.0.0.1:{port}"), &fake.endpoint());
-    app.config(&config);
-    let host = app.start().await;
-    let body = cosmos_trigger_body("documents", "orders", std::slice::from_ref(&deleted), None);
-    let call = host.invoke("orders", &body).await.unwrap();
-    assert_eq!(call.status, 200, "{:?}", call.logs());
-    drop(host);
+    // The upsert is dead-lettered; the document is deleted live (a soft delete), and the
+    // index holds nothing for it.
+    let app = dead_lettered_then_live(&fake, &older, &deleted).await;
     assert!(!fake.state.lock().unwrap().index.contains_key(&key("o-1")));
     let tombstones = app
         .path()

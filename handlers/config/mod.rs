@@ -469,19 +469,32 @@ fn validate(
         Location::parse(DEFAULT_DEAD_LETTER_URL, BTreeMap::new(), app_root)
             .expect("the default location parses")
     };
-    let dead_letter = match parsed.dead_letter {
-        Some(d) => DeadLetterConfig {
-            primary: location("dead_letter.url", &d.url, d.storage_options).unwrap_or_else(default),
-            fallback: d
+    let (dead_letter, primary_parsed) = match parsed.dead_letter {
+        Some(d) => {
+            let primary = location("dead_letter.url", &d.url, d.storage_options);
+            let parsed = primary.is_some();
+            let fallback = d
                 .fallback
-                .and_then(|f| location("dead_letter.fallback.url", &f.url, f.storage_options)),
-        },
-        None => DeadLetterConfig {
-            primary: default(),
-            fallback: None,
-        },
+                .and_then(|f| location("dead_letter.fallback.url", &f.url, f.storage_options));
+            (
+                DeadLetterConfig {
+                    primary: primary.unwrap_or_else(default),
+                    fallback,
+                },
+                parsed,
+            )
+        }
+        None => (
+            DeadLetterConfig {
+                primary: default(),
+                fallback: None,
+            },
+            true,
+        ),
     };
-    if dead_letter.fallback.as_ref().map(|f| f.url()) == Some(dead_letter.primary.url()) {
+    if primary_parsed
+        && dead_letter.fallback.as_ref().map(|f| f.url()) == Some(dead_letter.primary.url())
+    {
         problem(
             "dead_letter.fallback.url",
             "is the same location as `dead_letter.url`; a fallback helps only when it fails apart from the primary: use another container, account or a local folder".into(),

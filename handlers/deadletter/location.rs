@@ -28,7 +28,10 @@ impl Location {
             .object_store()
             .map_err(|e| DeadLetterError::Config {
                 location: location.to_string(),
-                message: e.to_string(),
+                message: match e {
+                    crate::storage::LocationError::Invalid { message, .. } => message,
+                    other => other.to_string(),
+                },
             })?;
         Ok(Self {
             store,

@@ -111,6 +111,26 @@ pub struct EventStream {
 }
 
 impl EventStream {
+    /// An event-stream sink's validation: its own problems (`own`, as its `check` found them)
+    /// and the shared settings', all reported together; `Ok` holds the parsed stream.
+    pub fn validate_sink(
+        own: Vec<String>,
+        partitioning: Partitioning,
+        partition_key: Option<&str>,
+        settings: &EventSettings,
+        ctx: &RouteContext,
+    ) -> Result<Self, Vec<Problem>> {
+        let mut problems: Vec<Problem> = own.into_iter().map(Problem::here).collect();
+        match Self::validate(partitioning, partition_key, settings, ctx) {
+            Ok(stream) if problems.is_empty() => Ok(stream),
+            Ok(_) => Err(problems),
+            Err(found) => {
+                problems.extend(found);
+                Err(problems)
+            }
+        }
+    }
+
     pub fn validate(
         partitioning: Partitioning,
         partition_key: Option<&str>,

@@ -113,10 +113,31 @@ impl Tansu {
     /// Reads every partition of `topic` from the beginning until `expected` records arrived
     /// (or 20 s passed), in partition order then offset order.
     pub fn consume(&self, topic: &str, partitions: i32, expected: usize) -> Vec<Record> {
+        self.read(topic, partitions, |read, _, total| {
+            read >= expected || total > Duration::from_secs(20)
+        })
+    }
+
+    /// Reads every partition of `topic` from the beginning until nothing new arrived for 2 s
+    /// (60 s at most): everything the topic holds, duplicates included.
+    pub fn consume_all(&self, topic: &str, partitions: i32) -> Vec<Record> {
+        self.read(topic, partitions, |_, idle, total| {
+            idle > Duration::from_secs(2) || total > Duration::from_secs(60)
+        })
+    }
+
+    /// Reads from the beginning of every partition until `done(records read, idle, total)`.
+    fn read(
+        &self,
+        topic: &str,
+        partitions: i32,
+        done: impl Fn(usize, Duration, Duration) -> bool,
+    ) -> Vec<Record> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", self.brokers())
             .set("group.id", "fanout-tests")
             .set("enable.auto.commit", "false")
+            .set("fetch.message.max.bytes", "4194304")
             .create()
             .expect("consumer");
         let mut assignment = TopicPartitionList::new();
@@ -127,12 +148,13 @@ impl Tansu {
         }
         consumer.assign(&assignment).expect("assign");
         let mut out = Vec::new();
-        let started = Instant::now();
-        while out.len() < expected && started.elapsed() < Duration::from_secs(20) {
+        let (started, mut last_new) = (Instant::now(), Instant::now());
+        while !done(out.len(), last_new.elapsed(), started.elapsed()) {
             let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
                 continue;
             };
             let msg = msg.expect("consume");
+            last_new = Instant::now();
             let headers = msg
                 .headers()
                 .map(|h| {
@@ -152,48 +174,6 @@ impl Tansu {
                 key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                 value: msg.payload().unwrap_or_default().to_vec(),
                 headers,
-            });
-        }
-        out.sort_by_key(|r| (r.partition, r.offset));
-        out
-    }
-}
-
-impl Tansu {
-    /// Reads every partition of `topic` from the beginning until nothing new arrived for 2 s
-    /// (60 s at most): everything the topic holds, duplicates included.
-    pub fn consume_all(&self, topic: &str, partitions: i32) -> Vec<Record> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.brokers())
-            .set("group.id", "fanout-tests-all")
-            .set("enable.auto.commit", "false")
-            .set("fetch.message.max.bytes", "4194304")
-            .create()
-            .expect("consumer");
-        let mut assignment = TopicPartitionList::new();
-        for p in 0..partitions {
-            assignment
-                .add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&assignment).expect("assign");
-        let mut out = Vec::new();
-        let started = Instant::now();
-        let mut last_new = Instant::now();
-        while last_new.elapsed() < Duration::from_secs(2)
-            && started.elapsed() < Duration::from_secs(60)
-        {
-            let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
-                continue;
-            };
-            let msg = msg.expect("consume");
-            last_new = Instant::now();
-            out.push(Record {
-                partition: msg.partition(),
-                offset: msg.offset(),
-                key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                value: msg.payload().unwrap_or_default().to_vec(),
-                headers: HashMap::new(),
             });
         }
         out.sort_by_key(|r| (r.partition, r.offset));

@@ -16,25 +16,44 @@ pub fn transient(message: impl std::fmt::Display) -> SinkError {
     SinkError::transient(format!("delta: {message}"))
 }
 
-/// delta-rs's errors, classified.
+/// delta-rs's errors, classified. The source is the error the message was made from, so
+/// that [`SinkError::detail`] does not repeat it.
 pub fn classify(e: DeltaTableError) -> SinkError {
-    let message = match &e {
-        // delta-rs words every I/O error as "Failed to read line from log record".
-        DeltaTableError::Io { source } => format!("I/O error: {source}"),
-        other => other.to_string(),
-    };
-    let error = match e {
-        DeltaTableError::SchemaMismatch { .. }
+    match e {
+        // delta-rs words every I/O error as "Failed to read line from log record": say what
+        // it is, and keep the I/O error itself as the source.
+        DeltaTableError::Io { source } => {
+            transient(format!("I/O error: {source}")).with_source(source)
+        }
+        e @ (DeltaTableError::SchemaMismatch { .. }
         | DeltaTableError::InvalidTableLocation(_)
         | DeltaTableError::Arrow { .. }
-        | DeltaTableError::InvalidJsonLog { .. } => permanent(message),
-        _ => transient(message),
-    };
-    error.with_source(e)
+        | DeltaTableError::InvalidJsonLog { .. }) => permanent(e.to_string()).with_source(e),
+        e => transient(e.to_string()).with_source(e),
+    }
 }
 
 impl From<DeltaTableError> for SinkError {
     fn from(e: DeltaTableError) -> Self {
         classify(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delta_errors_are_classified_and_said_once() {
+        let io = classify(DeltaTableError::Io {
+            source: std::io::Error::other("disk full"),
+        });
+        assert!(!io.is_permanent());
+        assert_eq!(io.detail(), "delta: I/O error: disk full");
+        let location = classify(DeltaTableError::InvalidTableLocation("t".into()));
+        assert!(location.is_permanent());
+        assert_eq!(location.detail(), location.to_string());
+        assert!(location.to_string().starts_with("delta: "));
+        assert!(std::error::Error::source(&location).is_some());
     }
 }

@@ -89,6 +89,14 @@ impl BindingConfig {
         }
         let format = match settings.validate(&ctx.event_source) {
             Ok(f) => Some(f),
+            // Located where they are written: under `format`, or at the top for the older keys.
+            Err(found) if self.format.is_none() => {
+                problems.0.extend(found.into_iter().map(|p| Problem {
+                    at: p.at.trim_start_matches("format.").to_string(),
+                    ..p
+                }));
+                None
+            }
             Err(found) => {
                 problems.0.extend(found);
                 None

@@ -122,22 +122,17 @@ pub const MANAGED_SETTINGS: [&str; 9] = [
 impl KafkaConfig {
     /// Checks the settings and parses the event-stream part.
     pub fn validate(&self, ctx: &RouteContext) -> Result<ValidatedKafka, Vec<Problem>> {
-        let mut problems: Vec<Problem> = self.check().into_iter().map(Problem::here).collect();
-        let stream = EventStream::validate(
+        let stream = EventStream::validate_sink(
+            self.check(),
             self.partitioning,
             self.partition_key.as_deref(),
             &self.format,
             ctx,
-        )
-        .map_err(|found| problems.extend(found))
-        .ok();
-        match stream {
-            Some(stream) if problems.is_empty() => Ok(ValidatedKafka {
-                config: self.clone(),
-                stream,
-            }),
-            _ => Err(problems),
-        }
+        )?;
+        Ok(ValidatedKafka {
+            config: self.clone(),
+            stream,
+        })
     }
 
     /// What is wrong with the sink's own settings (the event-stream ones are checked by
