@@ -111,6 +111,7 @@ async fn invoke(
         match read_body(body, state.max_body_bytes).await {
             ReadBody::Whole(body) => {
                 let _ = body_tx.send(body.clone());
+                crate::failpoint::hit(crate::failpoint::INVOCATION);
                 pipeline
                     .handle(&function, invocation_id, &body, Origin::Host)
                     .await

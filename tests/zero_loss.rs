@@ -165,7 +165,8 @@ async fn the_fallback_store_keeps_what_the_primary_cannot() {
 async fn a_batch_for_a_function_with_no_route_is_kept_not_refused() {
     let app = TestApp::new();
     app.function("orders", "documents", Some(1)).config(ORDERS);
-    let host = app.start().await;
+    // The handler logs the missing route as an error; the answer's Logs say it too.
+    let host = app.start_with(&[("FANOUT_LOG", "off")]).await;
     let body = cosmos_trigger_body("documents", "payments", &docs(2), None);
     let call = host.invoke("payments", &body).await.unwrap();
     assert_eq!(call.status, 200, "{:?}", call.logs());
@@ -508,4 +509,42 @@ async fn an_oversized_batch_delivered_twice_is_replayed_once() {
         read_table(&app.table("tables/orders")).await.rows.len(),
         120
     );
+}
+
+#[tokio::test]
+async fn a_panic_in_the_invocation_task_keeps_the_batch_for_replay() {
+    let app = TestApp::new();
+    app.function("orders", "documents", Some(1)).config(ORDERS);
+    // A bug in fanout itself, after the body was read (a fault hook of debug builds).
+    let host = app
+        .start_with(&[
+            ("FANOUT_FAILPOINT_PANIC", "_invocation:1"),
+            ("FANOUT_LOG", "off"),
+        ])
+        .await;
+    let body = cosmos_trigger_body("documents", "orders", &docs(3), None);
+    let call = host.invoke("orders", &body).await.unwrap();
+    assert_eq!(
+        call.status,
+        200,
+        "kept, so the host may checkpoint: {:?}",
+        call.logs()
+    );
+    drop(host);
+    let pending = app.dead_letters();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let record = app.dead_letter(&pending[0]);
+    assert_eq!(record["kind"], "malformed_batch");
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("fanout panicked while handling this batch"),
+        "{record}"
+    );
+    // With the bug gone, replay delivers it.
+    let out = app.run_async(&["replay"]).await;
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(app.dead_letters().is_empty());
+    assert_eq!(read_table(&app.table("tables/orders")).await.rows.len(), 3);
 }

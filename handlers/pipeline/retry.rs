@@ -92,7 +92,7 @@ pub async fn deliver_with_retry(
         // A panicking sink must not take the invocation down with it: its changes are
         // dead-lettered like any permanent failure, and the other sinks carry on.
         let guarded = std::panic::AssertUnwindSafe(async {
-            crate::failpoint::before_deliver(sink.name());
+            crate::failpoint::hit(sink.name());
             sink.deliver(ctx, &changes).await
         })
         .catch_unwind();
