@@ -13,6 +13,19 @@ enum Part {
     Field(Vec<String>),
 }
 
+/// Why a key template cannot be used, saying how to write it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyTemplateError {
+    #[error("key template `{0}` has an unclosed `{{` (write `{{{{` for a literal brace)")]
+    Unclosed(String),
+    #[error("key template `{0}` has an empty `{{}}`")]
+    EmptyPlaceholder(String),
+    #[error("key template `{0}` has a lone `}}` (write `}}}}` for a literal brace)")]
+    LoneBrace(String),
+    #[error("key template `{0}` has no placeholder: every change would hit the same key")]
+    NoPlaceholder(String),
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyTemplate {
     raw: String,
@@ -31,7 +44,7 @@ impl KeyTemplate {
             })
     }
 
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, KeyTemplateError> {
         let mut parts = Vec::new();
         let mut literal = String::new();
         let mut chars = raw.chars().peekable();
@@ -52,9 +65,7 @@ impl KeyTemplate {
                             Some('}') => break,
                             Some(c) => name.push(c),
                             None => {
-                                return Err(format!(
-                                    "key template `{raw}` has an unclosed `{{` (write `{{{{` for a literal brace)"
-                                ));
+                                return Err(KeyTemplateError::Unclosed(raw.to_string()));
                             }
                         }
                     }
@@ -65,7 +76,7 @@ impl KeyTemplate {
                     parts.push(match name {
                         "id" => Part::Id,
                         "pk" | "partitionKey" => Part::PartitionKey,
-                        "" => return Err(format!("key template `{raw}` has an empty `{{}}`")),
+                        "" => return Err(KeyTemplateError::EmptyPlaceholder(raw.to_string())),
                         path => Part::Field(
                             path.trim_start_matches('/')
                                 .split(['/', '.'])
@@ -75,9 +86,7 @@ impl KeyTemplate {
                     });
                 }
                 '}' => {
-                    return Err(format!(
-                        "key template `{raw}` has a lone `}}` (write `}}}}` for a literal brace)"
-                    ));
+                    return Err(KeyTemplateError::LoneBrace(raw.to_string()));
                 }
                 c => literal.push(c),
             }
@@ -86,9 +95,7 @@ impl KeyTemplate {
             parts.push(Part::Literal(literal));
         }
         if !parts.iter().any(|p| !matches!(p, Part::Literal(_))) {
-            return Err(format!(
-                "key template `{raw}` has no placeholder: every change would hit the same key"
-            ));
+            return Err(KeyTemplateError::NoPlaceholder(raw.to_string()));
         }
         Ok(Self {
             raw: raw.to_string(),
@@ -277,6 +284,7 @@ mod tests {
         assert!(
             KeyTemplate::parse("constant")
                 .unwrap_err()
+                .to_string()
                 .contains("no placeholder")
         );
         assert!(KeyTemplate::parse("a:{}").is_err());

@@ -9,7 +9,7 @@ mod request;
 
 pub use config::{RedisAuth, RedisConfig, RedisMode, ValidatedRedis};
 pub use connection::{REDIS_SCOPE, redact};
-pub use keys::{KeyTemplate, cluster_slot, version_key};
+pub use keys::{KeyTemplate, KeyTemplateError, cluster_slot, version_key};
 pub use request::REFRESH_SCRIPT;
 
 use super::{BatchContext, Delivery, Sink, SinkError};
