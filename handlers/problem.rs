@@ -63,13 +63,20 @@ impl Problems {
         }
     }
 
-    /// Merges problems reported relative to `prefix`.
-    pub fn extend_under(&mut self, prefix: &str, problems: Vec<Problem>) {
-        self.0.extend(problems.into_iter().map(|p| p.under(prefix)));
+    /// The value of a check that reports problems of its own; they are kept, `None` returned.
+    pub fn take_all<T>(&mut self, result: Result<T, Vec<Problem>>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(found) => {
+                self.0.extend(found);
+                None
+            }
+        }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    /// Problems with the whole setting, as a sink's own `check` words them.
+    pub fn here(messages: Vec<String>) -> Self {
+        Self(messages.into_iter().map(Problem::here).collect())
     }
 
     /// `Ok(value)` when nothing was found wrong.

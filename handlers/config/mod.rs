@@ -78,8 +78,6 @@ pub struct RouteConfig {
     pub partition_key: PartitionKeyPaths,
     pub soft_delete: Option<SoftDelete>,
     pub retry: RetrySettings,
-    /// What the sinks know about this route.
-    pub context: RouteContext,
     pub sinks: BTreeMap<String, ValidatedSink>,
 }
 
@@ -441,7 +439,6 @@ fn validate(
                     partition_key,
                     soft_delete,
                     retry,
-                    context,
                     sinks,
                 },
             );

@@ -43,13 +43,18 @@ impl Tombstone {
         }
     }
 
+    /// The delete's version, ordered as [`Change::version_key`].
+    pub fn version_key(&self) -> (i64, i64) {
+        (self.lsn.unwrap_or(-1), self.ts.unwrap_or(-1))
+    }
+
     /// True when `change` is an upsert older than this delete (by lsn, then `_ts`), so that
     /// writing it would bring a deleted document back.
     pub fn hides(&self, change: &Change) -> bool {
         !change.operation.is_delete()
             && change.id == self.id
             && change.partition_key == self.partition_key
-            && (self.lsn.unwrap_or(-1), self.ts.unwrap_or(-1)) > change.version_key()
+            && self.version_key() > change.version_key()
     }
 }
 
@@ -136,7 +141,7 @@ impl DeadLetterStore {
                     })?;
                     if newest
                         .as_ref()
-                        .is_none_or(|n| (n.lsn, n.ts) < (t.lsn, t.ts))
+                        .is_none_or(|n| n.version_key() < t.version_key())
                     {
                         newest = Some(t);
                     }

@@ -24,6 +24,7 @@ use crate::sinks::{BatchContext, Sink, SinkError};
 use crate::telemetry;
 use chrono::Utc;
 use futures::future::join_all;
+use futures::{StreamExt, TryStreamExt};
 use opentelemetry::KeyValue;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
@@ -959,13 +960,18 @@ impl Pipeline {
                 given.push(None);
                 continue;
             }
+            // One read per change, a few at a time (a record can hold a thousand changes).
+            let tombstones: Vec<_> = futures::stream::iter(&changes)
+                .map(|change| {
+                    self.dead_letter
+                        .tombstone(&record.function, sink.name(), change)
+                })
+                .buffered(16)
+                .try_collect()
+                .await
+                .map_err(|e| format!("{}: tombstones unreadable: {e}", sink.name()))?;
             let mut kept = Vec::with_capacity(changes.len());
-            for change in &changes {
-                let tombstone = self
-                    .dead_letter
-                    .tombstone(&record.function, sink.name(), change)
-                    .await
-                    .map_err(|e| format!("{}: tombstones unreadable: {e}", sink.name()))?;
+            for (change, tombstone) in changes.iter().zip(tombstones) {
                 if tombstone.is_some_and(|t| t.hides(change)) {
                     hidden += 1;
                 } else {

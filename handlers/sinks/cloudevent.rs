@@ -120,15 +120,9 @@ impl EventStream {
         settings: &EventSettings,
         ctx: &RouteContext,
     ) -> Result<Self, Vec<Problem>> {
-        let mut problems: Vec<Problem> = own.into_iter().map(Problem::here).collect();
-        match Self::validate(partitioning, partition_key, settings, ctx) {
-            Ok(stream) if problems.is_empty() => Ok(stream),
-            Ok(_) => Err(problems),
-            Err(found) => {
-                problems.extend(found);
-                Err(problems)
-            }
-        }
+        let mut problems = Problems::here(own);
+        let stream = problems.take_all(Self::validate(partitioning, partition_key, settings, ctx));
+        problems.into_result(|| stream.expect("parsed when nothing is wrong"))
     }
 
     pub fn validate(
@@ -145,13 +139,7 @@ impl EventStream {
                 "has no effect with `partitioning = \"none\"`: remove one of them",
             );
         }
-        let format = match settings.validate(&ctx.event_source) {
-            Ok(f) => Some(f),
-            Err(found) => {
-                problems.0.extend(found);
-                None
-            }
-        };
+        let format = problems.take_all(settings.validate(&ctx.event_source));
         let format = problems.into_result(|| format.expect("parsed when nothing is wrong"))?;
         Ok(EventStream {
             partitioning,

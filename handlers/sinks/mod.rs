@@ -78,17 +78,6 @@ pub enum ValidatedSink {
 }
 
 impl ValidatedSink {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ValidatedSink::Delta(_) => delta::KIND,
-            ValidatedSink::Redis(_) => redis::KIND,
-            ValidatedSink::AzureSearch(_) => azure_search::KIND,
-            ValidatedSink::EventHubs(_) => event_hubs::amqp::KIND,
-            ValidatedSink::EventHubsBinding(_) => event_hubs::BINDING_KIND,
-            ValidatedSink::Kafka(_) => kafka::KIND,
-        }
-    }
-
     /// Things worth a look that do not stop start-up (e.g. a projected field the index
     /// lacks), located relative to the sink's table.
     pub fn warnings(&self) -> Vec<Problem> {

@@ -1,5 +1,5 @@
 use crate::change::DocPath;
-use crate::problem::Problem;
+use crate::problem::{Problem, Problems};
 use crate::sinks::RouteContext;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -170,22 +170,23 @@ impl DeltaConfig {
 
     /// Checks the settings; the parsed state is the table's URL and the route's scope.
     pub fn validate(&self, ctx: &RouteContext) -> Result<ValidatedDelta, Vec<Problem>> {
-        let mut problems: Vec<Problem> = self.check().into_iter().map(Problem::here).collect();
-        let location = crate::storage::Location::parse(
-            &self.table,
-            self.storage_options.clone(),
-            &ctx.app_root,
-        )
-        .map_err(|e| problems.push(Problem::new("table", e.to_string())))
-        .ok();
-        match location {
-            Some(location) if problems.is_empty() => Ok(ValidatedDelta {
-                config: self.clone(),
-                url: location.url().clone(),
-                source: ctx.event_source.clone(),
-            }),
-            _ => Err(problems),
-        }
+        let mut problems = Problems::here(self.check());
+        let location = problems.take(
+            "table",
+            crate::storage::Location::parse(
+                &self.table,
+                self.storage_options.clone(),
+                &ctx.app_root,
+            ),
+        );
+        problems.into_result(|| ValidatedDelta {
+            config: self.clone(),
+            url: location
+                .expect("parsed when nothing is wrong")
+                .url()
+                .clone(),
+            source: ctx.event_source.clone(),
+        })
     }
 
     /// What is wrong with the settings as written, each saying how to fix it.

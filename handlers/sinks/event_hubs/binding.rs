@@ -87,21 +87,23 @@ impl BindingConfig {
         if settings.mode == EventMode::Binary {
             problems.push("format.mode", "the output binding sends structured events only: remove `mode`, or use an `event_hubs` (AMQP) sink for binary mode");
         }
-        let format = match settings.validate(&ctx.event_source) {
-            Ok(f) => Some(f),
-            // Located where they are written: under `format`, or at the top for the older keys.
-            Err(found) if self.format.is_none() => {
-                problems.0.extend(found.into_iter().map(|p| Problem {
-                    at: p.at.trim_start_matches("format.").to_string(),
-                    ..p
-                }));
-                None
-            }
-            Err(found) => {
-                problems.0.extend(found);
-                None
-            }
-        };
+        // Located where they are written: under `format`, or at the top for the older keys.
+        let legacy = self.format.is_none();
+        let format = problems.take_all(settings.validate(&ctx.event_source).map_err(|found| {
+            found
+                .into_iter()
+                .map(|p| {
+                    if legacy {
+                        Problem {
+                            at: p.at.trim_start_matches("format.").to_string(),
+                            ..p
+                        }
+                    } else {
+                        p
+                    }
+                })
+                .collect()
+        }));
         problems.into_result(|| ValidatedBinding {
             config: self.clone(),
             format: format.expect("parsed when nothing is wrong"),
