@@ -117,7 +117,7 @@ async fn invoke(
                     .await
             }
             ReadBody::TooLarge { head, rest } => {
-                let rest = rest.map(|r| r.map_err(|e| e.to_string()));
+                let rest = rest.map(|r| r.map_err(std::io::Error::other));
                 pipeline
                     .dead_letter_oversized(
                         &function,

@@ -78,8 +78,8 @@ impl Normalizer {
     ) -> Result<Header, (Option<String>, String)> {
         let id = document_id(doc)?;
         let soft_deleted = self.soft_deleted(doc);
-        let lsn = integer_field(doc, "_lsn").map_err(|r| (Some(id.clone()), r))?;
-        let ts = integer_field(doc, "_ts").map_err(|r| (Some(id.clone()), r))?;
+        let lsn = integer_field(doc, "_lsn").map_err(|r| (Some(id.clone()), r.to_string()))?;
+        let ts = integer_field(doc, "_ts").map_err(|r| (Some(id.clone()), r.to_string()))?;
         Ok(Header {
             operation: if soft_deleted {
                 Operation::Delete
@@ -133,11 +133,13 @@ impl Normalizer {
                 };
                 let id = document_id(doc)?;
                 let ts = integer_field(doc, "_ts")
-                    .map_err(|r| (Some(id.clone()), r))?
+                    .map_err(|r| (Some(id.clone()), r.to_string()))?
                     .or(crts);
                 let lsn = match lsn {
                     Some(l) => Some(l),
-                    None => integer_field(doc, "_lsn").map_err(|r| (Some(id.clone()), r))?,
+                    None => {
+                        integer_field(doc, "_lsn").map_err(|r| (Some(id.clone()), r.to_string()))?
+                    }
                 };
                 // An application that marks documents deleted does so in this mode too: the
                 // marker is a delete for the sinks, as in latest-version mode.
@@ -275,17 +277,23 @@ fn document_id(doc: &Map<String, Value>) -> Result<String, (Option<String>, Stri
     }
 }
 
-fn integer_field(map: &Map<String, Value>, name: &str) -> Result<Option<i64>, String> {
+/// A system field that must be an integer and is not.
+#[derive(Debug, thiserror::Error)]
+#[error("`{name}` must be an integer, found {found}")]
+struct NotAnInteger {
+    name: &'static str,
+    found: String,
+}
+
+fn integer_field(
+    map: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<i64>, NotAnInteger> {
+    let not = |found: String| NotAnInteger { name, found };
     match map.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| format!("`{name}` must be an integer, found {n}")),
-        Some(other) => Err(format!(
-            "`{name}` must be an integer, found {}",
-            kind(other)
-        )),
+        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| not(n.to_string())),
+        Some(other) => Err(not(kind(other).to_string())),
     }
 }
 

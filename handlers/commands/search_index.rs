@@ -21,7 +21,7 @@ pub async fn run(ctx: &Context) -> Result<(), CommandError> {
                     def.name, c.index
                 )));
             }
-            let client = SearchClient::new(c).map_err(CommandError::Failed)?;
+            let client = SearchClient::new(c).map_err(|e| CommandError::Failed(e.to_string()))?;
             let status = client.put_index(raw).await.map_err(|e| {
                 CommandError::Failed(format!(
                     "{function}.{name}: cannot create index `{}`: {e}",

@@ -133,7 +133,7 @@ impl Location {
         mut rest: S,
     ) -> Result<u64, DeadLetterError>
     where
-        S: futures::Stream<Item = Result<bytes::Bytes, String>> + Unpin,
+        S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin,
     {
         use futures::StreamExt;
         let upload = self.store.put_multipart(&self.path(area, key)).await?;
@@ -148,9 +148,9 @@ impl Location {
                 Ok(c) => c,
                 Err(e) => {
                     let _ = writer.abort().await;
-                    return Err(DeadLetterError::Config {
+                    return Err(DeadLetterError::BodyBrokeOff {
                         location: self.url.clone(),
-                        message: format!("request body broke off: {e}"),
+                        source: e,
                     });
                 }
             };

@@ -56,6 +56,11 @@ pub enum DeadLetterError {
         location: String,
         source: Box<DeadLetterError>,
     },
+    #[error("dead-letter store `{location}`: request body broke off: {source}")]
+    BodyBrokeOff {
+        location: String,
+        source: std::io::Error,
+    },
     #[error("dead-letter store `{location}`: no answer within {} ms", .after.as_millis())]
     TimedOut { location: String, after: Duration },
     /// Every tier failed; each tier's error, in order.
@@ -496,7 +501,7 @@ impl DeadLetterStore {
         rest: S,
     ) -> Result<u64, DeadLetterError>
     where
-        S: futures::Stream<Item = Result<bytes::Bytes, String>> + Unpin,
+        S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin,
     {
         self.primary.put_stream(PENDING, key, head, rest).await
     }

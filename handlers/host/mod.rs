@@ -6,7 +6,8 @@ mod request;
 mod response;
 
 pub use request::{
-    DecodeError, HostRequest, RetryContext, RetryState, SysMetadata, decode_documents,
+    DecodeError, DocumentsError, HostRequest, RetryContext, RetryState, SysMetadata,
+    decode_documents,
 };
 pub use response::InvocationResponse;
 

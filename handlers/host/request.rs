@@ -96,8 +96,26 @@ pub enum DecodeError {
         "`Data` has no `{binding}` binding (it has: {present}); check the trigger's `name` in function.json"
     )]
     MissingBinding { binding: String, present: String },
-    #[error("`Data.{binding}` is not a JSON array of documents: {detail}")]
-    NotAnArray { binding: String, detail: String },
+    #[error("`Data.{binding}` is not a JSON array of documents: {source}")]
+    NotAnArray {
+        binding: String,
+        #[source]
+        source: DocumentsError,
+    },
+}
+
+/// Why a binding's value is not an array of documents.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DocumentsError {
+    /// serde_json's message (kept as text so the error compares and clones).
+    #[error("{0}")]
+    Json(String),
+    #[error("found {0}")]
+    Found(String),
+    #[error("found an empty string")]
+    Empty,
+    #[error("more than {MAX_ENCODING_LAYERS} layers of string encoding")]
+    TooDeep,
 }
 
 impl HostRequest {
@@ -141,9 +159,9 @@ impl HostRequest {
                         .join(", ")
                 },
             })?;
-        let items = decode_documents(value.get()).map_err(|detail| DecodeError::NotAnArray {
+        let items = decode_documents(value.get()).map_err(|source| DecodeError::NotAnArray {
             binding: binding.to_string(),
-            detail,
+            source,
         })?;
         Ok(Self { items, sys, retry })
     }
@@ -151,16 +169,18 @@ impl HostRequest {
 
 /// Peels JSON-string layers until it holds an array. The host double-encodes Cosmos documents
 /// (`"\"[{...}]\""`); a plain array is accepted too.
-pub fn decode_documents(json: &str) -> Result<Vec<Value>, String> {
+pub fn decode_documents(json: &str) -> Result<Vec<Value>, DocumentsError> {
     let mut layer = std::borrow::Cow::Borrowed(json);
     for _ in 0..=MAX_ENCODING_LAYERS {
         let current = layer.trim_start();
         match current.as_bytes().first() {
             Some(b'[') => {
-                return serde_json::from_str::<Vec<Value>>(current).map_err(|e| e.to_string());
+                return serde_json::from_str::<Vec<Value>>(current)
+                    .map_err(|e| DocumentsError::Json(e.to_string()));
             }
             Some(b'"') => {
-                let inner = serde_json::from_str::<String>(current).map_err(|e| e.to_string())?;
+                let inner = serde_json::from_str::<String>(current)
+                    .map_err(|e| DocumentsError::Json(e.to_string()))?;
                 layer = std::borrow::Cow::Owned(inner);
             }
             Some(_) => {
@@ -170,14 +190,12 @@ pub fn decode_documents(json: &str) -> Result<Vec<Value>, String> {
                     Ok(other) => format!("`{}`", truncate(&other.to_string(), 40)),
                     Err(e) => format!("invalid JSON ({e})"),
                 };
-                return Err(format!("found {kind}"));
+                return Err(DocumentsError::Found(kind));
             }
-            None => return Err("found an empty string".into()),
+            None => return Err(DocumentsError::Empty),
         }
     }
-    Err(format!(
-        "more than {MAX_ENCODING_LAYERS} layers of string encoding"
-    ))
+    Err(DocumentsError::TooDeep)
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -268,7 +286,12 @@ mod tests {
         let deep = (0..6).fold(json!([]).to_string(), |s, _| {
             serde_json::to_string(&s).unwrap()
         });
-        assert!(decode_documents(&deep).unwrap_err().contains("layers"));
+        assert!(
+            decode_documents(&deep)
+                .unwrap_err()
+                .to_string()
+                .contains("layers")
+        );
     }
 
     #[test]

@@ -106,6 +106,30 @@ impl Answer {
     }
 }
 
+/// Why a dead-letter record could not be replayed (it stays in the store).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("function `{0}` has no route in this config")]
+    NoRoute(String),
+    #[error("sink `{sink}` is no longer in route `{function}`")]
+    NoSink { sink: String, function: String },
+    #[error("{0}")]
+    Store(#[source] DeadLetterError),
+    #[error("still malformed: {0}")]
+    StillMalformed(#[source] crate::host::DecodeError),
+    #[error("still unreadable: {0}")]
+    StillUnreadable(#[source] crate::change::NormalizeError),
+    #[error("{sink}: tombstones unreadable: {source}")]
+    Tombstones {
+        sink: String,
+        #[source]
+        source: DeadLetterError,
+    },
+    /// Sinks that did not take every change: one `sink: reason` each.
+    #[error("{}", .0.join("; "))]
+    Sinks(Vec<String>),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("sink `{function}.{sink}`: {source}")]
@@ -789,7 +813,7 @@ impl Pipeline {
         limit: usize,
     ) -> Answer
     where
-        S: futures::Stream<Item = Result<bytes::Bytes, String>> + Unpin,
+        S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin,
     {
         let deadlines = Deadlines::new(Instant::now(), self.function_timeout);
         let invocation_id = invocation_id.unwrap_or_else(|| {
@@ -880,11 +904,11 @@ impl Pipeline {
         &self,
         record: &DeadLetterRecord,
         seen: &mut HashSet<String>,
-    ) -> Result<String, String> {
+    ) -> Result<String, ReplayError> {
         let route = self
             .routes
             .get(&record.function)
-            .ok_or_else(|| format!("function `{}` has no route in this config", record.function))?;
+            .ok_or_else(|| ReplayError::NoRoute(record.function.clone()))?;
         let ctx = BatchContext {
             function: record.function.clone(),
             invocation_id: format!("replay:{}", record.invocation_id),
@@ -900,11 +924,9 @@ impl Pipeline {
                     .sinks
                     .iter()
                     .find(|s| s.name() == record.sink)
-                    .ok_or_else(|| {
-                        format!(
-                            "sink `{}` is no longer in route `{}`",
-                            record.sink, record.function
-                        )
+                    .ok_or_else(|| ReplayError::NoSink {
+                        sink: record.sink.clone(),
+                        function: record.function.clone(),
                     })?;
                 (record.changes.clone(), vec![sink])
             }
@@ -918,7 +940,7 @@ impl Pipeline {
                                 .dead_letter
                                 .get_raw(key)
                                 .await
-                                .map_err(|e| e.to_string())?,
+                                .map_err(ReplayError::Store)?,
                         )
                         .into_owned(),
                     ),
@@ -927,7 +949,7 @@ impl Pipeline {
                 let items = match &stored_body {
                     Some(body) if record.kind != DeadLetterKind::MalformedItems => {
                         HostRequest::decode(body.as_bytes(), &route.function.binding)
-                            .map_err(|e| format!("still malformed: {e}"))?
+                            .map_err(ReplayError::StillMalformed)?
                             .items
                     }
                     _ => record.items.clone(),
@@ -938,7 +960,7 @@ impl Pipeline {
                         route
                             .normalizer
                             .normalize(i, item)
-                            .map_err(|u| format!("still unreadable: {}", u.error))?,
+                            .map_err(|u| ReplayError::StillUnreadable(u.error))?,
                     );
                 }
                 let batch = fingerprint(&record.function, &changes, &[]);
@@ -969,7 +991,10 @@ impl Pipeline {
                 .buffered(16)
                 .try_collect()
                 .await
-                .map_err(|e| format!("{}: tombstones unreadable: {e}", sink.name()))?;
+                .map_err(|source| ReplayError::Tombstones {
+                    sink: sink.name().to_string(),
+                    source,
+                })?;
             let mut kept = Vec::with_capacity(changes.len());
             for (change, tombstone) in changes.iter().zip(tombstones) {
                 if tombstone.is_some_and(|t| t.hides(change)) {
@@ -1018,7 +1043,7 @@ impl Pipeline {
             seen.extend(whole_batch);
             Ok(details.join("; "))
         } else {
-            Err(problems.join("; "))
+            Err(ReplayError::Sinks(problems))
         }
     }
 }

@@ -12,6 +12,23 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
+/// Why no credential or no token could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum EntraError {
+    #[error("{kind}: {source}")]
+    Credential {
+        kind: &'static str,
+        #[source]
+        source: azure_core::Error,
+    },
+    #[error("cannot get an Entra token for {scope}: {source}")]
+    Token {
+        scope: String,
+        #[source]
+        source: azure_core::Error,
+    },
+}
+
 /// Refresh a token this long before it expires.
 const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 
@@ -30,7 +47,7 @@ impl std::fmt::Debug for EntraToken {
 /// Picks the credential from the environment: a managed identity where the platform provides
 /// one (`IDENTITY_ENDPOINT` / `MSI_ENDPOINT`, or `AZURE_CLIENT_ID` set), else the developer's
 /// own login. Clients that take a credential themselves (the Event Hubs producer) use it as is.
-pub fn credential_from_env() -> Result<Arc<dyn TokenCredential>, String> {
+pub fn credential_from_env() -> Result<Arc<dyn TokenCredential>, EntraError> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     if env("IDENTITY_ENDPOINT").is_some()
         || env("MSI_ENDPOINT").is_some()
@@ -40,11 +57,21 @@ pub fn credential_from_env() -> Result<Arc<dyn TokenCredential>, String> {
             user_assigned_id: env("AZURE_CLIENT_ID").map(UserAssignedId::ClientId),
             ..Default::default()
         };
-        Ok(ManagedIdentityCredential::new(Some(options))
-            .map_err(|e| format!("managed identity: {e}"))?)
+        Ok(
+            ManagedIdentityCredential::new(Some(options)).map_err(|source| {
+                EntraError::Credential {
+                    kind: "managed identity",
+                    source,
+                }
+            })?,
+        )
     } else {
-        Ok(DeveloperToolsCredential::new(None)
-            .map_err(|e| format!("developer credential (az login): {e}"))?)
+        Ok(
+            DeveloperToolsCredential::new(None).map_err(|source| EntraError::Credential {
+                kind: "developer credential (az login)",
+                source,
+            })?,
+        )
     }
 }
 
@@ -56,7 +83,7 @@ pub struct Token {
 
 impl EntraToken {
     /// A token source for `scope` with the credential [`credential_from_env`] picks.
-    pub fn from_env(scope: &str) -> Result<Self, String> {
+    pub fn from_env(scope: &str) -> Result<Self, EntraError> {
         Ok(Self {
             credential: credential_from_env()?,
             scope: scope.to_string(),
@@ -65,7 +92,7 @@ impl EntraToken {
     }
 
     /// A valid token, fetched anew when the cached one is close to expiry.
-    pub async fn token(&self) -> Result<Token, String> {
+    pub async fn token(&self) -> Result<Token, EntraError> {
         let mut cached = self.cached.lock().await;
         let now = azure_core::time::OffsetDateTime::now_utc();
         let fresh = cached
@@ -78,7 +105,10 @@ impl EntraToken {
                     .credential
                     .get_token(&[self.scope.as_str()], None)
                     .await
-                    .map_err(|e| format!("cannot get an Entra token for {}: {e}", self.scope))?;
+                    .map_err(|source| EntraError::Token {
+                        scope: self.scope.clone(),
+                        source,
+                    })?;
                 *cached = Some(t.clone());
                 t
             }

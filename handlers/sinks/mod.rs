@@ -202,6 +202,16 @@ impl SinkError {
         }
     }
 
+    /// A transient error saying what `error` says, with it as the source.
+    pub fn transient_from(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::transient(error.to_string()).with_source(error)
+    }
+
+    /// A permanent error saying what `error` says, with it as the source.
+    pub fn permanent_from(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::permanent(error.to_string()).with_source(error)
+    }
+
     /// The same error, with the client error that caused it.
     pub fn with_source(mut self, error: impl std::error::Error + Send + Sync + 'static) -> Self {
         let arc: ErrorSource = Arc::new(error);

@@ -5,6 +5,31 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// Why an index definition file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexDefinitionError {
+    #[error("cannot read index definition {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("index definition {path} is not JSON: {source}")]
+    NotJson {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("index definition {path}: {source}")]
+    Shape {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("index definition {0} must have exactly one field with `\"key\": true`")]
+    Key(String),
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct IndexDefinition {
     pub name: String,
@@ -23,18 +48,17 @@ pub struct FieldDefinition {
 }
 
 impl IndexDefinition {
-    pub fn load(path: &Path) -> Result<(Self, serde_json::Value), String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read index definition {}: {e}", path.display()))?;
-        let raw: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| format!("index definition {} is not JSON: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<(Self, serde_json::Value), IndexDefinitionError> {
+        use IndexDefinitionError as E;
+        let at = || path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| E::Read { path: at(), source })?;
+        let raw: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| E::NotJson { path: at(), source })?;
         let def: IndexDefinition = serde_json::from_value(raw.clone())
-            .map_err(|e| format!("index definition {}: {e}", path.display()))?;
+            .map_err(|source| E::Shape { path: at(), source })?;
         if def.fields.iter().filter(|f| f.key).count() != 1 {
-            return Err(format!(
-                "index definition {} must have exactly one field with `\"key\": true`",
-                path.display()
-            ));
+            return Err(E::Key(at()));
         }
         Ok((def, raw))
     }

@@ -4,6 +4,7 @@
 //! on 413; 207 partial failures retried per document (409, 422, 503) or dead-lettered (400, 404).
 
 mod config;
+mod error;
 mod index;
 mod project;
 mod request;
@@ -12,8 +13,9 @@ mod service;
 pub use config::{
     DEFAULT_API_VERSION, KeyEncoding, KeySource, SearchAuth, SearchConfig, ValidatedSearch,
 };
-pub use index::{FieldDefinition, IndexDefinition};
-pub use project::{coerce, decode_key, encode_key, key_material};
+pub use error::SearchError;
+pub use index::{FieldDefinition, IndexDefinition, IndexDefinitionError};
+pub use project::{ProjectError, coerce, decode_key, encode_key, key_material};
 pub use service::{SEARCH_SCOPE, SearchClient};
 
 use super::{BatchContext, Delivery, Rejected, Sink, SinkError};
@@ -38,7 +40,7 @@ impl SearchSink {
         let config = &v.config;
         Ok(Self {
             name: name.to_string(),
-            client: SearchClient::new(config).map_err(SinkError::permanent)?,
+            client: SearchClient::new(config)?,
             actions: ActionBuilder {
                 key_source: config.key,
                 mappings: v.mappings.clone(),
@@ -113,8 +115,7 @@ impl Sink for SearchSink {
                 held.extend(
                     self.client
                         .versions(&self.actions.key_field, field, &keys)
-                        .await
-                        .map_err(SinkError::transient)?,
+                        .await?,
                 );
             }
             actions.retain(|a| {

@@ -27,8 +27,42 @@ pub fn key_material(change: &crate::change::Change, source: super::config::KeySo
     }
 }
 
+/// Why a change cannot become an index document (it is dead-lettered with this reason).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProjectError {
+    #[error("id `{0}` has characters a search key cannot hold; set `key_encoding = \"base64url\"`")]
+    KeyCharacters(String),
+    #[error("{value} cannot be an {edm_type}")]
+    NotA { value: String, edm_type: String },
+    #[error("{0} is out of range for Edm.Int32")]
+    OutOfRange(i64),
+    #[error("{0} is not an ISO 8601 date/time (or epoch seconds)")]
+    NotADate(String),
+    #[error(
+        "{0} is not a GeoJSON Point ({{\"type\":\"Point\",\"coordinates\":[lon,lat]}}) or {{lat, lon}}"
+    )]
+    NotAPoint(String),
+    #[error("the index type `{0}` is not supported by the projection")]
+    Unsupported(String),
+    /// Where in the document (a field, an item) the inner error is.
+    #[error("{at}: {inner}")]
+    In {
+        at: String,
+        inner: Box<ProjectError>,
+    },
+}
+
+impl ProjectError {
+    fn at(at: String) -> impl FnOnce(ProjectError) -> ProjectError {
+        move |inner| ProjectError::In {
+            at,
+            inner: Box::new(inner),
+        }
+    }
+}
+
 /// A document id as an index key. Keys allow letters, digits, `_`, `-` and `=`.
-pub fn encode_key(id: &str, encoding: KeyEncoding) -> Result<String, String> {
+pub fn encode_key(id: &str, encoding: KeyEncoding) -> Result<String, ProjectError> {
     match encoding {
         KeyEncoding::Base64url => {
             Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.as_bytes()))
@@ -41,9 +75,7 @@ pub fn encode_key(id: &str, encoding: KeyEncoding) -> Result<String, String> {
             {
                 Ok(id.to_string())
             } else {
-                Err(format!(
-                    "id `{id}` has characters a search key cannot hold; set `key_encoding = \"base64url\"`"
-                ))
+                Err(ProjectError::KeyCharacters(id.to_string()))
             }
         }
     }
@@ -90,7 +122,7 @@ pub fn project(
     doc: &Map<String, Value>,
     mappings: &[FieldMapping],
     types: &std::collections::BTreeMap<String, String>,
-) -> Result<Map<String, Value>, String> {
+) -> Result<Map<String, Value>, ProjectError> {
     let mut out = Map::new();
     if mappings.is_empty() {
         // mergeOrUpload keeps fields a request omits: send null for every index field the
@@ -106,7 +138,7 @@ pub fn project(
                 Some(t) => {
                     out.insert(
                         name.clone(),
-                        coerce(value, t).map_err(|e| format!("field `{name}`: {e}"))?,
+                        coerce(value, t).map_err(ProjectError::at(format!("field `{name}`")))?,
                     );
                 }
                 None if types.is_empty() => {
@@ -120,8 +152,11 @@ pub fn project(
     for m in mappings {
         let value = lookup(doc, &m.path);
         let value = match &m.edm_type {
-            Some(t) => coerce(&value, t)
-                .map_err(|e| format!("field `{}` (from `/{}`): {e}", m.field, m.path.join("/")))?,
+            Some(t) => coerce(&value, t).map_err(ProjectError::at(format!(
+                "field `{}` (from `/{}`)",
+                m.field,
+                m.path.join("/")
+            )))?,
             None => value,
         };
         out.insert(m.field.clone(), value);
@@ -156,7 +191,7 @@ pub fn lookup(doc: &Map<String, Value>, path: &[String]) -> Value {
 }
 
 /// Coerces a JSON value to an EDM type. Null stays null.
-pub fn coerce(value: &Value, edm_type: &str) -> Result<Value, String> {
+pub fn coerce(value: &Value, edm_type: &str) -> Result<Value, ProjectError> {
     if value.is_null() {
         return Ok(Value::Null);
     }
@@ -168,13 +203,16 @@ pub fn coerce(value: &Value, edm_type: &str) -> Result<Value, String> {
             Value::Array(items) => items
                 .iter()
                 .enumerate()
-                .map(|(i, v)| coerce(v, inner).map_err(|e| format!("item {i}: {e}")))
+                .map(|(i, v)| coerce(v, inner).map_err(ProjectError::at(format!("item {i}"))))
                 .collect::<Result<Vec<_>, _>>()
                 .map(Value::Array),
             single => Ok(Value::Array(vec![coerce(single, inner)?])),
         };
     }
-    let bad = || format!("{} cannot be an {edm_type}", describe(value));
+    let bad = || ProjectError::NotA {
+        value: describe(value),
+        edm_type: edm_type.to_string(),
+    };
     match edm_type {
         "Edm.String" => match value {
             Value::String(_) => Ok(value.clone()),
@@ -184,13 +222,17 @@ pub fn coerce(value: &Value, edm_type: &str) -> Result<Value, String> {
         },
         "Edm.Int32" | "Edm.Int64" => {
             let n = match value {
-                Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64)),
+                Value::Number(n) => n.as_i64().or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                        .map(|f| f as i64)
+                }),
                 Value::String(s) => s.trim().parse::<i64>().ok(),
                 _ => None,
             }
             .ok_or_else(bad)?;
             if edm_type == "Edm.Int32" && i32::try_from(n).is_err() {
-                return Err(format!("{n} is out of range for Edm.Int32"));
+                return Err(ProjectError::OutOfRange(n));
             }
             Ok(Value::Number(n.into()))
         }
@@ -198,7 +240,12 @@ pub fn coerce(value: &Value, edm_type: &str) -> Result<Value, String> {
             Value::Number(_) => Ok(value.clone()),
             Value::String(s) => match s.trim() {
                 "NaN" | "INF" | "-INF" => Ok(Value::String(s.trim().to_string())),
-                t => t.parse::<f64>().ok().and_then(Number::from_f64).map(Value::Number).ok_or_else(bad),
+                t => t
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(Number::from_f64)
+                    .map(Value::Number)
+                    .ok_or_else(bad),
             },
             _ => Err(bad()),
         },
@@ -208,13 +255,17 @@ pub fn coerce(value: &Value, edm_type: &str) -> Result<Value, String> {
             Value::String(s) if s.eq_ignore_ascii_case("false") => Ok(Value::Bool(false)),
             _ => Err(bad()),
         },
-        "Edm.DateTimeOffset" => datetime(value).map(Value::String).ok_or_else(|| format!("{} is not an ISO 8601 date/time (or epoch seconds)", describe(value))),
-        "Edm.GeographyPoint" => geography_point(value).ok_or_else(|| format!("{} is not a GeoJSON Point ({{\"type\":\"Point\",\"coordinates\":[lon,lat]}}) or {{lat, lon}}", describe(value))),
+        "Edm.DateTimeOffset" => datetime(value)
+            .map(Value::String)
+            .ok_or_else(|| ProjectError::NotADate(describe(value))),
+        "Edm.GeographyPoint" => {
+            geography_point(value).ok_or_else(|| ProjectError::NotAPoint(describe(value)))
+        }
         "Edm.ComplexType" => match value {
             Value::Object(_) => Ok(value.clone()),
             _ => Err(bad()),
         },
-        other => Err(format!("the index type `{other}` is not supported by the projection")),
+        other => Err(ProjectError::Unsupported(other.to_string())),
     }
 }
 
@@ -292,6 +343,7 @@ mod tests {
         assert!(
             encode_key("a/b", KeyEncoding::None)
                 .unwrap_err()
+                .to_string()
                 .contains("base64url")
         );
     }
@@ -305,6 +357,7 @@ mod tests {
         assert!(
             coerce(&json!(5_000_000_000i64), "Edm.Int32")
                 .unwrap_err()
+                .to_string()
                 .contains("out of range")
         );
         assert_eq!(coerce(&json!("2.5"), "Edm.Double").unwrap(), json!(2.5));
@@ -337,6 +390,7 @@ mod tests {
         assert!(
             coerce(&json!([1, "x"]), "Collection(Edm.Int32)")
                 .unwrap_err()
+                .to_string()
                 .starts_with("item 1")
         );
         let point = json!({"type": "Point", "coordinates": [13.04, 47.8]});
@@ -372,7 +426,7 @@ mod tests {
         ];
         let e = project(&doc, &mappings(&fields, &types), &types).unwrap_err();
         assert_eq!(
-            e,
+            e.to_string(),
             "field `total` (from `/total`): \"lots\" cannot be an Edm.Double"
         );
         let ok = project(

@@ -48,7 +48,10 @@ impl ActionBuilder {
             let key = match encode_key(&key_material(change, self.key_source), self.key_encoding) {
                 Ok(key) => key,
                 Err(reason) => {
-                    rejected.push(Rejected { index: i, reason });
+                    rejected.push(Rejected {
+                        index: i,
+                        reason: reason.to_string(),
+                    });
                     continue;
                 }
             };

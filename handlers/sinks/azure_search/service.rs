@@ -2,6 +2,7 @@
 //! Entra auth, and the answers mapped to what the sink does next.
 
 use super::config::{SearchAuth, SearchConfig};
+use super::error::{SearchError, classify, error_message};
 use crate::sinks::entra::EntraToken;
 use serde::Deserialize;
 use std::time::Duration;
@@ -21,8 +22,8 @@ pub struct ItemResult {
 }
 
 #[derive(Deserialize)]
-struct IndexDocumentsResult {
-    value: Vec<ItemResult>,
+pub(super) struct IndexDocumentsResult {
+    pub value: Vec<ItemResult>,
 }
 
 /// What a request came back with.
@@ -55,12 +56,12 @@ enum Auth {
 }
 
 impl SearchClient {
-    pub fn new(config: &SearchConfig) -> Result<Self, String> {
+    pub fn new(config: &SearchConfig) -> Result<Self, SearchError> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(config.timeout_ms))
             .user_agent(concat!("fanout/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(SearchError::Client)?;
         let endpoint = config.endpoint.trim_end_matches('/');
         let auth = match config.auth {
             SearchAuth::ApiKey => Auth::ApiKey(config.api_key.clone().unwrap_or_default()),
@@ -87,7 +88,7 @@ impl SearchClient {
     async fn authorize(
         &self,
         req: reqwest::RequestBuilder,
-    ) -> Result<reqwest::RequestBuilder, String> {
+    ) -> Result<reqwest::RequestBuilder, SearchError> {
         Ok(match &self.auth {
             Auth::ApiKey(key) => req.header("api-key", key),
             Auth::Entra(token) => req.bearer_auth(token.token().await?.secret),
@@ -104,9 +105,9 @@ impl SearchClient {
             .header("x-ms-client-request-id", uuid::Uuid::new_v4().to_string());
         let req = match self.authorize(req).await {
             Ok(r) => r,
-            Err(message) => {
+            Err(e) => {
                 return Answer::Transient {
-                    message,
+                    message: e.to_string(),
                     retry_after: None,
                 };
             }
@@ -115,7 +116,7 @@ impl SearchClient {
             Ok(r) => r,
             Err(e) => {
                 return Answer::Transient {
-                    message: format!("search: {}", without_url(&e)),
+                    message: SearchError::Request(e).to_string(),
                     retry_after: None,
                 };
             }
@@ -123,30 +124,7 @@ impl SearchClient {
         let status = response.status().as_u16();
         let retry_after = retry_after(response.headers());
         let text = response.text().await.unwrap_or_default();
-        match status {
-            200 | 207 => match serde_json::from_str::<IndexDocumentsResult>(&text) {
-                Ok(r) => Answer::Results(r.value),
-                Err(e) => Answer::Transient {
-                    message: format!("search: unreadable {status} answer: {e}"),
-                    retry_after: None,
-                },
-            },
-            413 => Answer::TooLarge,
-            408 | 429 | 500 | 502 | 503 | 504 => Answer::Transient {
-                message: format!("search: HTTP {status}: {}", error_message(&text)),
-                retry_after,
-            },
-            401 | 403 => Answer::Transient {
-                message: format!(
-                    "search: HTTP {status} (check the identity's Search Index Data Contributor role or the api key): {}",
-                    error_message(&text)
-                ),
-                retry_after,
-            },
-            _ => Answer::Permanent {
-                message: format!("search: HTTP {status}: {}", error_message(&text)),
-            },
-        }
+        classify(status, &text, retry_after)
     }
 
     /// The version field of the documents with these keys (keys the index lacks are absent):
@@ -156,7 +134,7 @@ impl SearchClient {
         key_field: &str,
         version_field: &str,
         keys: &[&str],
-    ) -> Result<std::collections::HashMap<String, i64>, String> {
+    ) -> Result<std::collections::HashMap<String, i64>, SearchError> {
         // Encoded keys hold only letters, digits, `_`, `-`, `=`: no quote or comma to escape.
         let body = serde_json::json!({
             "search": "*",
@@ -175,17 +153,21 @@ impl SearchClient {
             .json(&body)
             .send()
             .await
-            .map_err(|e| format!("search: {}", without_url(&e)))?;
+            .map_err(SearchError::Request)?;
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         if status != 200 {
-            return Err(format!(
-                "search: reading versions: HTTP {status}: {}",
-                error_message(&text)
-            ));
+            return Err(SearchError::Status {
+                what: "reading versions",
+                status,
+                message: error_message(&text),
+            });
         }
-        let found: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| format!("search: unreadable search answer: {e}"))?;
+        let found: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| SearchError::Unreadable {
+                what: "search answer",
+                source,
+            })?;
         Ok(found["value"]
             .as_array()
             .into_iter()
@@ -200,7 +182,7 @@ impl SearchClient {
     }
 
     /// Creates or updates the index from its definition (`PUT /indexes('{name}')`).
-    pub async fn put_index(&self, definition: &serde_json::Value) -> Result<u16, String> {
+    pub async fn put_index(&self, definition: &serde_json::Value) -> Result<u16, SearchError> {
         let req = self
             .http
             .put(&self.index_url)
@@ -212,28 +194,18 @@ impl SearchClient {
             .json(definition)
             .send()
             .await
-            .map_err(|e| without_url(&e))?;
+            .map_err(SearchError::Request)?;
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
             Ok(status)
         } else {
-            Err(format!(
-                "HTTP {status}: {}",
-                error_message(&response.text().await.unwrap_or_default())
-            ))
+            Err(SearchError::Status {
+                what: "creating the index",
+                status,
+                message: error_message(&response.text().await.unwrap_or_default()),
+            })
         }
     }
-}
-
-fn without_url(e: &reqwest::Error) -> String {
-    e.to_string()
-}
-
-fn error_message(text: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(text)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| text.chars().take(300).collect())
 }
 
 /// `retry-after-ms` / `x-ms-retry-after-ms` (milliseconds) or `Retry-After` (seconds).

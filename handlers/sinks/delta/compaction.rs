@@ -136,9 +136,7 @@ pub async fn compact(
                     let batch = batch.map_err(deltalake::DeltaTableError::from)?;
                     report.rows += batch.num_rows();
                     let batch = with_partition_column(&batch, days)?;
-                    writer
-                        .write(conform(&batch, &table_schema).map_err(error::permanent)?)
-                        .await?;
+                    writer.write(conform(&batch, &table_schema)?).await?;
                 }
                 report.files_removed += 1;
                 report.bytes_removed += file.size() as u64;

@@ -15,7 +15,7 @@ pub use config::{
     ColumnType, CompactionConfig, DeltaConfig, GroupCommitConfig, TypedColumn, ValidatedDelta,
 };
 pub use reader::{ChangelogRow, ChangelogSnapshot, read_changelog};
-pub use schema::{ARROW_SCHEMA, ChangelogSchema, PARTITION_COLUMN, encode};
+pub use schema::{ARROW_SCHEMA, ChangelogSchema, EncodeError, PARTITION_COLUMN, encode};
 pub use table::{AppendOutcome, batch_app_id, open, table_url};
 pub use writer::ChangelogTable;
 

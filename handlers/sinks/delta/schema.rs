@@ -148,12 +148,42 @@ impl ChangelogSchema {
         ctx: &BatchContext,
         changes: &[&Change],
         ingest_time: DateTime<Utc>,
-    ) -> Result<RecordBatch, String> {
+    ) -> Result<RecordBatch, EncodeError> {
         let mut arrays = encode_fixed(ctx, changes, ingest_time)?;
         for (column, path) in &self.typed {
             arrays.push(project(column.kind, path, changes));
         }
-        RecordBatch::try_new(self.arrow.clone(), arrays).map_err(|e| e.to_string())
+        Ok(RecordBatch::try_new(self.arrow.clone(), arrays)?)
+    }
+}
+
+/// Why changes could not become rows of the table (permanent: the data or the settings).
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("{0}")]
+    Arrow(#[from] deltalake::arrow::error::ArrowError),
+    #[error("document `{id}`: {source}")]
+    Document {
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "column `{column}` is {table} in the table but {ours} in this sink's config: pick another column name"
+    )]
+    ColumnType {
+        column: String,
+        table: String,
+        ours: String,
+    },
+    #[error("the table requires column `{0}`, which this sink does not write")]
+    MissingColumn(String),
+}
+
+impl From<EncodeError> for SinkError {
+    fn from(e: EncodeError) -> Self {
+        let message = format!("delta: {e}");
+        SinkError::permanent(message).with_source(e)
     }
 }
 
@@ -173,7 +203,7 @@ pub fn table_arrow_schema(table: &deltalake::DeltaTable) -> Result<SchemaRef, Si
 
 /// Maps a batch onto the table's schema by column name: the table's order, and nulls for
 /// (nullable) columns the batch does not have. Fails if a column's type differs.
-pub fn conform(batch: &RecordBatch, table: &SchemaRef) -> Result<RecordBatch, String> {
+pub fn conform(batch: &RecordBatch, table: &SchemaRef) -> Result<RecordBatch, EncodeError> {
     if batch.schema() == *table {
         return Ok(batch.clone());
     }
@@ -182,25 +212,21 @@ pub fn conform(batch: &RecordBatch, table: &SchemaRef) -> Result<RecordBatch, St
         match batch.column_by_name(field.name()) {
             Some(array) if array.data_type() == field.data_type() => arrays.push(array.clone()),
             Some(array) => {
-                return Err(format!(
-                    "column `{}` is {} in the table but {} in this sink's config: pick another column name",
-                    field.name(),
-                    field.data_type(),
-                    array.data_type()
-                ));
+                return Err(EncodeError::ColumnType {
+                    column: field.name().clone(),
+                    table: field.data_type().to_string(),
+                    ours: array.data_type().to_string(),
+                });
             }
             None if field.is_nullable() => {
                 arrays.push(new_null_array(field.data_type(), batch.num_rows()))
             }
             None => {
-                return Err(format!(
-                    "the table requires column `{}`, which this sink does not write",
-                    field.name()
-                ));
+                return Err(EncodeError::MissingColumn(field.name().clone()));
             }
         }
     }
-    RecordBatch::try_new(table.clone(), arrays).map_err(|e| e.to_string())
+    Ok(RecordBatch::try_new(table.clone(), arrays)?)
 }
 
 /// One typed column. A value that does not fit the type is written as null (the `document`
@@ -297,19 +323,18 @@ pub fn encode(
     ctx: &BatchContext,
     changes: &[&Change],
     ingest_time: DateTime<Utc>,
-) -> Result<RecordBatch, String> {
-    RecordBatch::try_new(
+) -> Result<RecordBatch, EncodeError> {
+    Ok(RecordBatch::try_new(
         ARROW_SCHEMA.clone(),
         encode_fixed(ctx, changes, ingest_time)?,
-    )
-    .map_err(|e| e.to_string())
+    )?)
 }
 
 fn encode_fixed(
     ctx: &BatchContext,
     changes: &[&Change],
     ingest_time: DateTime<Utc>,
-) -> Result<Vec<ArrayRef>, String> {
+) -> Result<Vec<ArrayRef>, EncodeError> {
     let n = changes.len();
     let mut operation = StringBuilder::with_capacity(n, n * 8);
     let mut delete_kind = StringBuilder::with_capacity(n, n);
@@ -337,8 +362,10 @@ fn encode_fixed(
         match &c.document {
             Some(doc) => {
                 json.clear();
-                serde_json::to_writer(&mut json, doc)
-                    .map_err(|e| format!("document `{}`: {e}", c.id))?;
+                serde_json::to_writer(&mut json, doc).map_err(|source| EncodeError::Document {
+                    id: c.id.clone(),
+                    source,
+                })?;
                 // serde_json writes valid UTF-8.
                 document.append_value(std::str::from_utf8(&json).expect("serde_json emits UTF-8"));
             }

@@ -503,7 +503,7 @@ pub async fn commit_appends(
                 version,
                 Some(Utc::now().timestamp_millis()),
             ));
-            fresh_batches.push(conform(&fresh, &table_schema).map_err(error::permanent)?);
+            fresh_batches.push(conform(&fresh, &table_schema)?);
             fresh_batches_written.push(fresh);
         }
     }

@@ -89,11 +89,7 @@ impl ChangelogTable {
                 batches_in_commit: 0,
             });
         }
-        let batch = self
-            .settings
-            .schema
-            .encode(ctx, changes, Utc::now())
-            .map_err(error::permanent)?;
+        let batch = self.settings.schema.encode(ctx, changes, Utc::now())?;
         let append = PendingAppend {
             app_id: batch_app_id(ctx, sink, changes),
             scope: match &self.source {

@@ -13,10 +13,13 @@
 //! key's tail in order. Delivery is at least once; duplicates keep their CloudEvents `id`.
 
 mod config;
+mod error;
 mod producer;
 
 pub use config::{Compression, KafkaAuth, KafkaConfig, ValidatedKafka};
 pub use producer::{client_settings, default_scope};
+
+use error::{RecordFault, classify};
 
 use crate::change::Change;
 use crate::sinks::cloudevent::{EncodedEvent, EventFormat, EventKey, EventMode};
@@ -60,8 +63,9 @@ impl KafkaSink {
             return Ok(p.clone());
         }
         // A bad setting (unknown librdkafka property, missing identity) is for good.
-        let created =
-            Arc::new(producer::create(&self.name, &self.config).map_err(SinkError::permanent)?);
+        let created = Arc::new(
+            producer::create(&self.name, &self.config).map_err(SinkError::permanent_from)?,
+        );
         *slot = Some(created.clone());
         Ok(created)
     }
@@ -76,30 +80,6 @@ impl KafkaSink {
             self.producer.lock().expect("producer lock").take();
         }
     }
-}
-
-/// Errors that refuse one record for good: sending it again can never work (a Cosmos document
-/// goes up to 2 MB; Kafka's and Event Hubs' default limit is 1 MB). Such a record is
-/// dead-lettered at once, and the key's later records are not held back for it.
-fn record_refused(code: rdkafka::types::RDKafkaErrorCode) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    matches!(
-        code,
-        C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidRecord
-    )
-}
-
-/// Errors after which the idempotent producer's id/epoch is useless.
-fn producer_state_lost(code: rdkafka::types::RDKafkaErrorCode) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    matches!(
-        code,
-        C::ProducerFenced
-            | C::InvalidProducerEpoch
-            | C::UnknownProducerId
-            | C::OutOfOrderSequenceNumber
-            | C::InvalidProducerIdMapping
-    )
 }
 
 /// The record's headers: `content-type`, plus the `ce_` attributes in binary mode.
@@ -160,7 +140,7 @@ impl Sink for KafkaSink {
             }
             match producer.send_result(record) {
                 Ok(ack) => waiting.push((index, ack)),
-                Err((e, _)) if e.rdkafka_error_code().is_some_and(record_refused) => {
+                Err((e, _)) if classify(&e) == RecordFault::Refused => {
                     rejected.push(refuse(index, &e))
                 }
                 Err((e, _)) => failed.push((index, e.to_string())),
@@ -179,11 +159,11 @@ impl Sink for KafkaSink {
                 Ok(Ok(d)) => {
                     partitions.insert(d.partition);
                 }
-                Ok(Err((e, _))) if e.rdkafka_error_code().is_some_and(record_refused) => {
+                Ok(Err((e, _))) if classify(&e) == RecordFault::Refused => {
                     rejected.push(refuse(index, &e))
                 }
                 Ok(Err((e, _))) => {
-                    stale_producer |= e.rdkafka_error_code().is_some_and(producer_state_lost);
+                    stale_producer |= classify(&e) == RecordFault::ProducerStateLost;
                     failed.push((index, e.to_string()))
                 }
                 Err(_) => failed.push((index, "the producer dropped the message".into())),

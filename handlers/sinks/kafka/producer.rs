@@ -2,6 +2,7 @@
 //! settings, and the OAUTHBEARER token callback for Microsoft Entra.
 
 use super::config::{KafkaAuth, KafkaConfig};
+use super::error::ProducerError;
 use crate::sinks::entra::EntraToken;
 use rdkafka::ClientConfig;
 use rdkafka::client::{ClientContext, OAuthToken};
@@ -132,7 +133,7 @@ impl ClientContext for Context {
 pub type Producer = FutureProducer<Context>;
 
 /// Creates the producer (no network I/O yet: librdkafka connects in the background).
-pub fn create(sink: &str, config: &KafkaConfig) -> Result<Producer, String> {
+pub fn create(sink: &str, config: &KafkaConfig) -> Result<Producer, ProducerError> {
     let token = match config.auth {
         KafkaAuth::Entra => {
             let scope = config
@@ -154,7 +155,7 @@ pub fn create(sink: &str, config: &KafkaConfig) -> Result<Producer, String> {
     };
     client
         .create_with_context(context)
-        .map_err(|e| format!("cannot create the Kafka producer: {e}"))
+        .map_err(ProducerError::Create)
 }
 
 /// `https://<first broker host>/.default`: the audience Event Hubs expects.

@@ -4,6 +4,7 @@
 //! before the current one expires (Azure re-validates tokens on reconnect and at expiry).
 
 use super::config::{RedisAuth, RedisConfig};
+use super::error::ConnectError;
 use crate::sinks::entra::EntraToken;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -57,7 +58,7 @@ pub struct Connector {
 }
 
 impl Connector {
-    pub fn new(config: &RedisConfig) -> Result<Self, String> {
+    pub fn new(config: &RedisConfig) -> Result<Self, ConnectError> {
         let token = match config.auth {
             RedisAuth::Entra => Some(EntraToken::from_env(REDIS_SCOPE)?),
             _ => None,
@@ -70,7 +71,7 @@ impl Connector {
     }
 
     /// The shared connection, opened (or renewed, for Entra) when needed.
-    pub async fn get(&self) -> Result<Connection, String> {
+    pub async fn get(&self) -> Result<Connection, ConnectError> {
         let mut state = self.state.lock().await;
         if let Some((conn, renew_at)) = state.as_ref()
             && renew_at.is_none_or(|at| Instant::now() < at)
@@ -98,17 +99,21 @@ impl Connector {
         *self.state.lock().await = None;
     }
 
-    async fn connect(&self, password: Option<String>) -> Result<Connection, String> {
+    async fn connect(&self, password: Option<String>) -> Result<Connection, ConnectError> {
         let c = &self.config;
         let connect_timeout = Duration::from_millis(c.connect_timeout_ms);
         let response_timeout = Duration::from_millis(c.response_timeout_ms);
         let root_cert = match &c.ca_file {
-            Some(path) => {
-                Some(std::fs::read(path).map_err(|e| format!("cannot read ca_file {path}: {e}"))?)
-            }
+            Some(path) => Some(std::fs::read(path).map_err(|source| ConnectError::CaFile {
+                path: path.clone(),
+                source,
+            })?),
             None => None,
         };
-        let describe = |e: redis::RedisError| format!("redis {}: {e}", redact(&c.url));
+        let describe = |source: redis::RedisError| ConnectError::Redis {
+            url: redact(&c.url),
+            source,
+        };
         if c.cluster {
             let mut builder = redis::cluster::ClusterClientBuilder::new(vec![c.url.as_str()])
                 .connection_timeout(connect_timeout)

@@ -26,6 +26,27 @@ pub enum KeyTemplateError {
     NoPlaceholder(String),
 }
 
+/// Why a key could not be made for a change (the change is dead-lettered with it).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum KeyError {
+    #[error(
+        "key `{template}`: a hard delete carries only the id and partition key, not `{field}`; use soft deletes or key templates on id / partition key fields"
+    )]
+    HardDelete { template: String, field: String },
+    #[error("key `{template}`: the document has no `{field}`")]
+    MissingField { template: String, field: String },
+    #[error("key `{template}`: `{field}` is {what}, not a string or number")]
+    NotScalar {
+        template: String,
+        field: String,
+        what: &'static str,
+    },
+    #[error(
+        "key `{0}` has braces that are not a Redis Cluster hash tag; refresh mode cannot place its version key in the same slot"
+    )]
+    NoHashTag(String),
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyTemplate {
     raw: String,
@@ -117,7 +138,7 @@ impl KeyTemplate {
 
     /// Renders the key for a change. A hard delete carries no body: fields are then read from
     /// the partition key (`pk_paths`, without leading slashes) when they are partition key paths.
-    pub fn render(&self, change: &Change, pk_paths: &[Vec<String>]) -> Result<String, String> {
+    pub fn render(&self, change: &Change, pk_paths: &[Vec<String>]) -> Result<String, KeyError> {
         let mut out = String::with_capacity(self.raw.len() + 32);
         for part in &self.parts {
             match part {
@@ -131,11 +152,11 @@ impl KeyTemplate {
                         change.partition_key.0.get(i)?.as_ref()
                     };
                     let value = from_doc.or_else(from_pk).ok_or_else(|| {
-                        let field = path.join("/");
+                        let (template, field) = (self.raw.clone(), path.join("/"));
                         if change.document.is_none() {
-                            format!("key `{}`: a hard delete carries only the id and partition key, not `{field}`; use soft deletes or key templates on id / partition key fields", self.raw)
+                            KeyError::HardDelete { template, field }
                         } else {
-                            format!("key `{}`: the document has no `{field}`", self.raw)
+                            KeyError::MissingField { template, field }
                         }
                     })?;
                     match value {
@@ -143,16 +164,15 @@ impl KeyTemplate {
                         Value::Number(n) => out.push_str(&n.to_string()),
                         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
                         other => {
-                            return Err(format!(
-                                "key `{}`: `{}` is {}, not a string or number",
-                                self.raw,
-                                path.join("/"),
-                                if other.is_null() {
+                            return Err(KeyError::NotScalar {
+                                template: self.raw.clone(),
+                                field: path.join("/"),
+                                what: if other.is_null() {
                                     "null"
                                 } else {
                                     "a structure"
-                                }
-                            ));
+                                },
+                            });
                         }
                     }
                 }
@@ -172,13 +192,11 @@ fn lookup<'a>(doc: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value>
 /// The key that remembers the version (lsn:ts) last written to `key`, in the same cluster slot:
 /// a key with a hash tag keeps its tag; any other key becomes the tag. A key with braces that
 /// do not form a hash tag (e.g. `a{}b`) cannot be wrapped and is refused.
-pub fn version_key(key: &str) -> Result<String, String> {
+pub fn version_key(key: &str) -> Result<String, KeyError> {
     if has_hash_tag(key) {
         Ok(format!("fanout:v:{key}"))
     } else if key.contains('}') {
-        Err(format!(
-            "key `{key}` has braces that are not a Redis Cluster hash tag; refresh mode cannot place its version key in the same slot"
-        ))
+        Err(KeyError::NoHashTag(key.to_string()))
     } else {
         Ok(format!("fanout:v:{{{key}}}"))
     }
@@ -272,7 +290,8 @@ mod tests {
             .render(&c, &pk)
             .unwrap_err();
         assert!(
-            e.contains("hard delete carries only the id and partition key"),
+            e.to_string()
+                .contains("hard delete carries only the id and partition key"),
             "{e}"
         );
     }

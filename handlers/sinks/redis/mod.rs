@@ -4,18 +4,20 @@
 
 mod config;
 mod connection;
+mod error;
 mod keys;
 mod request;
 
 pub use config::{RedisAuth, RedisConfig, RedisMode, ValidatedRedis};
 pub use connection::{REDIS_SCOPE, redact};
-pub use keys::{KeyTemplate, KeyTemplateError, cluster_slot, version_key};
+pub use keys::{KeyError, KeyTemplate, KeyTemplateError, cluster_slot, version_key};
 pub use request::REFRESH_SCRIPT;
 
 use super::{BatchContext, Delivery, Sink, SinkError};
 use crate::change::Change;
 use async_trait::async_trait;
 use connection::{Connection, Connector};
+use error::classify;
 use request::RequestBuilder;
 
 pub const KIND: &str = "redis";
@@ -30,51 +32,9 @@ impl RedisSink {
     pub fn new(name: &str, v: &ValidatedRedis) -> Result<Self, SinkError> {
         Ok(Self {
             name: name.to_string(),
-            connector: Connector::new(&v.config).map_err(SinkError::permanent)?,
+            connector: Connector::new(&v.config).map_err(SinkError::permanent_from)?,
             requests: RequestBuilder::new(v),
         })
-    }
-}
-
-/// Connection, timeout and cluster-topology problems are transient; a command Redis refuses
-/// for the data (WRONGTYPE, script errors) is permanent; NOSCRIPT is handled by reloading.
-fn classify(e: redis::RedisError) -> SinkError {
-    let message = format!("redis: {e}");
-    if e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_cluster_error()
-    {
-        return SinkError::transient(message);
-    }
-    // Server errors: the ones a retry can cure (a server loading, failing over, busy, or a
-    // token that expired) are transient; anything else the server refused for the data or the
-    // command (WRONGTYPE, OOM, CROSSSLOT, script errors, ...) is permanent. Codes of errors
-    // inside a pipeline are not always exposed by `code()`, so read them from the message.
-    const TRANSIENT: [&str; 10] = [
-        "LOADING",
-        "BUSY",
-        "TRYAGAIN",
-        "CLUSTERDOWN",
-        "MASTERDOWN",
-        "READONLY",
-        "NOAUTH",
-        "WRONGPASS",
-        "MOVED",
-        "ASK",
-    ];
-    let text = e.to_string();
-    let code = e.code().map(str::to_string).unwrap_or_default();
-    if TRANSIENT.iter().any(|t| {
-        code == *t
-            || text
-                .split(|c: char| !c.is_ascii_alphanumeric())
-                .any(|w| w == *t)
-    }) {
-        SinkError::transient(message)
-    } else {
-        SinkError::permanent(message)
     }
 }
 
@@ -132,7 +92,11 @@ impl Sink for RedisSink {
         changes: &[&Change],
     ) -> Result<Delivery, SinkError> {
         let req = self.requests.build(changes);
-        let mut conn = self.connector.get().await.map_err(SinkError::transient)?;
+        let mut conn = self
+            .connector
+            .get()
+            .await
+            .map_err(SinkError::transient_from)?;
         let mut delivery = Delivery {
             rejected: req.rejected,
             ..Delivery::default()

@@ -99,7 +99,7 @@ impl RequestBuilder {
             for template in &self.templates {
                 match template.render(change, &self.pk_paths) {
                     Ok(key) => keys.push(key),
-                    Err(reason) => failures.push(reason),
+                    Err(reason) => failures.push(reason.to_string()),
                 }
             }
             if !failures.is_empty() {
@@ -125,7 +125,10 @@ impl RequestBuilder {
                     let vkey = match version_key(key) {
                         Ok(v) => v,
                         Err(reason) => {
-                            req.rejected.push(Rejected { index, reason });
+                            req.rejected.push(Rejected {
+                                index,
+                                reason: reason.to_string(),
+                            });
                             continue;
                         }
                     };

@@ -8,6 +8,7 @@
 //! batch after another, and the first failure stops that key.
 
 mod config;
+mod error;
 mod producer;
 
 pub use config::{AmqpConfig, ValidatedAmqp};
@@ -33,7 +34,7 @@ pub struct AmqpSink {
 impl AmqpSink {
     pub fn new(name: &str, v: &ValidatedAmqp) -> Result<Self, SinkError> {
         let credential =
-            crate::sinks::entra::credential_from_env().map_err(SinkError::permanent)?;
+            crate::sinks::entra::credential_from_env().map_err(SinkError::permanent_from)?;
         Ok(Self {
             name: name.to_string(),
             format: v.stream.format.clone(),
@@ -116,7 +117,7 @@ impl Sink for AmqpSink {
             && !delivery.pending.is_empty()
             && let Some(e) = first_error.clone()
         {
-            return Err(SinkError::transient(e));
+            return Err(error::classify(e));
         }
         if let Some(e) = first_error {
             tracing::warn!(sink = %self.name, error = %e, sent, pending = delivery.pending.len(), "some events were not sent; retrying those");

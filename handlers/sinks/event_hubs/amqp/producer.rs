@@ -5,6 +5,7 @@
 //! picks, and each partition's events (many keys) are batched the same way.
 
 use super::config::AmqpConfig;
+use super::error::SendError;
 use crate::sinks::cloudevent::EncodedEvent;
 use azure_core::credentials::TokenCredential;
 use azure_messaging_eventhubs::models::EventData;
@@ -74,7 +75,7 @@ pub struct KeyOutcome {
     pub too_large: Vec<(usize, usize)>,
     /// Not sent because of `error` (the first failure stops the key, to keep its order).
     pub unsent: Vec<usize>,
-    pub error: Option<String>,
+    pub error: Option<SendError>,
     pub batches: usize,
     pub batch_bytes: u64,
 }
@@ -110,7 +111,7 @@ impl Producer {
         }
     }
 
-    async fn client(&self) -> Result<Arc<ProducerClient>, String> {
+    async fn client(&self) -> Result<Arc<ProducerClient>, SendError> {
         let mut slot = self.client.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
@@ -131,11 +132,10 @@ impl Producer {
         let client = builder
             .open(&self.namespace, &self.event_hub, self.credential.clone())
             .await
-            .map_err(|e| {
-                format!(
-                    "cannot connect to event hub `{}` in {}: {e}",
-                    self.event_hub, self.namespace
-                )
+            .map_err(|e| SendError::Connect {
+                event_hub: self.event_hub.clone(),
+                namespace: self.namespace.clone(),
+                source: Arc::new(e),
             })?;
         // A $management READ proves the hub exists and the identity may use it, and tells
         // the operator how many partitions the keys spread over. Not fatal: a role that may
@@ -162,7 +162,7 @@ impl Producer {
     /// Sends every key's events; keys (or, hashed, partitions) concurrently, at most
     /// `max_in_flight` at once, each in order.
     pub async fn send(&self, groups: Vec<KeyedEvents>, hashed: bool) -> Vec<KeyOutcome> {
-        let fail_all = |groups: Vec<KeyedEvents>, e: String| -> Vec<KeyOutcome> {
+        let fail_all = |groups: Vec<KeyedEvents>, e: SendError| -> Vec<KeyOutcome> {
             groups
                 .into_iter()
                 .map(|g| KeyOutcome {
@@ -180,7 +180,7 @@ impl Producer {
             let ids = self.partition_ids.lock().await.clone();
             if ids.is_empty() {
                 self.reset().await;
-                return fail_all(groups, "`partitioning = \"hash\"` needs the hub's partition ids, which could not be read (the identity needs read access to the hub's properties; or use `partitioning = \"key\"`)".into());
+                return fail_all(groups, SendError::NoPartitionIds);
             }
             by_partition(groups, &ids)
         } else {
@@ -227,14 +227,14 @@ async fn fits_alone(
     client: &ProducerClient,
     address: &Address,
     event: &EncodedEvent,
-) -> Result<bool, String> {
+) -> Result<bool, SendError> {
     let probe = client
         .create_batch(Some(batch_options(address)))
         .await
-        .map_err(|e| format!("cannot open a batch: {e}"))?;
+        .map_err(|e| SendError::OpenBatch(Arc::new(e)))?;
     probe
         .try_add_event_data(event_data(event), None)
-        .map_err(|e| format!("cannot add an event to a batch: {e}"))
+        .map_err(|e| SendError::AddEvent(Arc::new(e)))
 }
 
 fn batch_options(address: &Address) -> EventDataBatchOptions {
@@ -262,12 +262,12 @@ async fn send_key(
             client.create_batch(Some(batch_options(&address))),
         )
         .await
-        .map_err(|_| format!("no link within {} ms", send_timeout.as_millis()))
-        .and_then(|r| r.map_err(|e| e.to_string()));
+        .map_err(|_| SendError::NoLink(send_timeout.as_millis()))
+        .and_then(|r| r.map_err(|e| SendError::OpenBatch(Arc::new(e))));
         let batch = match opened {
             Ok(b) => b,
             Err(e) => {
-                out.error = Some(format!("cannot open a batch: {e}"));
+                out.error = Some(e);
                 out.unsent.extend(events.map(|(i, _)| i));
                 return out;
             }
@@ -302,7 +302,7 @@ async fn send_key(
                     }
                 }
                 Err(e) => {
-                    out.error = Some(format!("cannot add an event to a batch: {e}"));
+                    out.error = Some(SendError::AddEvent(Arc::new(e)));
                     out.unsent.extend(in_batch);
                     out.unsent.extend(events.map(|(i, _)| i));
                     return out;
@@ -318,10 +318,10 @@ async fn send_key(
         let _turn = link.acquire().await.expect("the semaphore is never closed");
         let sent = tokio::time::timeout(send_timeout, client.send_batch(batch, None))
             .await
-            .map_err(|_| format!("not acknowledged within {} ms", send_timeout.as_millis()))
-            .and_then(|r| r.map_err(|e| e.to_string()));
+            .map_err(|_| SendError::NotAcknowledged(send_timeout.as_millis()))
+            .and_then(|r| r.map_err(|e| SendError::Send(Arc::new(e))));
         if let Err(e) = sent {
-            out.error = Some(format!("send failed: {e}"));
+            out.error = Some(e);
             out.unsent.extend(in_batch);
             out.unsent.extend(events.map(|(i, _)| i));
             return out;
