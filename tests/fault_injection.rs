@@ -491,7 +491,7 @@ async fn no_change_is_lost_under_faults() {
     // replay`, run with the bug fixed, has no such hook.
     let mut handler_env = env.clone();
     // (Not the search sink: its replays race live writes to the same documents, which the
-    // service's unconditional writes cannot rule out - the README's known window.)
+    // service's unconditional writes cannot rule out - the known window in docs/search.md.)
     handler_env.push(("FANOUT_FAILPOINT_PANIC".into(), "cache:97".into()));
 
     let instances = [

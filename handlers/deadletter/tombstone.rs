@@ -82,7 +82,7 @@ impl DeadLetterStore {
     /// no retry policy every batch would write tombstones. One left by a process that died
     /// counts once it is recovered into `pending/` - at the restart of a handler on the same
     /// machine at once, from another machine after a function timeout. A delete of one of its
-    /// documents in that window is not tombstoned (the README, AI Search sink, says so).
+    /// documents in that window is not tombstoned (docs/search.md says so).
     pub async fn holds_changes_for(
         &self,
         function: &str,

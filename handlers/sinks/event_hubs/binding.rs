@@ -2,7 +2,7 @@
 //! handler returns `Outputs.<binding>` as a JSON array of strings, one CloudEvent (structured
 //! JSON) per change; never a single string, which the host would try to base64-decode.
 //!
-//! Trade-offs (README): the binding cannot set partition keys (order per key is not kept across
+//! Trade-offs (docs/event-streams.md): the binding cannot set partition keys (order per key is not kept across
 //! partitions); the host sends only after a 2xx answer, and if that send fails the host fails
 //! the invocation and its own retry policy re-delivers — on the last attempt those events are
 //! lost to us, we cannot see it. For delivery we control, use the direct AMQP or Kafka sinks.
