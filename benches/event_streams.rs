@@ -1,21 +1,16 @@
 //! Event streams (issue "Event Hubs sink"), printed as a table: events/s from the real binary
 //! (emulated host -> HTTP -> handler -> sink) into a real Kafka-protocol broker (tansu, from
-//! tests/setup.sh) and into the FAKE Event Hubs AMQP endpoint (tests/common), 8 concurrent
+//! tests/setup.sh) and into the FAKE Event Hubs AMQP endpoint (tests/kit), 8 concurrent
 //! senders of 100-change batches of ~1 KB documents; and how full the AMQP batches get.
 //!
 //! Run: `cargo bench --bench event_streams` (release build; needs tests/setup.sh for tansu).
 //! Figures, not assertions (beyond "every event arrived").
 
-#[path = "../tests/common/fake_event_hubs.rs"]
-mod fake_event_hubs;
-#[path = "../tests/common/fake_identity.rs"]
-mod fake_identity;
-#[path = "../tests/common/kafka.rs"]
-mod kafka;
 mod support;
 
-use fake_event_hubs::FakeEventHubs;
-use fake_identity::FakeIdentity;
+use fanout_test_kit::fake_event_hubs::FakeEventHubs;
+use fanout_test_kit::fake_identity::FakeIdentity;
+use fanout_test_kit::kafka;
 use fanout::hostsim::{EmulatedHost, cosmos_trigger_body, samples};
 use futures::future::join_all;
 use std::path::{Path, PathBuf};

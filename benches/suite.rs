@@ -17,9 +17,9 @@
 //!
 //! `BENCH_CHANGES` (default 50000) sets the end-to-end size; `BENCH_SKIP_PYTHON=1` skips 4.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 mod support;
+
+use fanout_test_kit as common;
 
 use common::RedisServer;
 use common::kafka::Tansu;

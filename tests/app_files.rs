@@ -2,7 +2,7 @@
 //! (SchemaStore copies in tests/fixtures/schemas), and the routing config's validation as a
 //! user meets it through `fanout check-config`.
 
-mod common;
+use fanout_test_kit as common;
 
 use common::{TestApp, repo_root};
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! (installed by tests/setup.sh), through the real binary. Read back by `fanout changelog`
 //! and by the independent Python `deltalake` reader.
 
-mod common;
+use fanout_test_kit as common;
 
 use common::{Azurite, TestApp};
 use fanout::hostsim::{cosmos_trigger_body, samples};

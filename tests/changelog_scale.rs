@@ -3,7 +3,7 @@
 //! compaction, vacuum's retention guard, typed columns with additive schema evolution.
 //! Every test reads the table back (our reader and the independent Python `deltalake`).
 
-mod common;
+use fanout_test_kit as common;
 
 use common::{Azurite, TestApp};
 use fanout::hostsim::{EmulatedHost, HostCall, cosmos_trigger_body, samples};

@@ -2,7 +2,7 @@
 //! back (by us and by an independent reader), idempotent re-delivery, the retry policy's last
 //! attempt, the dead-letter store and replay, and malformed input.
 
-mod common;
+use fanout_test_kit as common;
 
 use common::{TestApp, captured, read_table};
 use fanout::hostsim::{cosmos_trigger_body, samples, with_retry_context};

@@ -1,9 +1,9 @@
 //! The direct AMQP sink (`type = "event_hubs"`) through the real binary and the real
 //! `azure_messaging_eventhubs` producer, against the FAKE Event Hubs endpoint in
-//! tests/common/fake_event_hubs.rs, authenticated through a FAKE managed-identity endpoint
+//! tests/kit/src/fake_event_hubs.rs, authenticated through a FAKE managed-identity endpoint
 //! (the real `azure_identity` code path).
 
-mod common;
+use fanout_test_kit as common;
 
 use common::TestApp;
 use common::fake_event_hubs::{FakeEventHubs, ReceivedEvent};

@@ -1,7 +1,7 @@
 //! Output-binding mode for Event Hubs through the real binary: the host (emulated) receives
 //! `Outputs.<binding>` as an array of strings, each a CloudEvent.
 
-mod common;
+use fanout_test_kit as common;
 
 use common::TestApp;
 use fanout::hostsim::{cosmos_trigger_body, samples, with_retry_context};

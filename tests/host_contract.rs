@@ -2,7 +2,7 @@
 //! (handlers/hostsim/captured, copied verbatim from the shared reference), and the real
 //! binary driven the way the host drives it.
 
-mod common;
+use fanout_test_kit as common;
 
 use common::{TestApp, captured};
 use fanout::change::{Normalizer, Operation, PartitionKeyPaths};

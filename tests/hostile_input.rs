@@ -3,7 +3,7 @@
 //! never a panic, a retry loop or an unbounded allocation; the process keeps serving.
 //! (The fuzz targets in fuzz/ drive the same decoder and normalizer with random input.)
 
-mod common;
+use fanout_test_kit as common;
 
 use common::TestApp;
 use fanout::hostsim::cosmos_trigger_body;

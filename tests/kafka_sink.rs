@@ -1,7 +1,7 @@
 //! The Kafka sink (`type = "kafka"`) through the real binary into a real Kafka-protocol broker
-//! (tansu, tests/common/kafka.rs), read back with a real consumer.
+//! (tansu, tests/kit/src/kafka.rs), read back with a real consumer.
 
-mod common;
+use fanout_test_kit as common;
 
 use common::TestApp;
 use common::kafka::{Record, Tansu};

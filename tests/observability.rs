@@ -3,7 +3,7 @@
 //! attempts and latency, dead-lettered count and lag; and every field the KQL in
 //! infra/monitoring/fanout.kql reads is in those lines.
 
-mod common;
+use fanout_test_kit as common;
 
 use common::TestApp;
 use fanout::hostsim::{cosmos_trigger_body, samples};

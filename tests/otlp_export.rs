@@ -3,7 +3,7 @@
 //! receives the traces and metrics the handler exports when `OTEL_EXPORTER_OTLP_ENDPOINT` is
 //! set, and nothing when it is not.
 
-mod common;
+use fanout_test_kit as common;
 
 use axum::Router;
 use axum::body::Bytes;

@@ -1,7 +1,7 @@
 //! The Redis sink against a real redis-server (installed by tests/setup.sh), through the real
 //! binary and the emulated host.
 
-mod common;
+use fanout_test_kit as common;
 
 use common::{RedisServer, TestApp};
 use fanout::hostsim::{cosmos_trigger_body, samples, with_retry_context};

@@ -2,7 +2,7 @@
 //! Microsoft's OpenAPI spec by Prism, and a stateful fake of the documents endpoint (named so:
 //! no real service runs here) for partial failures, splitting, throttling and read-back.
 
-mod common;
+use fanout_test_kit as common;
 
 use common::TestApp;
 use common::search::{PrismGate, SearchFake};

@@ -3,7 +3,7 @@
 //! `Logs`, the dead-letter records, and `check-config`. The sinks are pointed at closed
 //! loopback ports so that every error path runs. Also: the server listens on 127.0.0.1 only.
 
-mod common;
+use fanout_test_kit as common;
 
 use common::TestApp;
 use fanout::hostsim::{cosmos_trigger_body, free_port, samples};

@@ -3,7 +3,7 @@
 //! a process killed during its last attempt (the write-ahead record), reserved sink names, and
 //! the `CHANGES LOST` line every path that can end in a checkpoint logs when nothing kept it.
 
-mod common;
+use fanout_test_kit as common;
 
 use common::{TestApp, read_table};
 use fanout::hostsim::{cosmos_trigger_body, with_retry_context};

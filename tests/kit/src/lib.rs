@@ -1,6 +1,7 @@
 //! Shared test harness: a throwaway Function App folder, the real `fanout` binary started by the
-//! emulated host (`fanout::hostsim`), read-back helpers, and real local services (Azurite).
-#![allow(dead_code)]
+//! emulated host (`fanout::hostsim`), read-back helpers, real local services (Azurite, Redis,
+//! tansu) and protocol-level fakes (Event Hubs AMQP, AI Search, the identity endpoint).
+//! Integration tests use it as `use fanout_test_kit as common;`, benches by name.
 
 pub mod fake_event_hubs;
 pub mod fake_identity;
@@ -15,11 +16,27 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("the repository root")
 }
 
+/// The `fanout` binary cargo built beside the running test or bench (`target/<profile>/`:
+/// tests and benches run from its `deps/`, and cargo builds the package's binaries for them).
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_fanout"))
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("tests run from target/<profile>/deps");
+    let bin = profile_dir.join("fanout");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests and benches through cargo, which builds it",
+        bin.display()
+    );
+    bin
 }
 
 pub fn fixture(rel: &str) -> String {
@@ -37,6 +54,12 @@ pub fn captured(name: &str) -> String {
 /// A Function App folder in a temp dir: the repo's host.json, function folders, fanout.toml.
 pub struct TestApp {
     pub dir: TempDir,
+}
+
+impl Default for TestApp {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl TestApp {
