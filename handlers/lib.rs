@@ -6,10 +6,18 @@
 //! `pipeline` (route, fan out, retry, dead-letter decision) -> `sinks` (Delta, ...) ->
 //! `deadletter` (what no sink could take). `config` is read once at start-up;
 //! `hostsim` emulates the Functions host for the quickstart and the tests.
+//!
+//! The commands that read the container themselves enter at the same place as the host:
+//! `cosmos` (the account, the change feed per feed range, RU throttling) -> `backfill`
+//! (pages -> the pipeline's delivery, checkpoints) -> `pipeline` -> `sinks`. `entra` and
+//! `storage` are shared by both sides.
 
+pub mod backfill;
 pub mod change;
 pub mod config;
+pub mod cosmos;
 pub mod deadletter;
+pub mod entra;
 pub mod failpoint;
 pub mod host;
 pub mod hostsim;

@@ -34,6 +34,28 @@ pub fn route_context(app_root: &Path, partition_key: &[&str]) -> RouteContext {
     }
 }
 
+/// A function folder's trigger settings as `config::functions` reads them (latest version,
+/// no retry policy, no output bindings).
+pub fn function_definition(
+    name: &str,
+    database: Option<&str>,
+    container: Option<&str>,
+    connection: Option<&str>,
+) -> crate::config::FunctionDefinition {
+    crate::config::FunctionDefinition {
+        name: name.into(),
+        binding: "documents".into(),
+        database: database.map(str::to_string),
+        container: container.map(str::to_string),
+        connection: connection.map(str::to_string),
+        retry: crate::config::HostRetryPolicy::NONE,
+        outputs: Vec::new(),
+        change_feed_mode: Default::default(),
+        start_from_beginning: false,
+        start_from_time: None,
+    }
+}
+
 /// A sink from one `[functions.F.sinks.S]` table as TOML (with its `type`), validated and
 /// built as the routing file's would be; panics naming the problems.
 pub fn sink_from_toml(name: &str, table: &str, ctx: &RouteContext) -> Arc<dyn Sink> {

@@ -1,5 +1,6 @@
 //! The binary's subcommands. Each loads the config the same way as the server does.
 
+pub mod backfill;
 pub mod changelog;
 pub mod check;
 pub mod demo;
@@ -8,7 +9,7 @@ pub mod replay;
 pub mod search_index;
 pub mod serve;
 
-use fanout::config::{AppConfig, CONFIG_FILE, ConfigError, resolve_app_root};
+use fanout::config::{AppConfig, AppSettings, CONFIG_FILE, ConfigError, resolve_app_root};
 use fanout::pipeline::{BuildError, Pipeline};
 use std::path::PathBuf;
 
@@ -37,6 +38,8 @@ impl CommandError {
 pub struct Context {
     pub app_root: PathBuf,
     pub config_file: PathBuf,
+    /// The environment, then the app's local.settings.json `Values`.
+    pub settings: AppSettings,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -49,14 +52,16 @@ impl Context {
         let config_file = config
             .map(|c| if c.is_absolute() { c } else { app_root.join(c) })
             .unwrap_or_else(|| app_root.join(CONFIG_FILE));
+        let settings = AppSettings::load(&app_root);
         Self {
             app_root,
             config_file,
+            settings,
         }
     }
 
     pub fn load(&self) -> Result<AppConfig, ConfigError> {
-        AppConfig::load(&self.app_root, &self.config_file, &env)
+        AppConfig::load(&self.app_root, &self.config_file, &|name| self.settings.get(name))
     }
 
     pub fn pipeline(&self) -> Result<(AppConfig, Pipeline), CommandError> {

@@ -59,6 +59,9 @@ pub struct FunctionDefinition {
     pub binding: String,
     pub database: Option<String>,
     pub container: Option<String>,
+    /// The trigger's `connection`: the app-setting prefix of the account
+    /// (`{connection}__accountEndpoint`, or a connection string in `{connection}`).
+    pub connection: Option<String>,
     pub retry: HostRetryPolicy,
     /// Output bindings: (name, type), e.g. ("events", "eventHub").
     pub outputs: Vec<(String, String)>,
@@ -174,6 +177,7 @@ pub fn read_function(app_root: &Path, name: &str) -> Result<FunctionDefinition, 
         binding,
         database: text("databaseName"),
         container: text("containerName"),
+        connection: text("connection"),
         retry: file
             .retry
             .map(|r| HostRetryPolicy {

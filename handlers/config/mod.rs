@@ -4,6 +4,7 @@
 
 mod functions;
 mod interpolate;
+mod settings;
 
 pub use functions::{
     ChangeFeedMode, DEFAULT_FUNCTION_TIMEOUT, FunctionDefinition, FunctionFileError,
@@ -11,6 +12,7 @@ pub use functions::{
     read_function_timeout,
 };
 pub use interpolate::{InterpolationError, interpolate};
+pub use settings::AppSettings;
 
 use crate::change::DocPath;
 use crate::change::{PartitionKeyPaths, SoftDelete};

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 /// One routed function, ready to run.
+#[derive(Clone)]
 pub struct Route {
     pub function: FunctionDefinition,
     pub normalizer: Normalizer,
@@ -46,6 +47,25 @@ pub struct Route {
 pub enum Origin {
     Host,
     Replay,
+    /// A backfill: items fanout read from the container itself. Always the last attempt
+    /// (nobody re-delivers); what the sinks cannot take is dead-lettered, and sinks read
+    /// versions before writing as in a replay (live changes may be newer).
+    Backfill,
+}
+
+impl Route {
+    /// The same route with only the sinks named (in the route's order).
+    pub fn with_sinks(&self, names: &[String]) -> Route {
+        Route {
+            sinks: self
+                .sinks
+                .iter()
+                .filter(|s| names.iter().any(|n| n == s.name()))
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
+    }
 }
 
 /// Which delivery of a batch this is, and whether the trigger checkpoints after it.
@@ -300,6 +320,46 @@ impl Pipeline {
         answer
     }
 
+    /// Delivers feed items fanout read from the container itself (a backfill page) through
+    /// `route` (the function's, or [`Route::with_sinks`]): normalized, fanned out, and what a
+    /// sink cannot take dead-lettered, as for a host batch on its last attempt. 2xx when
+    /// every change reached every sink or the store; otherwise nothing is lost (the container
+    /// still has the items) but the caller must not move past them.
+    pub async fn deliver_items(
+        &self,
+        route: &Route,
+        items: Vec<serde_json::Value>,
+        invocation_id: String,
+    ) -> Answer {
+        let function = route.function.name.as_str();
+        let deadlines = Deadlines::new(Instant::now(), self.function_timeout);
+        let mut changes = Vec::with_capacity(items.len());
+        let mut unreadable = Vec::new();
+        for (index, item) in items.into_iter().enumerate() {
+            match route.normalizer.normalize(index, item) {
+                Ok(change) => changes.push(change),
+                Err(u) => unreadable.push(u),
+            }
+        }
+        let ctx = BatchContext {
+            function: function.to_string(),
+            invocation_id,
+            fingerprint: fingerprint(function, &changes, &unreadable),
+            received_at: Utc::now(),
+            replay: true,
+        };
+        self.fan_out(
+            route,
+            &ctx,
+            changes,
+            unreadable,
+            (Origin::Backfill, Attempt::LAST),
+            &deadlines,
+            None,
+        )
+        .await
+    }
+
     async fn handle_in_span(
         &self,
         function: &str,
@@ -345,7 +405,7 @@ impl Pipeline {
                 Attempt::LAST
             }
             Origin::Host => Attempt::new(request.retry.context(), route.function.retry),
-            Origin::Replay => Attempt::LAST,
+            Origin::Replay | Origin::Backfill => Attempt::LAST,
         };
         let mut changes = Vec::with_capacity(request.items.len());
         let mut unreadable = Vec::new();
@@ -360,7 +420,7 @@ impl Pipeline {
             invocation_id,
             fingerprint: fingerprint(function, &changes, &unreadable),
             received_at: Utc::now(),
-            replay: origin == Origin::Replay,
+            replay: origin != Origin::Host,
         };
         // Write-ahead: after the last attempt the trigger checkpoints whatever happens, so the
         // batch is kept before it is delivered - a process that dies now loses nothing.
@@ -477,7 +537,7 @@ impl Pipeline {
         };
         let runs: Vec<SinkRun> = match origin {
             Origin::Host => runs,
-            Origin::Replay => runs.into_iter().map(without_host).collect(),
+            Origin::Replay | Origin::Backfill => runs.into_iter().map(without_host).collect(),
         };
         let tombstones_by = deadlines.tombstones(Instant::now());
         let runs: Vec<SinkRun> = join_all(runs.into_iter().map(|run| {
@@ -676,7 +736,7 @@ impl Pipeline {
         record_batch_metrics(function, changes.len(), lag_s, &runs);
         if ok {
             tracing::info!(function, invocation_id = %ctx.invocation_id, changes = changes.len(), deletes, dead_lettered, retry = attempt.retry_count, lag_s, elapsed_ms, sinks, "batch delivered");
-        } else if attempt.is_last() && !lost.is_empty() {
+        } else if attempt.is_last() && !lost.is_empty() && origin == Origin::Host {
             // The trigger checkpoints after this answer: what is in no store is gone from the feed.
             match write_ahead {
                 Some(stored) => {

@@ -7,7 +7,6 @@
 pub mod azure_search;
 pub mod cloudevent;
 pub mod delta;
-pub mod entra;
 pub mod event_hubs;
 pub mod kafka;
 pub mod redis;

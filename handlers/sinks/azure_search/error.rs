@@ -4,7 +4,7 @@
 
 use super::service::Answer;
 use crate::sinks::SinkError;
-use crate::sinks::entra::EntraError;
+use crate::entra::EntraError;
 use std::time::Duration;
 
 /// Why a call other than indexing (reading versions, creating the index) failed.

@@ -3,7 +3,7 @@
 
 use super::config::{SearchAuth, SearchConfig};
 use super::error::{SearchError, classify, error_message};
-use crate::sinks::entra::EntraToken;
+use crate::entra::EntraToken;
 use serde::Deserialize;
 use std::time::Duration;
 

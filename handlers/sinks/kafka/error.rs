@@ -1,7 +1,7 @@
 //! Error classification for the Kafka sink, in one place: what a record's failure means for
 //! it (refused for good, retry, retry with a new producer), and why no producer was made.
 
-use crate::sinks::entra::EntraError;
+use crate::entra::EntraError;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode as C;
 

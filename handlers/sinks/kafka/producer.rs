@@ -3,7 +3,7 @@
 
 use super::config::{KafkaAuth, KafkaConfig};
 use super::error::ProducerError;
-use crate::sinks::entra::EntraToken;
+use crate::entra::EntraToken;
 use rdkafka::ClientConfig;
 use rdkafka::client::{ClientContext, OAuthToken};
 use rdkafka::config::RDKafkaLogLevel;

@@ -5,7 +5,7 @@
 
 use super::config::{RedisAuth, RedisConfig};
 use super::error::ConnectError;
-use crate::sinks::entra::EntraToken;
+use crate::entra::EntraToken;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};

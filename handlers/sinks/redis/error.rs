@@ -2,7 +2,7 @@
 //! connection, and how Redis's own errors split into transient and permanent.
 
 use crate::sinks::SinkError;
-use crate::sinks::entra::EntraError;
+use crate::entra::EntraError;
 
 /// Why no connection could be opened (the URL in it is redacted).
 #[derive(Debug, thiserror::Error)]

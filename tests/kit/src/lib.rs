@@ -3,6 +3,7 @@
 //! tansu) and protocol-level fakes (Event Hubs AMQP, AI Search, the identity endpoint).
 //! Integration tests use it as `use fanout_test_kit as common;`, benches by name.
 
+pub mod cosmos;
 pub mod fake_event_hubs;
 pub mod fake_identity;
 pub mod kafka;

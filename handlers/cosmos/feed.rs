@@ -1,0 +1,213 @@
+//! The change feed of one feed range, page by page, resumable: the feed reader every command
+//! (and, later, a long-running processor with leases) is built on. Small interface: open a
+//! range at a start or a continuation, take the next page, keep its continuation.
+//!
+//! The SDK keeps a range's reading correct across partition splits and merges (a continuation
+//! for the parent range resumes under the children), so a reader keeps the range it started
+//! with. An iterator that failed is dead: the reader rebuilds it from its last continuation,
+//! which loses and repeats nothing. Throttling (429) waits what the service asks, in the
+//! shared [`Throttle`].
+
+use super::account::CosmosTarget;
+use super::error::{Retry, SourceError, classify};
+use super::throttle::{Throttle, backoff};
+use azure_data_cosmos::FeedScope;
+use azure_data_cosmos::clients::ContainerClient;
+use azure_data_cosmos::feed::{ChangeFeedPageIterator, ContinuationToken, FeedRange};
+use azure_data_cosmos::models::ChangeFeedItem;
+use azure_data_cosmos::options::{
+    ChangeFeedOptions, ChangeFeedStartFrom, MaxItemCountHint, ReadFeedRangesOptions,
+};
+use futures::StreamExt;
+use serde_json::Value;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+
+/// Where a range's reading starts when it has no continuation yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "from", content = "time")]
+pub enum Start {
+    /// The current version of every item (latest-version mode).
+    Beginning,
+    /// Changes since a time (epoch seconds). The service honours it; readers also drop items
+    /// whose `_ts` is older, so an emulator that ignores it gives the same answer.
+    Since(i64),
+}
+
+/// One page of documents (latest version), with where to continue after it.
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<Value>,
+    /// Items the service returned, before the `Since` filter: 0 means nothing new.
+    pub returned: usize,
+    pub continuation: String,
+    pub request_units: f64,
+}
+
+type Pages = Pin<Box<ChangeFeedPageIterator<ChangeFeedItem<Value>>>>;
+
+pub struct RangeReader {
+    container: ContainerClient,
+    target: CosmosTarget,
+    range: FeedRange,
+    start: Start,
+    page_size: NonZeroU32,
+    continuation: Option<ContinuationToken>,
+    pages: Option<Pages>,
+}
+
+impl RangeReader {
+    pub fn new(
+        container: ContainerClient,
+        target: CosmosTarget,
+        range: FeedRange,
+        start: Start,
+        page_size: u32,
+        continuation: Option<String>,
+    ) -> Self {
+        Self {
+            container,
+            target,
+            range,
+            start,
+            page_size: NonZeroU32::new(page_size.max(1)).expect("at least 1"),
+            continuation: continuation.map(ContinuationToken::from_string),
+            pages: None,
+        }
+    }
+
+    pub fn range(&self) -> &FeedRange {
+        &self.range
+    }
+
+    /// The next page (possibly empty: nothing new in the partition polled). Retries throttled
+    /// and transient failures; an error means the range cannot be read now.
+    pub async fn next_page(&mut self, throttle: &Throttle) -> Result<Page, SourceError> {
+        let mut attempt = 0;
+        loop {
+            throttle.before_request().await;
+            let failure = match self.poll().await {
+                Ok(page) => {
+                    throttle.charge(page.request_units);
+                    return Ok(page);
+                }
+                Err(e) => e,
+            };
+            throttle.charge(0.0);
+            // A failed iterator yields nothing more: rebuild it from the last continuation.
+            self.pages = None;
+            match classify(&failure) {
+                Retry::Throttled(after) if attempt < super::client::MAX_ATTEMPTS => {
+                    throttle.throttled(after, attempt).await
+                }
+                Retry::Transient if attempt < super::client::MAX_ATTEMPTS => {
+                    tokio::time::sleep(backoff(None, attempt)).await
+                }
+                _ => {
+                    return Err(SourceError::Service {
+                        what: format!("reading the change feed of feed range {}", self.range),
+                        target: self.target.describe(),
+                        source: failure,
+                    });
+                }
+            }
+            attempt += 1;
+        }
+    }
+
+    async fn poll(&mut self) -> azure_data_cosmos::Result<Page> {
+        if self.pages.is_none() {
+            let mut options = ChangeFeedOptions::default()
+                .with_max_item_count(MaxItemCountHint::Limit(self.page_size));
+            if let Some(token) = &self.continuation {
+                options = options.with_continuation_token(token.clone());
+            }
+            let start = match self.start {
+                Start::Beginning => ChangeFeedStartFrom::Beginning,
+                Start::Since(ts) => ChangeFeedStartFrom::PointInTime(
+                    time::OffsetDateTime::from_unix_timestamp(ts)
+                        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                ),
+            };
+            let pages = Box::pin(self.container.query_change_feed::<Value>(
+                FeedScope::range(self.range.clone()),
+                start,
+                Some(options),
+            ))
+            .await?;
+            self.pages = Some(Box::pin(pages));
+        }
+        let pages = self.pages.as_mut().expect("just opened");
+        let next = pages.next().await;
+        // Kept after an error too: the iterator restores its plan before failing.
+        if let Ok(token) = pages.to_continuation_token() {
+            self.continuation = Some(token);
+        }
+        let page = match next {
+            Some(page) => page?,
+            None => {
+                self.pages = None;
+                return Ok(Page {
+                    items: Vec::new(),
+                    returned: 0,
+                    continuation: self.continuation_string(),
+                    request_units: 0.0,
+                });
+            }
+        };
+        let request_units = page
+            .headers()
+            .request_charge()
+            .map(|c| c.value())
+            .unwrap_or(0.0);
+        let since = match self.start {
+            Start::Since(ts) => Some(ts),
+            Start::Beginning => None,
+        };
+        let items = page.into_items();
+        let returned = items.len();
+        let items = items
+            .into_iter()
+            .filter_map(|item| item.current().cloned())
+            .filter(|doc| since.is_none_or(|s| doc.get("_ts").and_then(Value::as_i64) >= Some(s)))
+            .collect();
+        Ok(Page {
+            items,
+            returned,
+            continuation: self.continuation_string(),
+            request_units,
+        })
+    }
+
+    fn continuation_string(&self) -> String {
+        self.continuation
+            .as_ref()
+            .map(|t| t.as_str().to_string())
+            .unwrap_or_default()
+    }
+
+    /// How many physical partitions this range spans now (more after a split): a reader has
+    /// caught up after that many empty pages in a row (the SDK polls them in turn).
+    pub async fn partitions(&self, throttle: &Throttle) -> Result<usize, SourceError> {
+        let ranges = super::client::call(throttle, "reading feed ranges", &self.target, || {
+            self.container
+                .read_feed_ranges(Some(ReadFeedRangesOptions::default().with_force_refresh(true)))
+        })
+        .await?;
+        Ok(ranges.iter().filter(|r| r.overlaps(&self.range)).count().max(1))
+    }
+}
+
+/// The container's feed ranges now, in key order (the order backfill reports them in).
+pub async fn feed_ranges(
+    container: &ContainerClient,
+    target: &CosmosTarget,
+    throttle: &Throttle,
+) -> Result<Vec<FeedRange>, SourceError> {
+    let mut ranges = super::client::call(throttle, "reading feed ranges", target, || {
+        container.read_feed_ranges(None)
+    })
+    .await?;
+    ranges.sort_by(|a, b| a.min_inclusive().cmp(b.min_inclusive()));
+    Ok(ranges)
+}

@@ -1,0 +1,152 @@
+//! Microsoft's in-memory Cosmos DB emulator (`azure_data_cosmos_driver`'s, behind its
+//! internal `__internal_in_memory_emulator` feature): an EMULATOR, not the service. Tests get
+//! a client builder whose runtime is the emulator, and hand it to the same
+//! `fanout::cosmos::open_container` production uses; plus helpers to fill the container,
+//! split a partition and inject faults.
+
+use azure_data_cosmos::clients::ContainerClient;
+use azure_data_cosmos::{
+    AccountEndpoint, AccountReference, CosmosClientBuilder, CosmosRuntimeBuilder, RoutingStrategy,
+};
+use azure_data_cosmos::options::Region;
+use azure_data_cosmos_driver::in_memory_emulator::{
+    ConsistencyLevel, ContainerConfig, EmulatorStore, InMemoryEmulatorHttpClient,
+    VirtualAccountConfig, VirtualRegion,
+};
+use fanout::cosmos::{CosmosAuth, CosmosTarget};
+use futures::StreamExt;
+use serde_json::Value;
+use std::sync::Arc;
+
+pub const EMULATOR_URL: &str = "https://eastus.emulator.local/";
+/// Any base64 key: the emulator does not check it (a key still goes through the key path).
+pub const EMULATOR_KEY: &str = "ZmFub3V0LWVtdWxhdG9yLWtleQ==";
+
+pub struct CosmosEmulator {
+    pub client: Arc<InMemoryEmulatorHttpClient>,
+    pub store: Arc<EmulatorStore>,
+    pub database: String,
+    pub container: String,
+}
+
+impl CosmosEmulator {
+    /// A container `database/container` partitioned by `pk_path`, over `partitions`
+    /// physical partitions (feed ranges).
+    pub fn start(database: &str, container: &str, pk_path: &str, partitions: u32) -> Self {
+        let config = VirtualAccountConfig::new(vec![VirtualRegion::new(
+            "East US",
+            azure_core::http::Url::parse(EMULATOR_URL).unwrap(),
+        )])
+        .unwrap()
+        .with_consistency(ConsistencyLevel::Session);
+        let client = Arc::new(InMemoryEmulatorHttpClient::new(config));
+        let store = client.store();
+        store.create_database(database);
+        store
+            .create_container_with_config(
+                database,
+                container,
+                serde_json::from_value(
+                    serde_json::json!({"paths": [pk_path], "kind": "Hash", "version": 2}),
+                )
+                .unwrap(),
+                ContainerConfig::new()
+                    .with_partition_count(partitions)
+                    .build()
+                    .unwrap(),
+            );
+        Self {
+            client,
+            store,
+            database: database.into(),
+            container: container.into(),
+        }
+    }
+
+    /// What `fanout::cosmos::resolve_target` gives for a connection string to the emulator.
+    pub fn target(&self) -> CosmosTarget {
+        CosmosTarget {
+            endpoint: EMULATOR_URL.into(),
+            database: self.database.clone(),
+            container: self.container.clone(),
+            auth: CosmosAuth::Key(EMULATOR_KEY.into()),
+            region: Some("East US".into()),
+        }
+    }
+
+    /// `AccountEndpoint=...;AccountKey=...;` for the app settings.
+    pub fn connection_string(&self) -> String {
+        format!("AccountEndpoint={EMULATOR_URL};AccountKey={EMULATOR_KEY};")
+    }
+
+    /// A client builder whose transport is the emulator.
+    pub async fn builder(&self) -> CosmosClientBuilder {
+        CosmosClientBuilder::new().with_runtime(
+            CosmosRuntimeBuilder::from(self.client.runtime_builder())
+                .build()
+                .await
+                .unwrap(),
+        )
+    }
+
+    /// A container client of the test's own (to write documents, read them back).
+    pub async fn container_client(&self) -> ContainerClient {
+        let account = AccountReference::with_authentication_key(
+            EMULATOR_URL.parse::<AccountEndpoint>().unwrap(),
+            azure_core::credentials::Secret::new(EMULATOR_KEY),
+        );
+        self.builder()
+            .await
+            .build(account, RoutingStrategy::ProximityTo(Region::EAST_US))
+            .await
+            .unwrap()
+            .database_client(self.database.as_str())
+            .container_client(self.container.as_str(), None)
+            .await
+            .unwrap()
+    }
+
+    /// Upserts documents (partition key at `pk_field`, a string), `concurrency` at a time.
+    pub async fn upsert_all(&self, docs: Vec<Value>, pk_field: &str) {
+        let c = self.container_client().await;
+        futures::stream::iter(docs)
+            .map(|doc| {
+                let c = c.clone();
+                let pk = doc[pk_field].as_str().unwrap().to_string();
+                async move {
+                    let id = doc["id"].as_str().unwrap().to_string();
+                    c.upsert_item(pk, &id, doc, None).await.unwrap();
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<()>>()
+            .await;
+    }
+
+    /// Every document the container holds now, by id.
+    pub async fn documents(&self) -> std::collections::BTreeMap<String, Value> {
+        let c = self.container_client().await;
+        let items: Vec<Value> = c
+            .query_items::<Value>(
+                "SELECT * FROM c",
+                azure_data_cosmos::FeedScope::full_container(),
+                None,
+            )
+            .await
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
+            .await;
+        items
+            .into_iter()
+            .map(|d| (d["id"].as_str().unwrap().to_string(), d))
+            .collect()
+    }
+
+    /// Splits physical partition `id` into two and waits until the split is done.
+    pub async fn split(&self, id: u32) {
+        self.store
+            .split_partition(&self.database, &self.container, id, std::time::Duration::ZERO);
+        self.store.drain_pending_control_plane().await;
+    }
+}
