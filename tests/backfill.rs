@@ -4,6 +4,8 @@
 //! Delta table read back, a real redis-server), and the command's argument checks through the
 //! real binary.
 
+use common::cosmos::CosmosEmulator;
+use common::{RedisServer, TestApp, read_table};
 use fanout::backfill::checkpoint::CheckpointStore;
 use fanout::backfill::{Backfill, BackfillError, BackfillOptions, BackfillReport, Quiet};
 use fanout::config::AppConfig;
@@ -11,8 +13,6 @@ use fanout::cosmos::{Throttle, resolve_target};
 use fanout::pipeline::Pipeline;
 use fanout::storage::Location;
 use fanout_test_kit as common;
-use common::cosmos::CosmosEmulator;
-use common::{RedisServer, TestApp, read_table};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -24,8 +24,9 @@ const CONNECTION: &str = "CosmosDBConnection";
 /// changelog and a Redis refresh cache.
 fn app(redis: &RedisServer) -> TestApp {
     let app = TestApp::new();
-    app.function("orders", "documents", Some(2)).config(&format!(
-        r#"
+    app.function("orders", "documents", Some(2))
+        .config(&format!(
+            r#"
 [functions.orders]
 partition_key = "/customerId"
 soft_delete = {{ field = "/deleted" }}
@@ -41,8 +42,8 @@ mode = "refresh"
 key = "order:{{pk}}:{{id}}"
 fields = ["/status", "/total"]
 "#,
-        redis.url()
-    ));
+            redis.url()
+        ));
     app
 }
 
@@ -125,15 +126,23 @@ async fn assert_sinks_equal_container(
             latest.insert(row.id.clone(), (lsn, doc));
         }
     }
-    assert_eq!(latest.len(), docs.len(), "one changelog document per container document");
+    assert_eq!(
+        latest.len(),
+        docs.len(),
+        "one changelog document per container document"
+    );
     let mut conn = redis.client();
     for (id, doc) in &docs {
         let (_, row) = &latest[id];
-        assert_eq!(row["status"], doc["status"], "{id}: changelog is at the container's version");
+        assert_eq!(
+            row["status"], doc["status"],
+            "{id}: changelog is at the container's version"
+        );
         assert_eq!(row["_etag"], doc["_etag"], "{id}");
         let key = format!("order:{}:{id}", doc["customerId"].as_str().unwrap());
         let cached: Option<String> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
-        let cached: Value = serde_json::from_str(&cached.unwrap_or_else(|| panic!("{key} missing"))).unwrap();
+        let cached: Value =
+            serde_json::from_str(&cached.unwrap_or_else(|| panic!("{key} missing"))).unwrap();
         assert_eq!(cached["status"], doc["status"], "{key}");
         assert_eq!(cached["total"], doc["total"], "{key}");
     }
@@ -144,25 +153,45 @@ async fn a_backfill_fills_every_sink_from_the_container_and_a_second_adds_nothin
     let redis = RedisServer::start();
     let app = app(&redis);
     let emulator = CosmosEmulator::start("shop", "orders", "/customerId", 4);
-    emulator.upsert_all(orders(20_000, 1_000, 1), "customerId").await;
+    emulator
+        .upsert_all(orders(20_000, 1_000, 1), "customerId")
+        .await;
     // Some documents change before the backfill: it carries their current version.
-    emulator.upsert_all(orders(500, 1_000, 2), "customerId").await;
+    emulator
+        .upsert_all(orders(500, 1_000, 2), "customerId")
+        .await;
     let options = BackfillOptions {
         page_size: 500,
         ..BackfillOptions::default()
     };
     let stop = AtomicBool::new(false);
-    let report = backfill(&app, &emulator, &options, Arc::new(Throttle::new(None)), &stop)
-        .await
-        .unwrap();
+    let report = backfill(
+        &app,
+        &emulator,
+        &options,
+        Arc::new(Throttle::new(None)),
+        &stop,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.items, 20_000);
     assert_eq!(report.ranges.len(), 4);
-    assert!(report.ranges.iter().all(|r| r.done && r.items > 0), "{:?}", report.ranges);
+    assert!(
+        report.ranges.iter().all(|r| r.done && r.items > 0),
+        "{:?}",
+        report.ranges
+    );
     assert_eq!(report.dead_lettered, 0);
     // The emulator's feed items have no `_lsn`: each was read back by id for its version.
     assert_eq!(report.lsn_read_back, 20_000);
     assert!(report.spent.request_units > 0.0);
     assert_sinks_equal_container(&app, &emulator, &redis).await;
+    // The account key never reaches the report or the checkpoint.
+    let checkpoint =
+        std::fs::read_to_string(app.path().join(".fanout/backfill/orders.json")).unwrap();
+    for text in [checkpoint, serde_json::to_string(&report).unwrap()] {
+        assert!(!text.contains(common::cosmos::EMULATOR_KEY), "{text}");
+    }
     let rows = read_table(&app.table("tables/orders")).await.rows.len();
     assert_eq!(rows, 20_000);
 
@@ -171,10 +200,428 @@ async fn a_backfill_fills_every_sink_from_the_container_and_a_second_adds_nothin
         sinks: vec!["changelog".into()],
         ..options
     };
-    let again = backfill(&app, &emulator, &changelog_only, Arc::new(Throttle::new(None)), &stop)
+    let again = backfill(
+        &app,
+        &emulator,
+        &changelog_only,
+        Arc::new(Throttle::new(None)),
+        &stop,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (again.items, again.sinks.clone()),
+        (20_000, vec!["changelog".to_string()])
+    );
+    assert_eq!(
+        read_table(&app.table("tables/orders")).await.rows.len(),
+        rows
+    );
+    assert_sinks_equal_container(&app, &emulator, &redis).await;
+}
+
+/// Stops the backfill (as Ctrl-C does) after `stop_after` pages, and asks for a partition
+/// split after `split_after`.
+struct Interrupt {
+    pages: std::sync::atomic::AtomicUsize,
+    split_after: usize,
+    stop_after: usize,
+    split: Arc<tokio::sync::Notify>,
+    stop: Arc<AtomicBool>,
+}
+
+impl fanout::backfill::Observer for Interrupt {
+    fn page(
+        &self,
+        _range: usize,
+        _items: usize,
+        _state: &fanout::backfill::checkpoint::RangeState,
+    ) {
+        let n = self.pages.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if n == self.split_after {
+            self.split.notify_one();
+        }
+        if n == self.stop_after {
+            self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_during_a_backfill_and_an_interruption_lose_nothing() {
+    let redis = RedisServer::start();
+    let app = app(&redis);
+    let emulator = Arc::new(CosmosEmulator::start("shop", "orders", "/customerId", 2));
+    emulator
+        .upsert_all(orders(3_000, 300, 1), "customerId")
+        .await;
+    let options = BackfillOptions {
+        page_size: 100,
+        parallel: 2,
+        ..BackfillOptions::default()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let split = Arc::new(tokio::sync::Notify::new());
+    let splitter = {
+        let (emulator, split) = (emulator.clone(), split.clone());
+        tokio::spawn(async move {
+            split.notified().await;
+            emulator.split(0).await;
+        })
+    };
+    let interrupt = Interrupt {
+        pages: Default::default(),
+        split_after: 3,
+        stop_after: 12,
+        split,
+        stop: stop.clone(),
+    };
+    // Run the backfill with the interrupting observer (the same set-up as `backfill`).
+    let settings = settings(&emulator);
+    let lookup = |k: &str| settings.get(k).cloned();
+    let config = AppConfig::load(app.path(), &app.path().join("fanout.toml"), &lookup).unwrap();
+    let pipeline = Pipeline::build(&config).unwrap();
+    let route = &pipeline.routes()["orders"];
+    let target = resolve_target(&route.function, &lookup).unwrap();
+    let state = Location::parse(".fanout/backfill", Default::default(), app.path()).unwrap();
+    let run = Backfill {
+        pipeline: &pipeline,
+        route,
+        partition_key: &config.routes["orders"].partition_key,
+        container: fanout::cosmos::open_container(&target, emulator.builder().await)
+            .await
+            .unwrap(),
+        target,
+        checkpoints: CheckpointStore::open(&state, "orders").unwrap(),
+        throttle: Arc::new(Throttle::new(None)),
+    };
+    let first = run.run(&options, &interrupt, &stop).await;
+    splitter.await.unwrap();
+    assert!(
+        matches!(first, Err(BackfillError::Interrupted(_))),
+        "{first:?}"
+    );
+    let partial = read_table(&app.table("tables/orders")).await.rows.len();
+    assert!(
+        partial > 0 && partial < 3_000,
+        "{partial} rows before the resume"
+    );
+    // The container now has 3 physical partitions; the checkpoint still has the 2 ranges it
+    // started with, and the SDK resumes each across the split.
+    let topology = fanout::cosmos::feed_ranges(&run.container, &run.target, &run.throttle)
         .await
         .unwrap();
-    assert_eq!((again.items, again.sinks.clone()), (20_000, vec!["changelog".to_string()]));
-    assert_eq!(read_table(&app.table("tables/orders")).await.rows.len(), rows);
+    assert_eq!(topology.len(), 3, "the split happened");
+
+    // Not resumed without asking.
+    let refused = backfill(
+        &app,
+        &emulator,
+        &options,
+        Arc::new(Throttle::new(None)),
+        &AtomicBool::new(false),
+    )
+    .await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.is_usage() && e.to_string().contains("--resume")),
+        "{refused:?}"
+    );
+    let resumed = backfill(
+        &app,
+        &emulator,
+        &BackfillOptions {
+            resume: true,
+            ..options.clone()
+        },
+        Arc::new(Throttle::new(None)),
+        &AtomicBool::new(false),
+    )
+    .await
+    .unwrap();
+    assert!(resumed.resumed);
+    assert_eq!(resumed.ranges.len(), 2);
+    // Nothing missed, and nothing repeated beyond the pages in flight when it stopped (the
+    // changelog holds each change once in any case).
+    assert_eq!(resumed.items, 3_000 + (resumed.items - 3_000));
+    assert!(
+        resumed.items <= 3_000 + 2 * 100,
+        "{} items read in all",
+        resumed.items
+    );
     assert_sinks_equal_container(&app, &emulator, &redis).await;
+    assert_eq!(
+        read_table(&app.table("tables/orders")).await.rows.len(),
+        3_000
+    );
+    // Done: a further --resume has nothing to do.
+    let again = backfill(
+        &app,
+        &emulator,
+        &BackfillOptions {
+            resume: true,
+            ..options
+        },
+        Arc::new(Throttle::new(None)),
+        &AtomicBool::new(false),
+    )
+    .await;
+    assert!(again.is_err_and(|e| e.to_string().contains("completed at")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_reads_wait_and_the_ru_budget_holds() {
+    use azure_data_cosmos_driver::fault_injection::{
+        FaultInjectionConditionBuilder, FaultInjectionErrorType, FaultInjectionResultBuilder,
+        FaultInjectionRuleBuilder, FaultOperationType,
+    };
+    let redis = RedisServer::start();
+    let app = app(&redis);
+    let emulator = CosmosEmulator::start("shop", "orders", "/customerId", 2);
+    emulator
+        .upsert_all(orders(1_500, 100, 1), "customerId")
+        .await;
+    // The service throttles: 6 change feed reads and 6 point reads answered 429.
+    let rule = |id: &str, op| {
+        Arc::new(
+            FaultInjectionRuleBuilder::new(
+                id,
+                FaultInjectionResultBuilder::new()
+                    .with_error(FaultInjectionErrorType::TooManyRequests)
+                    .build(),
+            )
+            .with_condition(
+                FaultInjectionConditionBuilder::new()
+                    .with_operation_type(op)
+                    .build(),
+            )
+            .with_hit_limit(6)
+            .build(),
+        )
+    };
+    let builder = emulator
+        .builder()
+        .await
+        .with_fault_injection_rules(vec![
+            rule("feed-429", FaultOperationType::ChangeFeedItem),
+            rule("read-429", FaultOperationType::ReadItem),
+        ])
+        .unwrap();
+    let settings = settings(&emulator);
+    let lookup = |k: &str| settings.get(k).cloned();
+    let config = AppConfig::load(app.path(), &app.path().join("fanout.toml"), &lookup).unwrap();
+    let pipeline = Pipeline::build(&config).unwrap();
+    let route = &pipeline.routes()["orders"];
+    let target = resolve_target(&route.function, &lookup).unwrap();
+    let state = Location::parse(".fanout/backfill", Default::default(), app.path()).unwrap();
+    // A budget far below what the reads would take unthrottled.
+    let budget = 200.0;
+    let run = Backfill {
+        pipeline: &pipeline,
+        route,
+        partition_key: &config.routes["orders"].partition_key,
+        container: fanout::cosmos::open_container(&target, builder)
+            .await
+            .unwrap(),
+        target,
+        checkpoints: CheckpointStore::open(&state, "orders").unwrap(),
+        throttle: Arc::new(Throttle::new(Some(budget))),
+    };
+    let report = run
+        .run(
+            &BackfillOptions {
+                page_size: 100,
+                ..BackfillOptions::default()
+            },
+            &Quiet,
+            &AtomicBool::new(false),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.items, 1_500, "nothing skipped");
+    assert!(report.spent.throttled >= 12, "{:?}", report.spent);
+    let rate = report.spent.ru_per_second();
+    assert!(
+        report.spent.request_units > 3.0 * budget,
+        "the run spans several seconds of budget: {:?}",
+        report.spent
+    );
+    assert!(
+        (rate - budget).abs() <= 0.1 * budget,
+        "measured {rate:.0} RU/s against a budget of {budget} RU/s ({:?})",
+        report.spent
+    );
+    assert_sinks_equal_container(&app, &emulator, &redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_changes_racing_a_backfill_of_older_versions_win_in_every_state_sink() {
+    let redis = RedisServer::start();
+    let app = app(&redis);
+    let emulator = CosmosEmulator::start("shop", "orders", "/customerId", 2);
+    emulator
+        .upsert_all(orders(2_000, 200, 1), "customerId")
+        .await;
+    // The live trigger delivers newer versions of the first 1,000 documents (the host-
+    // emulating harness, through the real binary) while the backfill reads the older ones.
+    let host = app.start().await;
+    let now = chrono::Utc::now().timestamp();
+    let live: Vec<Vec<Value>> = orders(1_000, 200, 2)
+        .chunks(100)
+        .enumerate()
+        .map(|(b, chunk)| {
+            chunk
+                .iter()
+                .enumerate()
+                .map(|(i, doc)| {
+                    let mut doc = doc.clone();
+                    doc["_lsn"] = json!(10_000_000 + b * 100 + i);
+                    doc["_ts"] = json!(now + 60);
+                    doc["_etag"] = json!(format!("\"live-{b}-{i}\""));
+                    doc
+                })
+                .collect()
+        })
+        .collect();
+    let posting = async {
+        for batch in &live {
+            let body = fanout::hostsim::cosmos_trigger_body("documents", "orders", batch, None);
+            let call = host.invoke("orders", &body).await.unwrap();
+            assert!(call.is_success(), "{:?}", call.logs());
+        }
+    };
+    let options = BackfillOptions {
+        page_size: 100,
+        parallel: 2,
+        ..BackfillOptions::default()
+    };
+    let stop = AtomicBool::new(false);
+    let (report, ()) = tokio::join!(
+        backfill(
+            &app,
+            &emulator,
+            &options,
+            Arc::new(Throttle::new(None)),
+            &stop
+        ),
+        posting
+    );
+    assert_eq!(report.unwrap().items, 2_000);
+    let docs = emulator.documents().await;
+    let table = read_table(&app.table("tables/orders")).await;
+    let mut newest: HashMap<String, (i64, Value)> = HashMap::new();
+    for row in &table.rows {
+        let lsn = row.lsn.unwrap();
+        if newest.get(&row.id).is_none_or(|(l, _)| *l < lsn) {
+            let doc: Value = serde_json::from_str(row.document.as_deref().unwrap()).unwrap();
+            newest.insert(row.id.clone(), (lsn, doc));
+        }
+    }
+    let mut conn = redis.client();
+    for (id, doc) in &docs {
+        let n: usize = id[1..].parse().unwrap();
+        let want = if n < 1_000 { "v2" } else { "v1" };
+        assert_eq!(newest[id].1["status"], want, "changelog's newest {id}");
+        let key = format!("order:{}:{id}", doc["customerId"].as_str().unwrap());
+        let cached: String = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+        let cached: Value = serde_json::from_str(&cached).unwrap();
+        assert_eq!(cached["status"], want, "{key}");
+    }
+    assert_eq!(
+        table.rows.len(),
+        3_000,
+        "each change once: 2,000 backfilled, 1,000 live"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_stops_before_any_work_with_exit_2() {
+    let redis = RedisServer::start();
+    let app = app(&redis);
+    let connection = [(
+        CONNECTION,
+        "AccountEndpoint=https://127.0.0.1:9/;AccountKey=a2V5;",
+    )];
+    // (arguments, environment, what the message says)
+    type Case<'a> = (Vec<&'a str>, &'a [(&'a str, &'a str)], &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--function", "nope"],
+            &connection,
+            "no function `nope`",
+        ),
+        (
+            vec!["--function", "orders", "--sink", "nope"],
+            &connection,
+            "has no sink `nope`",
+        ),
+        (
+            vec!["--function", "orders", "--since", "yesterday"],
+            &connection,
+            "not an RFC 3339 time",
+        ),
+        (
+            vec![
+                "--function",
+                "orders",
+                "--since",
+                "2026-01-01T00:00:00Z",
+                "--from-beginning",
+            ],
+            &connection,
+            "exclude each other",
+        ),
+        (
+            vec!["--function", "orders", "--max-ru-per-second", "0"],
+            &connection,
+            "positive",
+        ),
+        (
+            vec!["--function", "orders"],
+            &[],
+            "set `CosmosDBConnection__accountEndpoint`",
+        ),
+        (
+            vec!["--function", "orders"],
+            &[(CONNECTION, "AccountEndpoint=https://127.0.0.1:9/;")],
+            "no `AccountKey=`",
+        ),
+        (
+            vec!["--function", "orders", "--resume", "--restart"],
+            &connection,
+            "exclude each other",
+        ),
+    ];
+    for (args, env, says) in cases {
+        let mut argv = vec!["backfill"];
+        argv.extend(&args);
+        let out = app.run(&argv, env);
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains("a2V5"), "the key is never printed: {err}");
+    }
+    // The container's partition key must be the route's (checked against the emulator).
+    let emulator = CosmosEmulator::start("shop", "orders", "/tenant", 1);
+    let refused = backfill(
+        &app,
+        &emulator,
+        &BackfillOptions::default(),
+        Arc::new(Throttle::new(None)),
+        &AtomicBool::new(false),
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.is_usage(), "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("partitioned by /tenant, but route `orders` says /customerId"),
+        "{refused}"
+    );
+    assert!(
+        !app.path().join(".fanout/backfill/orders.json").exists(),
+        "no work done"
+    );
 }

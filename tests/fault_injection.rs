@@ -843,10 +843,13 @@ async fn no_change_is_lost_under_faults() {
         .filter(|c| !c.big && !kafka_seen.contains(&(c.id.clone(), c.lsn)))
         .count();
     // Records the replay during the load delivered are under `replayed/` by now: count them too.
-    let replayed = [".fanout/dead-letter/replayed", "fallback-dead-letter/replayed"]
-        .iter()
-        .flat_map(|root| read_dead_letters_in(&app.path().join(root)))
-        .collect::<Vec<_>>();
+    let replayed = [
+        ".fanout/dead-letter/replayed",
+        "fallback-dead-letter/replayed",
+    ]
+    .iter()
+    .flat_map(|root| read_dead_letters_in(&app.path().join(root)))
+    .collect::<Vec<_>>();
     let panics: usize = dead_letters
         .iter()
         .chain(&replayed)

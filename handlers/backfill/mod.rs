@@ -221,15 +221,7 @@ impl Backfill<'_> {
             .collect();
         let results: Vec<Result<(), BackfillError>> = futures::stream::iter(todo)
             .map(|(index, state)| {
-                self.read_range(
-                    &route,
-                    &checkpoint,
-                    index,
-                    state,
-                    &shared,
-                    observer,
-                    stop,
-                )
+                self.read_range(&route, &checkpoint, index, state, &shared, observer, stop)
             })
             .buffer_unordered(options.parallel.max(1))
             .collect()
@@ -271,13 +263,16 @@ impl Backfill<'_> {
         stop: &AtomicBool,
     ) -> Result<(), BackfillError> {
         let range: azure_data_cosmos::feed::FeedRange =
-            state.range.parse().map_err(|e: azure_data_cosmos::CosmosError| {
-                BackfillError::Source(SourceError::Service {
-                    what: format!("the checkpoint's feed range {}", state.range),
-                    target: self.target.describe(),
-                    source: e,
-                })
-            })?;
+            state
+                .range
+                .parse()
+                .map_err(|e: azure_data_cosmos::CosmosError| {
+                    BackfillError::Source(SourceError::Service {
+                        what: format!("the checkpoint's feed range {}", state.range),
+                        target: self.target.describe(),
+                        source: e,
+                    })
+                })?;
         let mut reader = RangeReader::new(
             self.container.clone(),
             self.target.clone(),
@@ -318,7 +313,10 @@ impl Backfill<'_> {
                 .deliver_items(
                     route,
                     items,
-                    format!("backfill:{}:{index}:{page_number}", checkpoint.started_at.timestamp()),
+                    format!(
+                        "backfill:{}:{index}:{page_number}",
+                        checkpoint.started_at.timestamp()
+                    ),
                 )
                 .await;
             if !(200..300).contains(&answer.status) {

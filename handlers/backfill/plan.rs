@@ -183,11 +183,15 @@ mod tests {
     #[test]
     fn sinks_are_chosen_or_refused() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let cases: Vec<(Vec<String>, Result<Vec<String>, &str>)> = vec![
+        type Case = (Vec<String>, Result<Vec<String>, &'static str>);
+        let cases: Vec<Case> = vec![
             (s(&[]), Ok(s(&["changelog", "cache"]))),
             (s(&["cache"]), Ok(s(&["cache"]))),
             (s(&["cache", "changelog"]), Ok(s(&["changelog", "cache"]))),
-            (s(&["nope"]), Err("has no sink `nope`; its sinks: changelog, cache, events")),
+            (
+                s(&["nope"]),
+                Err("has no sink `nope`; its sinks: changelog, cache, events"),
+            ),
             (s(&["events"]), Err("only the Functions host can send it")),
         ];
         for (asked, want) in cases {
@@ -242,10 +246,17 @@ mod tests {
         };
         static NONE: [String; 0] = [];
         let run = |cp: Option<Checkpoint>, a: Asked<'_>, chosen: &[String]| {
-            begin(cp, &Asked { chosen_sinks: chosen, ..a })
+            begin(
+                cp,
+                &Asked {
+                    chosen_sinks: chosen,
+                    ..a
+                },
+            )
         };
         // (existing, resume, restart, start given, expected)
-        let cases: Vec<(Option<bool>, bool, bool, Option<Start>, &str)> = vec![
+        type Case = (Option<bool>, bool, bool, Option<Start>, &'static str);
+        let cases: Vec<Case> = vec![
             (None, false, false, None, "fresh"),
             (None, true, false, None, "no backfill of `orders` has run"),
             (Some(true), false, false, None, "fresh"),
@@ -253,7 +264,13 @@ mod tests {
             (Some(false), false, false, None, "`--resume` continues it"),
             (Some(false), false, true, None, "fresh"),
             (Some(false), true, false, None, "resume"),
-            (Some(false), true, false, Some(Start::Since(5)), "not https://a/shop/orders"),
+            (
+                Some(false),
+                true,
+                false,
+                Some(Start::Since(5)),
+                "not https://a/shop/orders",
+            ),
         ];
         for (existing, resume, restart, start, want) in cases {
             let got = run(
@@ -266,7 +283,10 @@ mod tests {
                 Ok(Begin::Resume(_)) => "resume".to_string(),
                 Err(e) => e.to_string(),
             };
-            assert!(said.contains(want), "{existing:?} {resume} {restart}: {said}");
+            assert!(
+                said.contains(want),
+                "{existing:?} {resume} {restart}: {said}"
+            );
         }
     }
 }

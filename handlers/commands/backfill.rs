@@ -5,6 +5,7 @@
 
 use super::{CommandError, Context};
 use fanout::backfill::checkpoint::{CheckpointStore, RangeState};
+use fanout::backfill::plan::{RouteSink, select_sinks};
 use fanout::backfill::{Backfill, BackfillError, BackfillOptions, Observer};
 use fanout::cosmos::{Start, Throttle};
 use fanout::storage::Location;
@@ -56,7 +57,10 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
             "--resume and --restart exclude each other".into(),
         ));
     }
-    if args.max_ru_per_second.is_some_and(|r| r.is_nan() || r <= 0.0) {
+    if args
+        .max_ru_per_second
+        .is_some_and(|r| r.is_nan() || r <= 0.0)
+    {
         return Err(CommandError::Usage(
             "--max-ru-per-second must be a positive number".into(),
         ));
@@ -83,6 +87,17 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
             config.routes.keys().cloned().collect::<Vec<_>>().join(", ")
         )));
     };
+    // Every check that needs no service runs before the first request.
+    let route_sinks: Vec<RouteSink<'_>> = route
+        .sinks
+        .iter()
+        .map(|s| RouteSink {
+            name: s.name(),
+            host_delivers: s.host_delivers(),
+        })
+        .collect();
+    select_sinks(&args.function, &route_sinks, &args.sinks)
+        .map_err(|e| CommandError::Usage(e.to_string()))?;
     let target = fanout::cosmos::resolve_target(&route.function, &|name| ctx.settings.get(name))
         .map_err(|e| CommandError::Usage(e.to_string()))?;
     let state = Location::parse(&args.state, Default::default(), &ctx.app_root)

@@ -61,7 +61,9 @@ impl Context {
     }
 
     pub fn load(&self) -> Result<AppConfig, ConfigError> {
-        AppConfig::load(&self.app_root, &self.config_file, &|name| self.settings.get(name))
+        AppConfig::load(&self.app_root, &self.config_file, &|name| {
+            self.settings.get(name)
+        })
     }
 
     pub fn pipeline(&self) -> Result<(AppConfig, Pipeline), CommandError> {

@@ -58,9 +58,16 @@ mod tests {
         .unwrap();
         let s = AppSettings::load(dir.path());
         assert_eq!(s.get("FANOUT_TEST_ONLY_LOCAL").as_deref(), Some("local"));
-        assert_ne!(s.get("PATH").as_deref(), Some("not this"), "the environment wins");
+        assert_ne!(
+            s.get("PATH").as_deref(),
+            Some("not this"),
+            "the environment wins"
+        );
         assert_eq!(s.get("N").as_deref(), Some("3"));
         assert_eq!(s.get("FANOUT_TEST_ONLY_UNSET"), None);
-        assert_eq!(AppSettings::load(&dir.path().join("none")).get("FANOUT_TEST_ONLY_LOCAL"), None);
+        assert_eq!(
+            AppSettings::load(&dir.path().join("none")).get("FANOUT_TEST_ONLY_LOCAL"),
+            None
+        );
     }
 }

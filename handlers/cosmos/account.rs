@@ -44,13 +44,8 @@ impl CosmosTarget {
 /// Why the container cannot be named or reached; each says what to set.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
-    #[error(
-        "function `{function}`: the cosmosDBTrigger binding in function.json has no `{key}`"
-    )]
-    MissingBinding {
-        function: String,
-        key: &'static str,
-    },
+    #[error("function `{function}`: the cosmosDBTrigger binding in function.json has no `{key}`")]
+    MissingBinding { function: String, key: &'static str },
     #[error(
         "function `{function}`: `{value}` refers to app setting `{name}`, which is not set; add it to local.settings.json `Values` (local) or to the Function App's app settings"
     )]
@@ -77,10 +72,12 @@ pub fn resolve_target(
 ) -> Result<CosmosTarget, TargetError> {
     let name = &function.name;
     let binding = |value: &Option<String>, key: &'static str| {
-        let value = value.as_deref().ok_or_else(|| TargetError::MissingBinding {
-            function: name.clone(),
-            key,
-        })?;
+        let value = value
+            .as_deref()
+            .ok_or_else(|| TargetError::MissingBinding {
+                function: name.clone(),
+                key,
+            })?;
         expand(value, setting).map_err(|missing| TargetError::UnsetSetting {
             function: name.clone(),
             value: value.to_string(),
@@ -92,10 +89,11 @@ pub fn resolve_target(
     let connection = binding(&function.connection, "connection")?;
     let region = setting("REGION_NAME").filter(|r| !r.trim().is_empty());
     let target = |endpoint: String, auth| -> Result<CosmosTarget, TargetError> {
-        let endpoint = normalize_endpoint(&endpoint).map_err(|message| TargetError::BadSetting {
-            setting: connection.clone(),
-            message,
-        })?;
+        let endpoint =
+            normalize_endpoint(&endpoint).map_err(|message| TargetError::BadSetting {
+                setting: connection.clone(),
+                message,
+            })?;
         Ok(CosmosTarget {
             endpoint,
             database: database.clone(),
@@ -196,12 +194,20 @@ mod tests {
     fn the_trigger_settings_name_the_container() {
         let key = "a2V5a2V5a2V5==";
         // (binding database, app settings, expected target or error fragment)
-        let cases: Vec<(Option<&str>, Vec<(&str, &str)>, Result<CosmosTarget, &str>)> = vec![
+        type Case = (
+            Option<&'static str>,
+            Vec<(&'static str, &'static str)>,
+            Result<CosmosTarget, &'static str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 Some("%DB%"),
                 vec![
                     ("DB", "shop"),
-                    ("Cosmos__accountEndpoint", "https://acct.documents.azure.com:443/"),
+                    (
+                        "Cosmos__accountEndpoint",
+                        "https://acct.documents.azure.com:443/",
+                    ),
                 ],
                 Ok(CosmosTarget {
                     endpoint: "https://acct.documents.azure.com/".into(),
@@ -225,7 +231,11 @@ mod tests {
                     region: None,
                 }),
             ),
-            (Some("%DB%"), vec![], Err("app setting `DB`, which is not set")),
+            (
+                Some("%DB%"),
+                vec![],
+                Err("app setting `DB`, which is not set"),
+            ),
             (None, vec![], Err("has no `databaseName`")),
             (Some("shop"), vec![], Err("set `Cosmos__accountEndpoint`")),
             (

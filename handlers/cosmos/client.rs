@@ -77,8 +77,9 @@ pub async fn check_partition_key(
         container.read(None)
     })
     .await?;
-    let properties: azure_data_cosmos::models::ContainerProperties =
-        response.into_model().map_err(|source| SourceError::Service {
+    let properties: azure_data_cosmos::models::ContainerProperties = response
+        .into_model()
+        .map_err(|source| SourceError::Service {
             what: "reading the container".into(),
             target: target.describe(),
             source,

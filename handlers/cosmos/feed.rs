@@ -190,11 +190,16 @@ impl RangeReader {
     /// caught up after that many empty pages in a row (the SDK polls them in turn).
     pub async fn partitions(&self, throttle: &Throttle) -> Result<usize, SourceError> {
         let ranges = super::client::call(throttle, "reading feed ranges", &self.target, || {
-            self.container
-                .read_feed_ranges(Some(ReadFeedRangesOptions::default().with_force_refresh(true)))
+            self.container.read_feed_ranges(Some(
+                ReadFeedRangesOptions::default().with_force_refresh(true),
+            ))
         })
         .await?;
-        Ok(ranges.iter().filter(|r| r.overlaps(&self.range)).count().max(1))
+        Ok(ranges
+            .iter()
+            .filter(|r| r.overlaps(&self.range))
+            .count()
+            .max(1))
     }
 }
 

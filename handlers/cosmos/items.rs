@@ -12,21 +12,20 @@ use serde_json::Value;
 /// Our partition key as the SDK's (`None` components are "undefined": a missing field).
 /// `None` when a component cannot be a key (a structure, a non-finite number).
 pub fn sdk_partition_key(pk: &PartitionKey) -> Option<azure_data_cosmos::PartitionKey> {
-    let values: Option<Vec<PartitionKeyValue>> = pk
-        .0
-        .iter()
-        .map(|c| match c {
-            None => Some(PartitionKeyValue::UNDEFINED),
-            Some(Value::Null) => Some(PartitionKeyValue::NULL),
-            Some(Value::String(s)) => Some(PartitionKeyValue::from(s.clone())),
-            Some(Value::Bool(b)) => Some(PartitionKeyValue::from(*b)),
-            Some(Value::Number(n)) => match n.as_i64() {
-                Some(i) => Some(PartitionKeyValue::from(i)),
-                None => PartitionKeyValue::try_from(n.as_f64()?).ok(),
-            },
-            Some(_) => None,
-        })
-        .collect();
+    let values: Option<Vec<PartitionKeyValue>> =
+        pk.0.iter()
+            .map(|c| match c {
+                None => Some(PartitionKeyValue::UNDEFINED),
+                Some(Value::Null) => Some(PartitionKeyValue::NULL),
+                Some(Value::String(s)) => Some(PartitionKeyValue::from(s.clone())),
+                Some(Value::Bool(b)) => Some(PartitionKeyValue::from(*b)),
+                Some(Value::Number(n)) => match n.as_i64() {
+                    Some(i) => Some(PartitionKeyValue::from(i)),
+                    None => PartitionKeyValue::try_from(n.as_f64()?).ok(),
+                },
+                Some(_) => None,
+            })
+            .collect();
     azure_data_cosmos::PartitionKey::try_from(values?).ok()
 }
 
@@ -54,11 +53,13 @@ pub async fn read_with_lsn(
         Err(e) => return Err(e),
     };
     let lsn = response.headers().item_lsn();
-    let mut doc: Value = response.into_model().map_err(|source| SourceError::Service {
-        what: format!("reading document `{id}`"),
-        target: target.describe(),
-        source,
-    })?;
+    let mut doc: Value = response
+        .into_model()
+        .map_err(|source| SourceError::Service {
+            what: format!("reading document `{id}`"),
+            target: target.describe(),
+            source,
+        })?;
     if let (Some(lsn), Some(map)) = (lsn, doc.as_object_mut()) {
         map.insert("_lsn".into(), Value::from(lsn));
     }

@@ -148,7 +148,10 @@ mod tests {
     #[test]
     fn the_bucket_refills_to_one_second_and_debt_is_waited_off() {
         let t0 = Instant::now();
-        let b = Bucket { tokens: -50.0, at: t0 };
+        let b = Bucket {
+            tokens: -50.0,
+            at: t0,
+        };
         // (seconds later, rate, tokens after refill, wait)
         let cases = [
             (0.0, 100.0, -50.0, 0.5),
@@ -184,7 +187,11 @@ mod tests {
         t.before_request().await;
         t.charge(50.0);
         t.before_request().await;
-        assert!(start.elapsed() >= Duration::from_millis(490), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(490),
+            "{:?}",
+            start.elapsed()
+        );
         let spent = t.spent();
         assert_eq!((spent.request_units, spent.requests), (50.0, 1));
     }

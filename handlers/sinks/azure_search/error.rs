@@ -3,8 +3,8 @@
 //! table-tested), and the errors of the other calls ([`SearchError`]).
 
 use super::service::Answer;
-use crate::sinks::SinkError;
 use crate::entra::EntraError;
+use crate::sinks::SinkError;
 use std::time::Duration;
 
 /// Why a call other than indexing (reading versions, creating the index) failed.

@@ -1,8 +1,8 @@
 //! Error classification for the Redis sink, in one place: what goes wrong opening a
 //! connection, and how Redis's own errors split into transient and permanent.
 
-use crate::sinks::SinkError;
 use crate::entra::EntraError;
+use crate::sinks::SinkError;
 
 /// Why no connection could be opened (the URL in it is redacted).
 #[derive(Debug, thiserror::Error)]

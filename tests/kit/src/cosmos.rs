@@ -5,10 +5,10 @@
 //! split a partition and inject faults.
 
 use azure_data_cosmos::clients::ContainerClient;
+use azure_data_cosmos::options::Region;
 use azure_data_cosmos::{
     AccountEndpoint, AccountReference, CosmosClientBuilder, CosmosRuntimeBuilder, RoutingStrategy,
 };
-use azure_data_cosmos::options::Region;
 use azure_data_cosmos_driver::in_memory_emulator::{
     ConsistencyLevel, ContainerConfig, EmulatorStore, InMemoryEmulatorHttpClient,
     VirtualAccountConfig, VirtualRegion,
@@ -42,19 +42,18 @@ impl CosmosEmulator {
         let client = Arc::new(InMemoryEmulatorHttpClient::new(config));
         let store = client.store();
         store.create_database(database);
-        store
-            .create_container_with_config(
-                database,
-                container,
-                serde_json::from_value(
-                    serde_json::json!({"paths": [pk_path], "kind": "Hash", "version": 2}),
-                )
+        store.create_container_with_config(
+            database,
+            container,
+            serde_json::from_value(
+                serde_json::json!({"paths": [pk_path], "kind": "Hash", "version": 2}),
+            )
+            .unwrap(),
+            ContainerConfig::new()
+                .with_partition_count(partitions)
+                .build()
                 .unwrap(),
-                ContainerConfig::new()
-                    .with_partition_count(partitions)
-                    .build()
-                    .unwrap(),
-            );
+        );
         Self {
             client,
             store,
@@ -145,8 +144,12 @@ impl CosmosEmulator {
 
     /// Splits physical partition `id` into two and waits until the split is done.
     pub async fn split(&self, id: u32) {
-        self.store
-            .split_partition(&self.database, &self.container, id, std::time::Duration::ZERO);
+        self.store.split_partition(
+            &self.database,
+            &self.container,
+            id,
+            std::time::Duration::ZERO,
+        );
         self.store.drain_pending_control_plane().await;
     }
 }

@@ -33,8 +33,7 @@ pub struct AmqpSink {
 
 impl AmqpSink {
     pub fn new(name: &str, v: &ValidatedAmqp) -> Result<Self, SinkError> {
-        let credential =
-            crate::entra::credential_from_env().map_err(SinkError::permanent_from)?;
+        let credential = crate::entra::credential_from_env().map_err(SinkError::permanent_from)?;
         Ok(Self {
             name: name.to_string(),
             format: v.stream.format.clone(),
