@@ -15,6 +15,7 @@ check "binary is executable" '[ -x "$APP/fanout" ]'
 check "binary is x86-64 ELF" 'file "$APP/fanout" 2>/dev/null | grep -q "x86-64" || od -An -tx1 -N5 "$APP/fanout" | grep -q "7f 45 4c 46 02"'
 check "OpenSSL is linked statically (no libssl/libcrypto needed on the host)" '! objdump -p "$APP/fanout" | grep NEEDED | grep -Eq "libssl|libcrypto|librdkafka"'
 check "no fault hooks in the shipped binary" '! grep -q FANOUT_FAILPOINT "$APP/fanout"'
+check "no Cosmos DB in-memory emulator in the shipped binary (a test-only SDK feature)" '! grep -q "version=emulator" "$APP/fanout"'
 check "host.json starts ./fanout" 'grep -q "\"defaultExecutablePath\": \"fanout\"" "$APP/host.json"'
 
 # Start it as the host does: port in the environment, working directory = app root, no args.

@@ -8,11 +8,12 @@ use fanout_test_kit as common;
 use common::TestApp;
 use fanout::hostsim::{cosmos_trigger_body, free_port, samples};
 
-const SECRETS: [&str; 4] = [
+const SECRETS: [&str; 5] = [
     "LEAK-redis-url-password",
     "LEAK-search-api-key",
     "TEVBSy1zdG9yYWdlLWtleQ==",
     "LEAK-event-hubs-key",
+    "TEVBSy1jb3Ntb3Mta2V5",
 ];
 
 fn config(closed: u16) -> String {
@@ -141,6 +142,18 @@ async fn no_secret_reaches_logs_answers_or_dead_letters() {
     for key in records {
         assert_no_secret(&key, &app.dead_letter(&key).to_string());
     }
+
+    // A backfill whose account does not answer: its errors and logs name no key.
+    let mut env = secret_env();
+    let cosmos = format!(
+        "AccountEndpoint=https://127.0.0.1:{closed}/;AccountKey={};",
+        SECRETS[4]
+    );
+    env.push(("CosmosDBConnection", cosmos.as_str()));
+    env.push(("FANOUT_LOG", "debug"));
+    let out = app.run(&["backfill", "--function", "orders"], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    assert_no_secret("backfill", &(common::stdout(&out) + &common::stderr(&out)));
 
     // check-config, valid and with a mistake next to the secrets.
     let env = secret_env();

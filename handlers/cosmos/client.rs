@@ -12,8 +12,10 @@ use azure_data_cosmos::options::{OperationOptionsBuilder, Region, ThrottlingRetr
 use azure_data_cosmos::{AccountEndpoint, AccountReference, CosmosClientBuilder, RoutingStrategy};
 use std::future::Future;
 
-/// Calls made before a call gives up (429s and transient errors together).
+/// Retries of a throttled call (each waits what the service asks) before it gives up.
 pub const MAX_ATTEMPTS: u32 = 60;
+/// Retries of a transiently failing call (backoff 0.1 s doubling to 5 s: about 16 s in all).
+pub const MAX_TRANSIENT_ATTEMPTS: u32 = 8;
 
 /// Opens `target`'s container. `builder` is `CosmosClientBuilder::new()` in production; tests
 /// pass one with the in-memory emulator's runtime (and fault rules) in it.
@@ -107,7 +109,8 @@ pub async fn check_partition_key(
 }
 
 /// One call, retried while it is throttled (waiting what the service asks, in the shared
-/// budget) or transiently failing, at most [`MAX_ATTEMPTS`] times.
+/// budget; at most [`MAX_ATTEMPTS`] times) or transiently failing (at most
+/// [`MAX_TRANSIENT_ATTEMPTS`] times).
 pub async fn call<T, F, Fut>(
     throttle: &Throttle,
     what: &str,
@@ -133,7 +136,7 @@ where
                     Retry::Throttled(after) if attempt < MAX_ATTEMPTS => {
                         throttle.throttled(after, attempt).await
                     }
-                    Retry::Transient if attempt < MAX_ATTEMPTS => {
+                    Retry::Transient if attempt < MAX_TRANSIENT_ATTEMPTS => {
                         tokio::time::sleep(super::throttle::backoff(None, attempt)).await
                     }
                     _ => {

@@ -100,7 +100,7 @@ impl RangeReader {
                 Retry::Throttled(after) if attempt < super::client::MAX_ATTEMPTS => {
                     throttle.throttled(after, attempt).await
                 }
-                Retry::Transient if attempt < super::client::MAX_ATTEMPTS => {
+                Retry::Transient if attempt < super::client::MAX_TRANSIENT_ATTEMPTS => {
                     tokio::time::sleep(backoff(None, attempt)).await
                 }
                 _ => {
