@@ -5,7 +5,10 @@
 //! real binary.
 
 use common::cosmos::CosmosEmulator;
+use common::kafka::Tansu;
+use common::search::SearchFake;
 use common::{RedisServer, TestApp, read_table};
+use fanout::sinks::azure_search::{KeyEncoding, decode_key};
 use fanout::backfill::checkpoint::CheckpointStore;
 use fanout::backfill::{Backfill, BackfillError, BackfillOptions, BackfillReport, Quiet};
 use fanout::config::AppConfig;
@@ -44,6 +47,45 @@ fields = ["/status", "/total"]
 "#,
             redis.url()
         ));
+    app
+}
+
+/// [`app`] plus an AI Search index (the FAKE endpoint, version-guarded) and a Kafka topic.
+fn app_with_streams(redis: &RedisServer, search: &SearchFake, brokers: &str) -> TestApp {
+    let app = app(redis);
+    let config = std::fs::read_to_string(app.path().join("fanout.toml")).unwrap();
+    app.config(&format!(
+        r#"{config}
+[functions.orders.sinks.search]
+type = "azure_search"
+endpoint = "{}"
+index = "orders"
+auth = "api_key"
+api_key = "test-admin-key"
+index_definition = "infra/search/orders.json"
+key = "id"
+version_field = "cosmosVersion"
+
+[functions.orders.sinks.search.fields]
+id = "/id"
+customerId = "/customerId"
+status = "/status"
+total = "/total"
+
+[functions.orders.sinks.stream]
+type = "kafka"
+brokers = "{brokers}"
+topic = "orders"
+message_timeout_ms = 5000
+"#,
+        search.endpoint()
+    ));
+    std::fs::create_dir_all(app.path().join("infra/search")).unwrap();
+    std::fs::copy(
+        common::repo_root().join("infra/search/orders.json"),
+        app.path().join("infra/search/orders.json"),
+    )
+    .unwrap();
     app
 }
 
@@ -151,7 +193,10 @@ async fn assert_sinks_equal_container(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_fills_every_sink_from_the_container_and_a_second_adds_nothing() {
     let redis = RedisServer::start();
-    let app = app(&redis);
+    let search = SearchFake::start("key").await;
+    let broker = Tansu::start();
+    broker.create_topic("orders", 4).await;
+    let app = app_with_streams(&redis, &search, &broker.brokers());
     let emulator = CosmosEmulator::start("shop", "orders", "/customerId", 4);
     emulator
         .upsert_all(orders(20_000, 1_000, 1), "customerId")
@@ -186,6 +231,32 @@ async fn a_backfill_fills_every_sink_from_the_container_and_a_second_adds_nothin
     assert_eq!(report.lsn_read_back, 20_000);
     assert!(report.spent.request_units > 0.0);
     assert_sinks_equal_container(&app, &emulator, &redis).await;
+    let docs = emulator.documents().await;
+    {
+        let index = search.state.lock().unwrap();
+        assert_eq!(index.index.len(), docs.len(), "one search document per container document");
+        for (key, indexed) in &index.index {
+            let id = decode_key(key, KeyEncoding::Base64url).unwrap();
+            let doc = &docs[&id];
+            assert_eq!(indexed["status"], doc["status"], "{id}");
+            assert_eq!(indexed["customerId"], doc["customerId"], "{id}");
+        }
+    }
+    let records = broker.consume_all("orders", 4);
+    let events: HashSet<(String, String)> = records
+        .iter()
+        .map(|r| {
+            let ce: Value = serde_json::from_slice(&r.value).unwrap();
+            let data = &ce["data"];
+            (ce["subject"].as_str().unwrap().to_string(), data["status"].as_str().unwrap().to_string())
+        })
+        .collect();
+    for (id, doc) in &docs {
+        assert!(
+            events.contains(&(id.clone(), doc["status"].as_str().unwrap().to_string())),
+            "no event for {id} at its current version"
+        );
+    }
     // The account key never reaches the report or the checkpoint.
     let checkpoint =
         std::fs::read_to_string(app.path().join(".fanout/backfill/orders.json")).unwrap();
