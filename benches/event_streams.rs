@@ -8,10 +8,10 @@
 
 mod support;
 
+use fanout::hostsim::{EmulatedHost, cosmos_trigger_body, samples};
 use fanout_test_kit::fake_event_hubs::FakeEventHubs;
 use fanout_test_kit::fake_identity::FakeIdentity;
 use fanout_test_kit::kafka;
-use fanout::hostsim::{EmulatedHost, cosmos_trigger_body, samples};
 use futures::future::join_all;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

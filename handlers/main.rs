@@ -48,41 +48,7 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Fill sinks from the live container: every item's current version (or the changes since
-    /// a time) read from its change feed, per feed range in parallel, through the same
-    /// pipeline as live batches. Resumable; overlapping with the live trigger is harmless.
-    Backfill {
-        /// The function whose container and route to use.
-        #[arg(long)]
-        function: String,
-        /// Only these sinks of the route (repeat). Default: every sink fanout delivers to itself.
-        #[arg(long = "sink", value_name = "SINK")]
-        sinks: Vec<String>,
-        /// Read every item's current version (the default).
-        #[arg(long)]
-        from_beginning: bool,
-        /// Only changes since this time (RFC 3339, e.g. 2026-01-31T12:00:00Z).
-        #[arg(long, value_name = "TIME")]
-        since: Option<String>,
-        /// Keep the read rate under this many request units per second (429s are honoured anyway).
-        #[arg(long, value_name = "RU")]
-        max_ru_per_second: Option<f64>,
-        /// Feed ranges read at once.
-        #[arg(long, default_value_t = 4)]
-        parallel: usize,
-        /// Items per change feed page (and per delivery to the sinks).
-        #[arg(long, default_value_t = 100)]
-        page_size: u32,
-        /// Continue the unfinished backfill of this function from its checkpoint.
-        #[arg(long)]
-        resume: bool,
-        /// Start over, discarding an unfinished backfill's checkpoint.
-        #[arg(long)]
-        restart: bool,
-        /// Where checkpoints live (a folder under the app root, or an Azure storage URL).
-        #[arg(long, default_value = ".fanout/backfill", value_name = "LOCATION")]
-        state: String,
-    },
+    Backfill(commands::backfill::Args),
     /// Summarize a changelog table: versions, files, rows per operation, latest state.
     Changelog {
         /// Table location (path or URL). Default: every delta sink in the config.
@@ -145,32 +111,7 @@ fn main() -> ExitCode {
                 batches,
                 dry_run,
             } => commands::replay::run(&ctx, function, sink, batches, dry_run).await,
-            Command::Backfill {
-                function,
-                sinks,
-                from_beginning,
-                since,
-                max_ru_per_second,
-                parallel,
-                page_size,
-                resume,
-                restart,
-                state,
-            } => {
-                let args = commands::backfill::Args {
-                    function,
-                    sinks,
-                    from_beginning,
-                    since,
-                    max_ru_per_second,
-                    parallel,
-                    page_size,
-                    resume,
-                    restart,
-                    state,
-                };
-                commands::backfill::run(&ctx, args).await
-            }
+            Command::Backfill(args) => commands::backfill::run(&ctx, args).await,
             Command::Changelog { table } => commands::changelog::run(&ctx, table).await,
             Command::Compact { table } => commands::maintain::compact(&ctx, table).await,
             Command::Vacuum {

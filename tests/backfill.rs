@@ -8,13 +8,9 @@ use common::cosmos::CosmosEmulator;
 use common::kafka::Tansu;
 use common::search::SearchFake;
 use common::{RedisServer, TestApp, read_table};
+use fanout::backfill::{BackfillError, BackfillOptions, BackfillReport, Quiet};
+use fanout::cosmos::Throttle;
 use fanout::sinks::azure_search::{KeyEncoding, decode_key};
-use fanout::backfill::checkpoint::CheckpointStore;
-use fanout::backfill::{Backfill, BackfillError, BackfillOptions, BackfillReport, Quiet};
-use fanout::config::AppConfig;
-use fanout::cosmos::{Throttle, resolve_target};
-use fanout::pipeline::Pipeline;
-use fanout::storage::Location;
 use fanout_test_kit as common;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -55,49 +51,20 @@ fn app_with_streams(redis: &RedisServer, search: &SearchFake, brokers: &str) -> 
     let app = app(redis);
     let config = std::fs::read_to_string(app.path().join("fanout.toml")).unwrap();
     app.config(&format!(
-        r#"{config}
-[functions.orders.sinks.search]
-type = "azure_search"
-endpoint = "{}"
-index = "orders"
-auth = "api_key"
-api_key = "test-admin-key"
-index_definition = "infra/search/orders.json"
-key = "id"
-version_field = "cosmosVersion"
-
-[functions.orders.sinks.search.fields]
-id = "/id"
-customerId = "/customerId"
-status = "/status"
-total = "/total"
-
+        r#"{config}{}
 [functions.orders.sinks.stream]
 type = "kafka"
 brokers = "{brokers}"
 topic = "orders"
 message_timeout_ms = 5000
 "#,
-        search.endpoint()
+        common::search::orders_sink_toml("search", &search.endpoint())
     ));
-    std::fs::create_dir_all(app.path().join("infra/search")).unwrap();
-    std::fs::copy(
-        common::repo_root().join("infra/search/orders.json"),
-        app.path().join("infra/search/orders.json"),
-    )
-    .unwrap();
+    common::search::install_index_definition(app.path());
     app
 }
 
-fn settings(emulator: &CosmosEmulator) -> HashMap<String, String> {
-    HashMap::from([
-        (CONNECTION.to_string(), emulator.connection_string()),
-        ("REGION_NAME".to_string(), "East US".to_string()),
-    ])
-}
-
-/// Runs a backfill in process, set up exactly as the command sets it up, but with the
-/// emulator as the client's transport.
+/// A backfill in process with the emulator as the client's transport (see the kit).
 async fn backfill(
     app: &TestApp,
     emulator: &CosmosEmulator,
@@ -105,27 +72,17 @@ async fn backfill(
     throttle: Arc<Throttle>,
     stop: &AtomicBool,
 ) -> Result<BackfillReport, BackfillError> {
-    let settings = settings(emulator);
-    let lookup = |k: &str| settings.get(k).cloned();
-    let config = AppConfig::load(app.path(), &app.path().join("fanout.toml"), &lookup).unwrap();
-    let pipeline = Pipeline::build(&config).unwrap();
-    let route = &pipeline.routes()["orders"];
-    let target = resolve_target(&route.function, &lookup).unwrap();
-    assert_eq!(target.endpoint, common::cosmos::EMULATOR_URL);
-    let container = fanout::cosmos::open_container(&target, emulator.builder().await)
-        .await
-        .unwrap();
-    let state = Location::parse(".fanout/backfill", Default::default(), app.path()).unwrap();
-    let run = Backfill {
-        pipeline: &pipeline,
-        route,
-        partition_key: &config.routes["orders"].partition_key,
-        container,
-        target,
-        checkpoints: CheckpointStore::open(&state, "orders").unwrap(),
+    let builder = emulator.builder().await;
+    common::cosmos::run_backfill(
+        app.path(),
+        emulator,
+        builder,
         throttle,
-    };
-    run.run(options, &Quiet, stop).await
+        options,
+        &Quiet,
+        stop,
+    )
+    .await
 }
 
 /// `n` orders over `keys` customers.
@@ -234,7 +191,11 @@ async fn a_backfill_fills_every_sink_from_the_container_and_a_second_adds_nothin
     let docs = emulator.documents().await;
     {
         let index = search.state.lock().unwrap();
-        assert_eq!(index.index.len(), docs.len(), "one search document per container document");
+        assert_eq!(
+            index.index.len(),
+            docs.len(),
+            "one search document per container document"
+        );
         for (key, indexed) in &index.index {
             let id = decode_key(key, KeyEncoding::Base64url).unwrap();
             let doc = &docs[&id];
@@ -248,7 +209,10 @@ async fn a_backfill_fills_every_sink_from_the_container_and_a_second_adds_nothin
         .map(|r| {
             let ce: Value = serde_json::from_slice(&r.value).unwrap();
             let data = &ce["data"];
-            (ce["subject"].as_str().unwrap().to_string(), data["status"].as_str().unwrap().to_string())
+            (
+                ce["subject"].as_str().unwrap().to_string(),
+                data["status"].as_str().unwrap().to_string(),
+            )
         })
         .collect();
     for (id, doc) in &docs {
@@ -307,6 +271,7 @@ impl fanout::backfill::Observer for Interrupt {
         _range: usize,
         _items: usize,
         _state: &fanout::backfill::checkpoint::RangeState,
+        _progress: Option<f64>,
     ) {
         let n = self.pages.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         if n == self.split_after {
@@ -347,26 +312,16 @@ async fn a_split_during_a_backfill_and_an_interruption_lose_nothing() {
         split,
         stop: stop.clone(),
     };
-    // Run the backfill with the interrupting observer (the same set-up as `backfill`).
-    let settings = settings(&emulator);
-    let lookup = |k: &str| settings.get(k).cloned();
-    let config = AppConfig::load(app.path(), &app.path().join("fanout.toml"), &lookup).unwrap();
-    let pipeline = Pipeline::build(&config).unwrap();
-    let route = &pipeline.routes()["orders"];
-    let target = resolve_target(&route.function, &lookup).unwrap();
-    let state = Location::parse(".fanout/backfill", Default::default(), app.path()).unwrap();
-    let run = Backfill {
-        pipeline: &pipeline,
-        route,
-        partition_key: &config.routes["orders"].partition_key,
-        container: fanout::cosmos::open_container(&target, emulator.builder().await)
-            .await
-            .unwrap(),
-        target,
-        checkpoints: CheckpointStore::open(&state, "orders").unwrap(),
-        throttle: Arc::new(Throttle::new(None)),
-    };
-    let first = run.run(&options, &interrupt, &stop).await;
+    let first = common::cosmos::run_backfill(
+        app.path(),
+        &emulator,
+        emulator.builder().await,
+        Arc::new(Throttle::new(None)),
+        &options,
+        &interrupt,
+        &stop,
+    )
+    .await;
     splitter.await.unwrap();
     assert!(
         matches!(first, Err(BackfillError::Interrupted(_))),
@@ -379,10 +334,12 @@ async fn a_split_during_a_backfill_and_an_interruption_lose_nothing() {
     );
     // The container now has 3 physical partitions; the checkpoint still has the 2 ranges it
     // started with, and the SDK resumes each across the split.
-    let topology = fanout::cosmos::feed_ranges(&run.container, &run.target, &run.throttle)
-        .await
-        .unwrap();
-    assert_eq!(topology.len(), 3, "the split happened");
+    let container = emulator.container_client().await;
+    assert_eq!(
+        container.read_feed_ranges(None).await.unwrap().len(),
+        3,
+        "the split happened"
+    );
 
     // Not resumed without asking.
     let refused = backfill(
@@ -479,37 +436,22 @@ async fn throttled_reads_wait_and_the_ru_budget_holds() {
             rule("read-429", FaultOperationType::ReadItem),
         ])
         .unwrap();
-    let settings = settings(&emulator);
-    let lookup = |k: &str| settings.get(k).cloned();
-    let config = AppConfig::load(app.path(), &app.path().join("fanout.toml"), &lookup).unwrap();
-    let pipeline = Pipeline::build(&config).unwrap();
-    let route = &pipeline.routes()["orders"];
-    let target = resolve_target(&route.function, &lookup).unwrap();
-    let state = Location::parse(".fanout/backfill", Default::default(), app.path()).unwrap();
     // A budget far below what the reads would take unthrottled.
     let budget = 200.0;
-    let run = Backfill {
-        pipeline: &pipeline,
-        route,
-        partition_key: &config.routes["orders"].partition_key,
-        container: fanout::cosmos::open_container(&target, builder)
-            .await
-            .unwrap(),
-        target,
-        checkpoints: CheckpointStore::open(&state, "orders").unwrap(),
-        throttle: Arc::new(Throttle::new(Some(budget))),
-    };
-    let report = run
-        .run(
-            &BackfillOptions {
-                page_size: 100,
-                ..BackfillOptions::default()
-            },
-            &Quiet,
-            &AtomicBool::new(false),
-        )
-        .await
-        .unwrap();
+    let report = common::cosmos::run_backfill(
+        app.path(),
+        &emulator,
+        builder,
+        Arc::new(Throttle::new(Some(budget))),
+        &BackfillOptions {
+            page_size: 100,
+            ..BackfillOptions::default()
+        },
+        &Quiet,
+        &AtomicBool::new(false),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.items, 1_500, "nothing skipped");
     assert!(report.spent.throttled >= 12, "{:?}", report.spent);
     let rate = report.spent.ru_per_second();

@@ -88,14 +88,26 @@ impl BackfillError {
 /// Told as the backfill goes (the command draws progress bars from it).
 pub trait Observer: Send + Sync {
     fn ranges(&self, _ranges: &[RangeState]) {}
-    /// A page of `range` went through: its items, and the range's totals so far.
-    fn page(&self, _range: usize, _items: usize, _state: &RangeState) {}
+    /// A page of `range` went through: its items, the range's totals so far, and how far
+    /// through the range it is (0..=1: the page's newest lsn against the partition's, when
+    /// the service says).
+    fn page(&self, _range: usize, _items: usize, _state: &RangeState, _progress: Option<f64>) {}
     fn range_done(&self, _range: usize, _state: &RangeState) {}
 }
 
 /// An observer that says nothing.
 pub struct Quiet;
 impl Observer for Quiet {}
+
+/// How far a page is through its range: its newest `_lsn` against the partition's.
+fn progress(items: &[Value], partition_lsn: Option<u64>) -> Option<f64> {
+    let newest = items
+        .iter()
+        .filter_map(|i| i.get("_lsn").and_then(Value::as_u64))
+        .max()?;
+    let end = partition_lsn.filter(|e| *e > 0)?;
+    Some((newest as f64 / end as f64).clamp(0.0, 1.0))
+}
 
 /// What a backfill did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -308,6 +320,7 @@ impl Backfill<'_> {
             page_number += 1;
             let count = page.items.len();
             let items = self.with_versions(page.items, shared).await?;
+            let progress = progress(&items, page.partition_lsn);
             let answer = self
                 .pipeline
                 .deliver_items(
@@ -332,7 +345,7 @@ impl Backfill<'_> {
             state.items += count as u64;
             state.continuation = Some(page.continuation);
             self.save_range(shared, index, &state).await?;
-            observer.page(index, count, &state);
+            observer.page(index, count, &state, progress);
         }
         Ok(())
     }

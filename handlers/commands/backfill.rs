@@ -14,16 +14,40 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+/// Fill sinks from the live container: every item's current version (or the changes since a
+/// time) read from its change feed, per feed range in parallel, through the same pipeline as
+/// live batches. Resumable; overlapping with the live trigger is harmless.
+#[derive(clap::Args)]
 pub struct Args {
+    /// The function whose container and route to use.
+    #[arg(long)]
     pub function: String,
+    /// Only these sinks of the route (repeat). Default: every sink fanout delivers to itself.
+    #[arg(long = "sink", value_name = "SINK")]
     pub sinks: Vec<String>,
+    /// Read every item's current version (the default).
+    #[arg(long)]
     pub from_beginning: bool,
+    /// Only changes since this time (RFC 3339, e.g. 2026-01-31T12:00:00Z).
+    #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
+    /// Keep the read rate under this many request units per second (429s are honoured anyway).
+    #[arg(long, value_name = "RU")]
     pub max_ru_per_second: Option<f64>,
+    /// Feed ranges read at once.
+    #[arg(long, default_value_t = 4)]
     pub parallel: usize,
+    /// Items per change feed page (and per delivery to the sinks).
+    #[arg(long, default_value_t = 100)]
     pub page_size: u32,
+    /// Continue the unfinished backfill of this function from its checkpoint.
+    #[arg(long)]
     pub resume: bool,
+    /// Start over, discarding an unfinished backfill's checkpoint.
+    #[arg(long)]
     pub restart: bool,
+    /// Where checkpoints live (a folder under the app root, or an Azure storage URL).
+    #[arg(long, default_value = ".fanout/backfill", value_name = "LOCATION")]
     pub state: String,
 }
 
@@ -210,14 +234,20 @@ impl Observer for Bars {
         }
     }
 
-    fn page(&self, range: usize, _items: usize, state: &RangeState) {
+    fn page(&self, range: usize, _items: usize, state: &RangeState, progress: Option<f64>) {
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let spent = self.throttle.spent();
+        // The ETA assumes the rest of the range goes as fast as the run so far.
+        let eta = match progress {
+            Some(p) if p > 0.0 => format!(" {:.0}%, ETA {:.0} s", p * 100.0, secs * (1.0 - p) / p),
+            _ => String::new(),
+        };
         if let Some(bar) = self.bars.lock().expect("bars").get(range) {
             bar.set_message(format!(
-                "{} items, {:.0} RU | all ranges {:.0} RU/s, {} throttled",
+                "{} items, {:.0} RU, {:.0} items/s{eta} | all ranges {:.0} RU/s, {} throttled",
                 state.items,
                 state.request_units,
+                state.items as f64 / secs,
                 spent.request_units / secs,
                 spent.throttled
             ));

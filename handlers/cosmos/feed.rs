@@ -42,6 +42,21 @@ pub struct Page {
     pub returned: usize,
     pub continuation: String,
     pub request_units: f64,
+    /// The partition's newest lsn when the page was read (from its session token): how far
+    /// the range's items go, for progress.
+    pub partition_lsn: Option<u64>,
+}
+
+/// The highest global lsn in a session token (`{range}:{version}#{lsn}[#{region}={lsn}]`,
+/// comma-separated segments for several partitions).
+pub fn session_lsn(token: &str) -> Option<u64> {
+    token
+        .split(',')
+        .filter_map(|segment| {
+            let (_, value) = segment.split_once(':')?;
+            value.split('#').nth(1)?.parse::<u64>().ok()
+        })
+        .max()
 }
 
 type Pages = Pin<Box<ChangeFeedPageIterator<ChangeFeedItem<Value>>>>;
@@ -152,6 +167,7 @@ impl RangeReader {
                     returned: 0,
                     continuation: self.continuation_string(),
                     request_units: 0.0,
+                    partition_lsn: None,
                 });
             }
         };
@@ -160,6 +176,10 @@ impl RangeReader {
             .request_charge()
             .map(|c| c.value())
             .unwrap_or(0.0);
+        let partition_lsn = page
+            .headers()
+            .session_token()
+            .and_then(|t| session_lsn(t.as_str()));
         let since = match self.start {
             Start::Since(ts) => Some(ts),
             Start::Beginning => None,
@@ -176,6 +196,7 @@ impl RangeReader {
             returned,
             continuation: self.continuation_string(),
             request_units,
+            partition_lsn,
         })
     }
 
@@ -215,4 +236,23 @@ pub async fn feed_ranges(
     .await?;
     ranges.sort_by(|a, b| a.min_inclusive().cmp(b.min_inclusive()));
     Ok(ranges)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::session_lsn;
+
+    #[test]
+    fn the_partition_lsn_is_read_from_session_tokens() {
+        let cases = [
+            ("0:-1#123", Some(123)),
+            ("0:1#88#1=80#2=88", Some(88)),
+            ("3:-1#10,4:-1#250", Some(250)),
+            ("", None),
+            ("garbage", None),
+        ];
+        for (token, want) in cases {
+            assert_eq!(session_lsn(token), want, "{token}");
+        }
+    }
 }

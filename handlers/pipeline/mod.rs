@@ -54,6 +54,19 @@ pub enum Origin {
 }
 
 impl Route {
+    /// Feed items as changes, and the ones that could not be read (kept raw, with why).
+    pub fn normalize(&self, items: Vec<serde_json::Value>) -> (Vec<Change>, Vec<Unreadable>) {
+        let mut changes = Vec::with_capacity(items.len());
+        let mut unreadable = Vec::new();
+        for (index, item) in items.into_iter().enumerate() {
+            match self.normalizer.normalize(index, item) {
+                Ok(change) => changes.push(change),
+                Err(u) => unreadable.push(u),
+            }
+        }
+        (changes, unreadable)
+    }
+
     /// The same route with only the sinks named (in the route's order).
     pub fn with_sinks(&self, names: &[String]) -> Route {
         Route {
@@ -333,14 +346,7 @@ impl Pipeline {
     ) -> Answer {
         let function = route.function.name.as_str();
         let deadlines = Deadlines::new(Instant::now(), self.function_timeout);
-        let mut changes = Vec::with_capacity(items.len());
-        let mut unreadable = Vec::new();
-        for (index, item) in items.into_iter().enumerate() {
-            match route.normalizer.normalize(index, item) {
-                Ok(change) => changes.push(change),
-                Err(u) => unreadable.push(u),
-            }
-        }
+        let (changes, unreadable) = route.normalize(items);
         let ctx = BatchContext {
             function: function.to_string(),
             invocation_id,
@@ -407,14 +413,7 @@ impl Pipeline {
             Origin::Host => Attempt::new(request.retry.context(), route.function.retry),
             Origin::Replay | Origin::Backfill => Attempt::LAST,
         };
-        let mut changes = Vec::with_capacity(request.items.len());
-        let mut unreadable = Vec::new();
-        for (index, item) in request.items.into_iter().enumerate() {
-            match route.normalizer.normalize(index, item) {
-                Ok(change) => changes.push(change),
-                Err(u) => unreadable.push(u),
-            }
-        }
+        let (changes, unreadable) = route.normalize(request.items);
         let ctx = BatchContext {
             function: function.to_string(),
             invocation_id,

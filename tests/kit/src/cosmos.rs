@@ -153,3 +153,44 @@ impl CosmosEmulator {
         self.store.drain_pending_control_plane().await;
     }
 }
+
+/// Runs `fanout backfill` in process for the app at `app_root` (its `fanout.toml` and
+/// function folders), set up exactly as the command sets it up - the connection string and
+/// region from the app settings, `resolve_target`, `open_container` - but with `builder`
+/// (the emulator's runtime, perhaps with fault rules) as the client's.
+pub async fn run_backfill(
+    app_root: &std::path::Path,
+    emulator: &CosmosEmulator,
+    builder: CosmosClientBuilder,
+    throttle: Arc<fanout::cosmos::Throttle>,
+    options: &fanout::backfill::BackfillOptions,
+    observer: &dyn fanout::backfill::Observer,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<fanout::backfill::BackfillReport, fanout::backfill::BackfillError> {
+    let settings = std::collections::HashMap::from([
+        (
+            "CosmosDBConnection".to_string(),
+            emulator.connection_string(),
+        ),
+        ("REGION_NAME".to_string(), "East US".to_string()),
+    ]);
+    let lookup = |k: &str| settings.get(k).cloned();
+    let config =
+        fanout::config::AppConfig::load(app_root, &app_root.join("fanout.toml"), &lookup).unwrap();
+    let pipeline = fanout::pipeline::Pipeline::build(&config).unwrap();
+    let route = &pipeline.routes()["orders"];
+    let target = fanout::cosmos::resolve_target(&route.function, &lookup).unwrap();
+    assert_eq!(target.endpoint, EMULATOR_URL);
+    let state =
+        fanout::storage::Location::parse(".fanout/backfill", Default::default(), app_root).unwrap();
+    let backfill = fanout::backfill::Backfill {
+        pipeline: &pipeline,
+        route,
+        partition_key: &config.routes["orders"].partition_key,
+        container: fanout::cosmos::open_container(&target, builder).await?,
+        target,
+        checkpoints: fanout::backfill::checkpoint::CheckpointStore::open(&state, "orders").unwrap(),
+        throttle,
+    };
+    backfill.run(options, observer, stop).await
+}

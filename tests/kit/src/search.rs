@@ -365,3 +365,38 @@ async fn gate(
         .unwrap_or_default();
     Json(json!({ "value": results })).into_response()
 }
+
+/// `[functions.orders.sinks.{name}]`: the `orders` index at `endpoint` (api key
+/// `test-admin-key`), version-guarded, projecting id, customerId, status and total; with
+/// [`install_index_definition`] in the app.
+pub fn orders_sink_toml(name: &str, endpoint: &str) -> String {
+    format!(
+        r#"
+[functions.orders.sinks.{name}]
+type = "azure_search"
+endpoint = "{endpoint}"
+index = "orders"
+auth = "api_key"
+api_key = "test-admin-key"
+index_definition = "infra/search/orders.json"
+key = "id"
+version_field = "cosmosVersion"
+
+[functions.orders.sinks.{name}.fields]
+id = "/id"
+customerId = "/customerId"
+status = "/status"
+total = "/total"
+"#
+    )
+}
+
+/// Copies the repository's `infra/search/orders.json` into the app.
+pub fn install_index_definition(app_root: &std::path::Path) {
+    std::fs::create_dir_all(app_root.join("infra/search")).unwrap();
+    std::fs::copy(
+        crate::repo_root().join("infra/search/orders.json"),
+        app_root.join("infra/search/orders.json"),
+    )
+    .unwrap();
+}
