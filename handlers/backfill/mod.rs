@@ -139,6 +139,8 @@ pub struct Backfill<'a> {
 
 struct Shared {
     checkpoint: tokio::sync::Mutex<Checkpoint>,
+    /// Set by the first range that fails: the others stop after their page in flight.
+    failed: AtomicBool,
     pages: std::sync::atomic::AtomicU64,
     lsn_read_back: std::sync::atomic::AtomicU64,
     dead_lettered: std::sync::atomic::AtomicU64,
@@ -188,7 +190,11 @@ impl Backfill<'_> {
             },
         )?;
         let (checkpoint, resumed) = match begin {
-            plan::Begin::Resume(cp) => (*cp, true),
+            plan::Begin::Resume(cp) => {
+                // The sinks it was filling must still be there (renamed or removed: refuse).
+                plan::select_sinks(&function, &route_sinks, &cp.sinks)?;
+                (*cp, true)
+            }
             plan::Begin::Fresh => {
                 let ranges =
                     crate::cosmos::feed_ranges(&self.container, &self.target, &self.throttle)
@@ -220,6 +226,7 @@ impl Backfill<'_> {
         let route = self.route.with_sinks(&checkpoint.sinks);
         let shared = Shared {
             checkpoint: tokio::sync::Mutex::new(checkpoint.clone()),
+            failed: AtomicBool::new(false),
             pages: Default::default(),
             lsn_read_back: Default::default(),
             dead_lettered: Default::default(),
@@ -239,8 +246,12 @@ impl Backfill<'_> {
             .collect()
             .await;
         let mut cp = shared.checkpoint.lock().await.clone();
-        // The first failure says why; the ranges that went on are checkpointed.
-        if let Some(e) = results.into_iter().find_map(Result::err) {
+        // The first failure says why (the others stopped after it, checkpointed).
+        let mut errors = results.into_iter().filter_map(Result::err);
+        if let Some(e) = errors.next() {
+            for other in errors {
+                tracing::warn!(function = %function, error = %other, "another feed range failed too");
+            }
             return Err(e);
         }
         if stop.load(Ordering::Relaxed) && cp.unfinished_ranges() > 0 {
@@ -293,42 +304,104 @@ impl Backfill<'_> {
             checkpoint.page_size,
             state.continuation.clone(),
         );
-        let mut empty_in_a_row = 0;
+        let result = self
+            .read_pages(
+                route,
+                checkpoint,
+                index,
+                &mut state,
+                &mut reader,
+                shared,
+                observer,
+                stop,
+            )
+            .await;
+        if result.is_err() {
+            shared.failed.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn read_pages(
+        &self,
+        route: &Route,
+        checkpoint: &Checkpoint,
+        index: usize,
+        state: &mut RangeState,
+        reader: &mut RangeReader,
+        shared: &Shared,
+        observer: &dyn Observer,
+        stop: &AtomicBool,
+    ) -> Result<(), BackfillError> {
+        // Items changed after the backfill started are the live trigger's: pages of nothing
+        // else count as caught up, so a busy container does not keep a range going forever.
+        let started = checkpoint.started_at.timestamp();
+        let mut quiet_in_a_row = 0;
+        let mut partitions = None;
         let mut page_number = 0u64;
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.load(Ordering::Relaxed) && !shared.failed.load(Ordering::Relaxed) {
             let page = reader.next_page(&self.throttle).await?;
             state.request_units += page.request_units;
+            if page.after_retry {
+                // A rebuilt reader polls the range's partitions from the first again.
+                quiet_in_a_row = 0;
+            }
+            let only_new = page.returned > 0
+                && page.items.iter().all(|i| {
+                    i.get("_ts")
+                        .and_then(Value::as_i64)
+                        .is_some_and(|ts| ts > started)
+                });
+            if page.returned == 0 || only_new {
+                quiet_in_a_row += 1;
+            } else {
+                quiet_in_a_row = 0;
+            }
             if page.returned == 0 {
-                // Caught up once every partition of the range answered empty in turn.
-                empty_in_a_row += 1;
-                if empty_in_a_row >= reader.partitions(&self.throttle).await? {
+                // Caught up once every partition of the range answered "nothing new" in turn,
+                // twice over (the SDK may poll a partition in more than one slice after a
+                // split and a merge; an extra empty page costs about 1 RU).
+                let k = match partitions {
+                    Some(k) => k,
+                    None => {
+                        let k = 2 * reader.partitions(&self.throttle).await?;
+                        partitions = Some(k);
+                        k
+                    }
+                };
+                if quiet_in_a_row >= k {
                     state.done = true;
                     state.continuation = Some(page.continuation);
-                    self.save_range(shared, index, &state).await?;
-                    observer.range_done(index, &state);
+                    self.save_range(shared, index, state).await?;
+                    observer.range_done(index, state);
                     return Ok(());
                 }
+                // Nothing new: do not spin on the partitions that are idle.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 continue;
             }
-            empty_in_a_row = 0;
             if page.items.is_empty() {
                 // Everything on it was older than `--since`.
                 state.continuation = Some(page.continuation);
-                self.save_range(shared, index, &state).await?;
+                self.save_range(shared, index, state).await?;
                 continue;
             }
             page_number += 1;
-            let count = page.items.len();
             let items = self.with_versions(page.items, shared).await?;
+            // Documents deleted before their read-back are not counted.
+            let count = items.len();
             let progress = progress(&items, page.partition_lsn);
             let answer = self
                 .pipeline
                 .deliver_items(
                     route,
                     items,
+                    // Unique across resumes too (the items so far differ).
                     format!(
-                        "backfill:{}:{index}:{page_number}",
-                        checkpoint.started_at.timestamp()
+                        "backfill:{}:{index}:{}:{page_number}",
+                        checkpoint.started_at.timestamp(),
+                        state.items
                     ),
                 )
                 .await;
@@ -344,8 +417,8 @@ impl Backfill<'_> {
             shared.pages.fetch_add(1, Ordering::Relaxed);
             state.items += count as u64;
             state.continuation = Some(page.continuation);
-            self.save_range(shared, index, &state).await?;
-            observer.page(index, count, &state, progress);
+            self.save_range(shared, index, state).await?;
+            observer.page(index, count, state, progress);
         }
         Ok(())
     }
@@ -381,6 +454,10 @@ impl Backfill<'_> {
                     return Ok(Some(item));
                 };
                 let pk = self.partition_key.extract(map);
+                if crate::cosmos::items::sdk_partition_key(&pk).is_none() {
+                    // Not a key the SDK can address: delivered as read (no version).
+                    return Ok(Some(item));
+                }
                 let fresh = crate::cosmos::items::read_with_lsn(
                     &self.container,
                     &self.target,

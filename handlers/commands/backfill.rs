@@ -161,11 +161,9 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         }
     });
     let bars = Bars::new(backfill.throttle.clone());
-    let report = backfill
-        .run(&options, &bars, &stop)
-        .await
-        .map_err(usage_or_failure)?;
+    let report = backfill.run(&options, &bars, &stop).await;
     bars.multi.clear().ok();
+    let report = report.map_err(usage_or_failure)?;
     let s = &report.spent;
     println!(
         "backfill of `{}` from {} into {}: {} items in {} pages over {} feed ranges{}; {:.1} RU ({:.1} RU/s, {:.2} RU per item), {} requests, {} throttled (429), {:.1} s; {} dead-lettered",
@@ -195,6 +193,13 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         "report: {}",
         serde_json::to_string(&report).expect("a report serializes")
     );
+    if report.dead_lettered > 0 {
+        // Everything was read, but not every sink has it yet.
+        return Err(CommandError::Failed(format!(
+            "{} changes could not be delivered and were dead-lettered: `fanout replay --function {}` delivers them once the sink is back",
+            report.dead_lettered, report.function
+        )));
+    }
     Ok(())
 }
 

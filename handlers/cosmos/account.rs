@@ -160,11 +160,16 @@ fn parse_connection_string(value: &str) -> Result<(String, String), String> {
 
 /// `https://host[:port]/`, with the trailing slash the SDK expects.
 fn normalize_endpoint(endpoint: &str) -> Result<String, String> {
+    // Shown only without a key in it (a connection string pasted where the endpoint goes).
+    let shown = match endpoint.to_ascii_lowercase().find("accountkey") {
+        Some(at) => format!("{}AccountKey=***", &endpoint[..at]),
+        None => endpoint.to_string(),
+    };
     let url = url::Url::parse(endpoint.trim())
-        .map_err(|e| format!("account endpoint `{endpoint}` is not a URL: {e}"))?;
+        .map_err(|e| format!("account endpoint `{shown}` is not a URL: {e}"))?;
     if url.scheme() != "https" || url.host_str().is_none() {
         return Err(format!(
-            "account endpoint `{endpoint}` must be an https:// URL such as https://<account>.documents.azure.com:443/"
+            "account endpoint `{shown}` must be an https:// URL such as https://<account>.documents.azure.com:443/"
         ));
     }
     let mut s = url.to_string();
@@ -247,6 +252,14 @@ mod tests {
                 Some("shop"),
                 vec![("Cosmos__accountEndpoint", "http://acct:8081/")],
                 Err("must be an https:// URL"),
+            ),
+            (
+                Some("shop"),
+                vec![(
+                    "Cosmos__accountEndpoint",
+                    "AccountEndpoint=https://a/;AccountKey=c2VjcmV0;",
+                )],
+                Err("`AccountEndpoint=https://a/;AccountKey=***` is not a URL"),
             ),
         ];
         for (database, pairs, want) in cases {

@@ -61,7 +61,12 @@ pub fn classify(e: &azure_data_cosmos::CosmosError) -> Retry {
         return Retry::Throttled(after);
     }
     let code = u16::from(status.status_code());
-    if status.is_transient() || status.is_gone() || matches!(code, 0 | 500 | 502 | 504) {
+    // Sub-statuses from 20000 up are the SDK's own (a body it could not decode, say): the
+    // same request would fail the same way.
+    let client_side = status.sub_status().is_some_and(|s| s.value() >= 20_000);
+    if client_side {
+        Retry::Stop
+    } else if status.is_transient() || status.is_gone() || matches!(code, 0 | 500 | 502 | 504) {
         Retry::Transient
     } else {
         Retry::Stop

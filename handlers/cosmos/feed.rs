@@ -45,6 +45,9 @@ pub struct Page {
     /// The partition's newest lsn when the page was read (from its session token): how far
     /// the range's items go, for progress.
     pub partition_lsn: Option<u64>,
+    /// The reader was rebuilt after a failure before this page: the SDK then polls the
+    /// range's partitions from the first again, so a run of empty pages starts over.
+    pub after_retry: bool,
 }
 
 /// The highest global lsn in a session token (`{range}:{version}#{lsn}[#{region}={lsn}]`,
@@ -102,8 +105,9 @@ impl RangeReader {
         loop {
             throttle.before_request().await;
             let failure = match self.poll().await {
-                Ok(page) => {
+                Ok(mut page) => {
                     throttle.charge(page.request_units);
+                    page.after_retry = attempt > 0;
                     return Ok(page);
                 }
                 Err(e) => e,
@@ -154,12 +158,17 @@ impl RangeReader {
         }
         let pages = self.pages.as_mut().expect("just opened");
         let next = pages.next().await;
-        // Kept after an error too: the iterator restores its plan before failing.
-        if let Ok(token) = pages.to_continuation_token() {
-            self.continuation = Some(token);
-        }
         let page = match next {
-            Some(page) => page?,
+            // The continuation moves only past a page that arrived whole: after an error the
+            // SDK's may already point past the page that failed (say, one it could not
+            // decode), so the reader is rebuilt from the last good one and reads it again.
+            Some(Ok(page)) => {
+                if let Ok(token) = pages.to_continuation_token() {
+                    self.continuation = Some(token);
+                }
+                page
+            }
+            Some(Err(e)) => return Err(e),
             None => {
                 self.pages = None;
                 return Ok(Page {
@@ -168,6 +177,7 @@ impl RangeReader {
                     continuation: self.continuation_string(),
                     request_units: 0.0,
                     partition_lsn: None,
+                    after_retry: false,
                 });
             }
         };
@@ -197,6 +207,7 @@ impl RangeReader {
             continuation: self.continuation_string(),
             request_units,
             partition_lsn,
+            after_retry: false,
         })
     }
 

@@ -759,7 +759,11 @@ impl Pipeline {
             }
         } else {
             let failing = &plan.retry;
-            tracing::warn!(function, invocation_id = %ctx.invocation_id, changes = changes.len(), ?failing, retry = attempt.retry_count, lag_s, elapsed_ms, sinks, "batch failed; the host will re-deliver");
+            if origin == Origin::Host {
+                tracing::warn!(function, invocation_id = %ctx.invocation_id, changes = changes.len(), ?failing, retry = attempt.retry_count, lag_s, elapsed_ms, sinks, "batch failed; the host will re-deliver");
+            } else {
+                tracing::warn!(function, invocation_id = %ctx.invocation_id, changes = changes.len(), ?failing, elapsed_ms, sinks, "batch failed and could not be dead-lettered; it stays where it came from");
+            }
         }
         for line in &logs[1..] {
             tracing::debug!(function, "{line}");
