@@ -263,6 +263,9 @@ struct Interrupt {
     stop_after: usize,
     split: Arc<tokio::sync::Notify>,
     stop: Arc<AtomicBool>,
+    /// Set by the splitter once the split is done; read when the run is stopped.
+    split_done: Arc<AtomicBool>,
+    split_before_stop: AtomicBool,
 }
 
 impl fanout::backfill::Observer for Interrupt {
@@ -278,6 +281,9 @@ impl fanout::backfill::Observer for Interrupt {
             self.split.notify_one();
         }
         if n == self.stop_after {
+            let done = self.split_done.load(std::sync::atomic::Ordering::SeqCst);
+            self.split_before_stop
+                .store(done, std::sync::atomic::Ordering::SeqCst);
             self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
@@ -298,11 +304,13 @@ async fn a_split_during_a_backfill_and_an_interruption_lose_nothing() {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let split = Arc::new(tokio::sync::Notify::new());
+    let split_done = Arc::new(AtomicBool::new(false));
     let splitter = {
-        let (emulator, split) = (emulator.clone(), split.clone());
+        let (emulator, split, done) = (emulator.clone(), split.clone(), split_done.clone());
         tokio::spawn(async move {
             split.notified().await;
             emulator.split(0).await;
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
         })
     };
     let interrupt = Interrupt {
@@ -311,6 +319,8 @@ async fn a_split_during_a_backfill_and_an_interruption_lose_nothing() {
         stop_after: 12,
         split,
         stop: stop.clone(),
+        split_done,
+        split_before_stop: AtomicBool::new(false),
     };
     let first = common::cosmos::run_backfill(
         app.path(),
@@ -326,6 +336,12 @@ async fn a_split_during_a_backfill_and_an_interruption_lose_nothing() {
     assert!(
         matches!(first, Err(BackfillError::Interrupted(_))),
         "{first:?}"
+    );
+    assert!(
+        interrupt
+            .split_before_stop
+            .load(std::sync::atomic::Ordering::SeqCst),
+        "the split happened while the first run was reading"
     );
     let partial = read_table(&app.table("tables/orders")).await.rows.len();
     assert!(
@@ -637,4 +653,46 @@ async fn bad_input_stops_before_any_work_with_exit_2() {
         !app.path().join(".fanout/backfill/orders.json").exists(),
         "no work done"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_a_time_only_later_changes_are_delivered() {
+    let redis = RedisServer::start();
+    let app = app(&redis);
+    let emulator = CosmosEmulator::start("shop", "orders", "/customerId", 2);
+    emulator.upsert_all(orders(300, 50, 1), "customerId").await;
+    // The next second on the wall clock: `_ts` has one-second resolution.
+    let since = chrono::Utc::now().timestamp() + 1;
+    while chrono::Utc::now().timestamp() < since {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let later: Vec<Value> = orders(300, 50, 2)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 == 0)
+        .map(|(_, d)| d)
+        .collect();
+    emulator.upsert_all(later.clone(), "customerId").await;
+    let report = backfill(
+        &app,
+        &emulator,
+        &BackfillOptions {
+            start: Some(fanout::cosmos::Start::Since(since)),
+            page_size: 50,
+            ..BackfillOptions::default()
+        },
+        Arc::new(Throttle::new(None)),
+        &AtomicBool::new(false),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.items, later.len() as u64);
+    let table = read_table(&app.table("tables/orders")).await;
+    let ids: HashSet<String> = table.rows.iter().map(|r| r.id.clone()).collect();
+    let want: HashSet<String> = later
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, want, "only the documents changed since the time");
+    assert!(table.rows.iter().all(|r| r.ts.unwrap() >= since));
 }

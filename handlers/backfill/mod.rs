@@ -347,7 +347,8 @@ impl Backfill<'_> {
                 // A rebuilt reader polls the range's partitions from the first again.
                 quiet_in_a_row = 0;
             }
-            let only_new = page.returned > 0
+            // (A page whose items were all older than `--since` is progress, not quiet.)
+            let only_new = !page.items.is_empty()
                 && page.items.iter().all(|i| {
                     i.get("_ts")
                         .and_then(Value::as_i64)
