@@ -29,6 +29,7 @@ pub mod storage;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+pub mod verify;
 
 /// The message of a caught panic (`panic!` payloads are a `&str` or a `String`).
 pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
