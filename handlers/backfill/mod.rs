@@ -64,8 +64,12 @@ pub enum BackfillError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    #[error("function `{0}` has no route in the config")]
-    NoRoute(String),
+    #[error("no function `{function}` in {file}; its functions: {known}")]
+    NoRoute {
+        function: String,
+        file: String,
+        known: String,
+    },
     #[error(
         "feed range {range}: the sinks did not take a page and the dead-letter store did not keep it; nothing past the last checkpoint counts as done (`--resume` retries it): {detail}"
     )]
@@ -78,7 +82,7 @@ impl BackfillError {
     /// Bad input (stopped before any work): exit 2.
     pub fn is_usage(&self) -> bool {
         match self {
-            BackfillError::Plan(_) | BackfillError::NoRoute(_) => true,
+            BackfillError::Plan(_) | BackfillError::NoRoute { .. } => true,
             BackfillError::Source(e) => e.is_usage(),
             _ => false,
         }
@@ -146,7 +150,46 @@ struct Shared {
     dead_lettered: std::sync::atomic::AtomicU64,
 }
 
-impl Backfill<'_> {
+impl<'a> Backfill<'a> {
+    /// Sets up a backfill of `function` the one way the command and the tests do: its route
+    /// and partition key from the config, the sinks asked for checked (no request yet), the
+    /// container named by the trigger's settings (`setting`: the app settings) and opened with
+    /// `builder` (`CosmosClientBuilder::new()`; tests pass the in-memory emulator's).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn prepare(
+        config: &'a crate::config::AppConfig,
+        pipeline: &'a Pipeline,
+        function: &str,
+        sinks: &[String],
+        setting: &dyn Fn(&str) -> Option<String>,
+        builder: azure_data_cosmos::CosmosClientBuilder,
+        checkpoints: CheckpointStore,
+        throttle: Arc<Throttle>,
+    ) -> Result<Self, BackfillError> {
+        let (Some(route), Some(route_config)) =
+            (pipeline.routes().get(function), config.routes.get(function))
+        else {
+            return Err(BackfillError::NoRoute {
+                function: function.to_string(),
+                file: config.file.display().to_string(),
+                known: config.routes.keys().cloned().collect::<Vec<_>>().join(", "),
+            });
+        };
+        plan::select_sinks(function, &plan::RouteSink::of(route), sinks)?;
+        let target =
+            crate::cosmos::resolve_target(&route.function, setting).map_err(SourceError::from)?;
+        let container = crate::cosmos::open_container(&target, builder).await?;
+        Ok(Backfill {
+            pipeline,
+            route,
+            partition_key: &route_config.partition_key,
+            container,
+            target,
+            checkpoints,
+            throttle,
+        })
+    }
+
     /// Checks what was asked against the route, the container and the checkpoint, then runs.
     /// `stop`: set it (Ctrl-C) to end after the pages in flight, checkpointed.
     pub async fn run(
@@ -156,15 +199,7 @@ impl Backfill<'_> {
         stop: &AtomicBool,
     ) -> Result<BackfillReport, BackfillError> {
         let function = self.route.function.name.clone();
-        let route_sinks: Vec<plan::RouteSink<'_>> = self
-            .route
-            .sinks
-            .iter()
-            .map(|s| plan::RouteSink {
-                name: s.name(),
-                host_delivers: s.host_delivers(),
-            })
-            .collect();
+        let route_sinks = plan::RouteSink::of(self.route);
         let chosen = plan::select_sinks(&function, &route_sinks, &options.sinks)?;
         crate::cosmos::check_partition_key(
             &self.container,

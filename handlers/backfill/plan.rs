@@ -10,6 +10,20 @@ pub struct RouteSink<'a> {
     pub host_delivers: bool,
 }
 
+impl<'a> RouteSink<'a> {
+    /// The sinks of a route, as the plan sees them.
+    pub fn of(route: &'a crate::pipeline::Route) -> Vec<RouteSink<'a>> {
+        route
+            .sinks
+            .iter()
+            .map(|s| RouteSink {
+                name: s.name(),
+                host_delivers: s.host_delivers(),
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error("function `{function}` has no sink `{sink}`; its sinks: {known}")]

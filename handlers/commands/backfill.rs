@@ -5,7 +5,6 @@
 
 use super::{CommandError, Context};
 use fanout::backfill::checkpoint::{CheckpointStore, RangeState};
-use fanout::backfill::plan::{RouteSink, select_sinks};
 use fanout::backfill::{Backfill, BackfillError, BackfillOptions, Observer};
 use fanout::cosmos::{Start, Throttle};
 use fanout::storage::Location;
@@ -100,47 +99,23 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         (None, false) => None,
     };
     let (config, pipeline) = ctx.pipeline()?;
-    let (Some(route), Some(route_config)) = (
-        pipeline.routes().get(&args.function),
-        config.routes.get(&args.function),
-    ) else {
-        return Err(CommandError::Usage(format!(
-            "no function `{}` in {}; its functions: {}",
-            args.function,
-            config.file.display(),
-            config.routes.keys().cloned().collect::<Vec<_>>().join(", ")
-        )));
-    };
-    // Every check that needs no service runs before the first request.
-    let route_sinks: Vec<RouteSink<'_>> = route
-        .sinks
-        .iter()
-        .map(|s| RouteSink {
-            name: s.name(),
-            host_delivers: s.host_delivers(),
-        })
-        .collect();
-    select_sinks(&args.function, &route_sinks, &args.sinks)
-        .map_err(|e| CommandError::Usage(e.to_string()))?;
-    let target = fanout::cosmos::resolve_target(&route.function, &|name| ctx.settings.get(name))
-        .map_err(|e| CommandError::Usage(e.to_string()))?;
     let state = Location::parse(&args.state, Default::default(), &ctx.app_root)
         .map_err(|e| CommandError::Usage(format!("--state: {e}")))?;
     let checkpoints = CheckpointStore::open(&state, &args.function)
         .map_err(|e| CommandError::Usage(format!("--state: {e}")))?;
-    let container =
-        fanout::cosmos::open_container(&target, azure_data_cosmos::CosmosClientBuilder::new())
-            .await
-            .map_err(|e| usage_or_failure(e.into()))?;
-    let backfill = Backfill {
-        pipeline: &pipeline,
-        route,
-        partition_key: &route_config.partition_key,
-        container,
-        target,
+    // Every check that needs no service runs before the first request.
+    let backfill = Backfill::prepare(
+        &config,
+        &pipeline,
+        &args.function,
+        &args.sinks,
+        &|name| ctx.settings.get(name),
+        azure_data_cosmos::CosmosClientBuilder::new(),
         checkpoints,
-        throttle: Arc::new(Throttle::new(args.max_ru_per_second)),
-    };
+        Arc::new(Throttle::new(args.max_ru_per_second)),
+    )
+    .await
+    .map_err(usage_or_failure)?;
     let options = BackfillOptions {
         sinks: args.sinks,
         start,

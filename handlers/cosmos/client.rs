@@ -130,26 +130,37 @@ where
                 throttle.charge(v.request_units());
                 return Ok(v);
             }
+            Err(e) if wait_to_retry(throttle, &e, attempt).await => attempt += 1,
             Err(e) => {
-                throttle.charge(0.0);
-                match classify(&e) {
-                    Retry::Throttled(after) if attempt < MAX_ATTEMPTS => {
-                        throttle.throttled(after, attempt).await
-                    }
-                    Retry::Transient if attempt < MAX_TRANSIENT_ATTEMPTS => {
-                        tokio::time::sleep(super::throttle::backoff(None, attempt)).await
-                    }
-                    _ => {
-                        return Err(SourceError::Service {
-                            what: what.to_string(),
-                            target: target.describe(),
-                            source: e,
-                        });
-                    }
-                }
-                attempt += 1;
+                return Err(SourceError::Service {
+                    what: what.to_string(),
+                    target: target.describe(),
+                    source: e,
+                });
             }
         }
+    }
+}
+
+/// After a failed call: counts it, and waits before the next attempt when one is due
+/// (throttled: what the service asks, at most [`MAX_ATTEMPTS`] times; transient: a backoff,
+/// at most [`MAX_TRANSIENT_ATTEMPTS`] times). `false`: give up.
+pub(super) async fn wait_to_retry(
+    throttle: &Throttle,
+    e: &azure_data_cosmos::CosmosError,
+    attempt: u32,
+) -> bool {
+    throttle.charge(0.0);
+    match classify(e) {
+        Retry::Throttled(after) if attempt < MAX_ATTEMPTS => {
+            throttle.throttled(after, attempt).await;
+            true
+        }
+        Retry::Transient if attempt < MAX_TRANSIENT_ATTEMPTS => {
+            tokio::time::sleep(super::throttle::backoff(None, attempt)).await;
+            true
+        }
+        _ => false,
     }
 }
 

@@ -9,8 +9,8 @@
 //! shared [`Throttle`].
 
 use super::account::CosmosTarget;
-use super::error::{Retry, SourceError, classify};
-use super::throttle::{Throttle, backoff};
+use super::error::SourceError;
+use super::throttle::Throttle;
 use azure_data_cosmos::FeedScope;
 use azure_data_cosmos::clients::ContainerClient;
 use azure_data_cosmos::feed::{ChangeFeedPageIterator, ContinuationToken, FeedRange};
@@ -112,23 +112,14 @@ impl RangeReader {
                 }
                 Err(e) => e,
             };
-            throttle.charge(0.0);
             // A failed iterator yields nothing more: rebuild it from the last continuation.
             self.pages = None;
-            match classify(&failure) {
-                Retry::Throttled(after) if attempt < super::client::MAX_ATTEMPTS => {
-                    throttle.throttled(after, attempt).await
-                }
-                Retry::Transient if attempt < super::client::MAX_TRANSIENT_ATTEMPTS => {
-                    tokio::time::sleep(backoff(None, attempt)).await
-                }
-                _ => {
-                    return Err(SourceError::Service {
-                        what: format!("reading the change feed of feed range {}", self.range),
-                        target: self.target.describe(),
-                        source: failure,
-                    });
-                }
+            if !super::client::wait_to_retry(throttle, &failure, attempt).await {
+                return Err(SourceError::Service {
+                    what: format!("reading the change feed of feed range {}", self.range),
+                    target: self.target.describe(),
+                    source: failure,
+                });
             }
             attempt += 1;
         }

@@ -178,19 +178,21 @@ pub async fn run_backfill(
     let config =
         fanout::config::AppConfig::load(app_root, &app_root.join("fanout.toml"), &lookup).unwrap();
     let pipeline = fanout::pipeline::Pipeline::build(&config).unwrap();
-    let route = &pipeline.routes()["orders"];
-    let target = fanout::cosmos::resolve_target(&route.function, &lookup).unwrap();
-    assert_eq!(target.endpoint, EMULATOR_URL);
     let state =
         fanout::storage::Location::parse(".fanout/backfill", Default::default(), app_root).unwrap();
-    let backfill = fanout::backfill::Backfill {
-        pipeline: &pipeline,
-        route,
-        partition_key: &config.routes["orders"].partition_key,
-        container: fanout::cosmos::open_container(&target, builder).await?,
-        target,
-        checkpoints: fanout::backfill::checkpoint::CheckpointStore::open(&state, "orders").unwrap(),
+    let checkpoints =
+        fanout::backfill::checkpoint::CheckpointStore::open(&state, "orders").unwrap();
+    let backfill = fanout::backfill::Backfill::prepare(
+        &config,
+        &pipeline,
+        "orders",
+        &options.sinks,
+        &lookup,
+        builder,
+        checkpoints,
         throttle,
-    };
+    )
+    .await?;
+    assert_eq!(backfill.target.endpoint, EMULATOR_URL);
     backfill.run(options, observer, stop).await
 }
