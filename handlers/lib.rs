@@ -14,6 +14,7 @@
 
 pub mod backfill;
 pub mod change;
+pub mod changelog;
 pub mod config;
 pub mod cosmos;
 pub mod deadletter;
@@ -25,6 +26,7 @@ pub mod pipeline;
 pub mod problem;
 pub mod server;
 pub mod sinks;
+pub mod source;
 pub mod storage;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-util"))]

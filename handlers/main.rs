@@ -49,6 +49,9 @@ enum Command {
         dry_run: bool,
     },
     Backfill(commands::backfill::Args),
+    Verify(commands::verify::Args),
+    History(commands::history::Args),
+    Restore(commands::restore::Args),
     /// Summarize a changelog table: versions, files, rows per operation, latest state.
     Changelog {
         /// Table location (path or URL). Default: every delta sink in the config.
@@ -112,6 +115,9 @@ fn main() -> ExitCode {
                 dry_run,
             } => commands::replay::run(&ctx, function, sink, batches, dry_run).await,
             Command::Backfill(args) => commands::backfill::run(&ctx, args).await,
+            Command::Verify(args) => commands::verify::run(&ctx, args).await,
+            Command::History(args) => commands::history::run(&ctx, args).await,
+            Command::Restore(args) => commands::restore::run(&ctx, args).await,
             Command::Changelog { table } => commands::changelog::run(&ctx, table).await,
             Command::Compact { table } => commands::maintain::compact(&ctx, table).await,
             Command::Vacuum {

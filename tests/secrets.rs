@@ -154,6 +154,10 @@ async fn no_secret_reaches_logs_answers_or_dead_letters() {
     let out = app.run(&["backfill", "--function", "orders"], &env);
     assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
     assert_no_secret("backfill", &(common::stdout(&out) + &common::stderr(&out)));
+    // The same for verify, and its report.
+    let out = app.run(&["verify", "--function", "orders"], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    assert_no_secret("verify", &(common::stdout(&out) + &common::stderr(&out)));
 
     // check-config, valid and with a mistake next to the secrets.
     let env = secret_env();

@@ -21,6 +21,7 @@ pub mod plan;
 use crate::change::PartitionKeyPaths;
 use crate::cosmos::{CosmosTarget, RangeReader, SourceError, Spent, Start, Throttle};
 use crate::pipeline::{Pipeline, Route};
+use crate::source::FunctionSource;
 use azure_data_cosmos::clients::ContainerClient;
 use checkpoint::{Checkpoint, CheckpointError, CheckpointStore, RangeState};
 use chrono::Utc;
@@ -64,12 +65,8 @@ pub enum BackfillError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    #[error("no function `{function}` in {file}; its functions: {known}")]
-    NoRoute {
-        function: String,
-        file: String,
-        known: String,
-    },
+    #[error(transparent)]
+    Open(#[from] crate::source::OpenError),
     #[error(
         "feed range {range}: the sinks did not take a page and the dead-letter store did not keep it; nothing past the last checkpoint counts as done (`--resume` retries it): {detail}"
     )]
@@ -82,7 +79,8 @@ impl BackfillError {
     /// Bad input (stopped before any work): exit 2.
     pub fn is_usage(&self) -> bool {
         match self {
-            BackfillError::Plan(_) | BackfillError::NoRoute { .. } => true,
+            BackfillError::Plan(_) => true,
+            BackfillError::Open(e) => e.is_usage(),
             BackfillError::Source(e) => e.is_usage(),
             _ => false,
         }
@@ -128,6 +126,8 @@ pub struct BackfillReport {
     pub ranges: Vec<RangeState>,
     pub spent: Spent,
     pub checkpoint: String,
+    /// Sinks that recorded the completed baseline (a backfill from the beginning).
+    pub baseline: Vec<String>,
 }
 
 /// Everything a backfill runs against, set up by the caller.
@@ -166,25 +166,15 @@ impl<'a> Backfill<'a> {
         checkpoints: CheckpointStore,
         throttle: Arc<Throttle>,
     ) -> Result<Self, BackfillError> {
-        let (Some(route), Some(route_config)) =
-            (pipeline.routes().get(function), config.routes.get(function))
-        else {
-            return Err(BackfillError::NoRoute {
-                function: function.to_string(),
-                file: config.file.display().to_string(),
-                known: config.routes.keys().cloned().collect::<Vec<_>>().join(", "),
-            });
-        };
+        let (route, partition_key) = FunctionSource::route(config, pipeline, function)?;
         plan::select_sinks(function, &plan::RouteSink::of(route), sinks)?;
-        let target =
-            crate::cosmos::resolve_target(&route.function, setting).map_err(SourceError::from)?;
-        let container = crate::cosmos::open_container(&target, builder).await?;
+        let source = FunctionSource::open(route, partition_key, setting, builder).await?;
         Ok(Backfill {
             pipeline,
             route,
-            partition_key: &route_config.partition_key,
-            container,
-            target,
+            partition_key,
+            container: source.container,
+            target: source.target,
             checkpoints,
             throttle,
         })
@@ -292,8 +282,22 @@ impl<'a> Backfill<'a> {
         if stop.load(Ordering::Relaxed) && cp.unfinished_ranges() > 0 {
             return Err(BackfillError::Interrupted(function));
         }
-        cp.completed_at = Some(Utc::now());
+        let completed = Utc::now();
+        cp.completed_at = Some(completed);
         self.checkpoints.save(&cp).await?;
+        // Every document was read from the beginning: the sinks that keep history now hold a
+        // complete baseline as of now (restore can answer times from here on).
+        let mut baseline = Vec::new();
+        if cp.start == Start::Beginning {
+            for sink in &route.sinks {
+                match sink.baseline_complete(&function, completed).await {
+                    Ok(()) => baseline.push(sink.name().to_string()),
+                    Err(e) => {
+                        tracing::warn!(function = %function, sink = sink.name(), error = %e.detail(), "the backfill completed but its baseline could not be recorded: restore will refuse times before a later backfill")
+                    }
+                }
+            }
+        }
         Ok(BackfillReport {
             function,
             container,
@@ -306,6 +310,7 @@ impl<'a> Backfill<'a> {
             ranges: cp.ranges,
             spent: self.throttle.spent(),
             checkpoint: self.checkpoints.shown().to_string(),
+            baseline,
         })
     }
 
@@ -369,92 +374,60 @@ impl<'a> Backfill<'a> {
         observer: &dyn Observer,
         stop: &AtomicBool,
     ) -> Result<(), BackfillError> {
-        // Items changed after the backfill started are the live trigger's: pages of nothing
-        // else count as caught up, so a busy container does not keep a range going forever.
-        let started = checkpoint.started_at.timestamp();
-        let mut quiet_in_a_row = 0;
-        let mut partitions = None;
         let mut page_number = 0u64;
-        while !stop.load(Ordering::Relaxed) && !shared.failed.load(Ordering::Relaxed) {
-            let page = reader.next_page(&self.throttle).await?;
-            state.request_units += page.request_units;
-            if page.after_retry {
-                // A rebuilt reader polls the range's partitions from the first again.
-                quiet_in_a_row = 0;
-            }
-            // (A page whose items were all older than `--since` is progress, not quiet.)
-            let only_new = !page.items.is_empty()
-                && page.items.iter().all(|i| {
-                    i.get("_ts")
-                        .and_then(Value::as_i64)
-                        .is_some_and(|ts| ts > started)
-                });
-            if page.returned == 0 || only_new {
-                quiet_in_a_row += 1;
-            } else {
-                quiet_in_a_row = 0;
-            }
-            if page.returned == 0 {
-                // Caught up once every partition of the range answered "nothing new" in turn,
-                // twice over (the SDK may poll a partition in more than one slice after a
-                // split and a merge; an extra empty page costs about 1 RU).
-                let k = match partitions {
-                    Some(k) => k,
-                    None => {
-                        let k = 2 * reader.partitions(&self.throttle).await?;
-                        partitions = Some(k);
-                        k
-                    }
-                };
-                if quiet_in_a_row >= k {
-                    state.done = true;
+        let drained = crate::cosmos::feed::drain(
+            reader,
+            &self.throttle,
+            checkpoint.started_at.timestamp(),
+            &|| stop.load(Ordering::Relaxed) || shared.failed.load(Ordering::Relaxed),
+            async |page: crate::cosmos::Page| {
+                state.request_units += page.request_units;
+                if page.items.is_empty() {
+                    // Everything on it was older than `--since`.
                     state.continuation = Some(page.continuation);
-                    self.save_range(shared, index, state).await?;
-                    observer.range_done(index, state);
-                    return Ok(());
+                    return self.save_range(shared, index, state).await;
                 }
-                // Nothing new: do not spin on the partitions that are idle.
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                continue;
-            }
-            if page.items.is_empty() {
-                // Everything on it was older than `--since`.
+                page_number += 1;
+                let items = self.with_versions(page.items, shared).await?;
+                // Documents deleted before their read-back are not counted.
+                let count = items.len();
+                let progress = progress(&items, page.partition_lsn);
+                let answer = self
+                    .pipeline
+                    .deliver_items(
+                        route,
+                        items,
+                        // Unique across resumes too (the items so far differ).
+                        format!(
+                            "backfill:{}:{index}:{}:{page_number}",
+                            checkpoint.started_at.timestamp(),
+                            state.items
+                        ),
+                    )
+                    .await;
+                if !(200..300).contains(&answer.status) {
+                    return Err(BackfillError::Delivery {
+                        range: state.range.clone(),
+                        detail: answer.response.logs.join("; "),
+                    });
+                }
+                shared
+                    .dead_lettered
+                    .fetch_add(answer.dead_lettered as u64, Ordering::Relaxed);
+                shared.pages.fetch_add(1, Ordering::Relaxed);
+                state.items += count as u64;
                 state.continuation = Some(page.continuation);
                 self.save_range(shared, index, state).await?;
-                continue;
-            }
-            page_number += 1;
-            let items = self.with_versions(page.items, shared).await?;
-            // Documents deleted before their read-back are not counted.
-            let count = items.len();
-            let progress = progress(&items, page.partition_lsn);
-            let answer = self
-                .pipeline
-                .deliver_items(
-                    route,
-                    items,
-                    // Unique across resumes too (the items so far differ).
-                    format!(
-                        "backfill:{}:{index}:{}:{page_number}",
-                        checkpoint.started_at.timestamp(),
-                        state.items
-                    ),
-                )
-                .await;
-            if !(200..300).contains(&answer.status) {
-                return Err(BackfillError::Delivery {
-                    range: state.range.clone(),
-                    detail: answer.response.logs.join("; "),
-                });
-            }
-            shared
-                .dead_lettered
-                .fetch_add(answer.dead_lettered as u64, Ordering::Relaxed);
-            shared.pages.fetch_add(1, Ordering::Relaxed);
-            state.items += count as u64;
-            state.continuation = Some(page.continuation);
+                observer.page(index, count, state, progress);
+                Ok(())
+            },
+        )
+        .await?;
+        if let crate::cosmos::feed::Drained::CaughtUp(continuation) = drained {
+            state.done = true;
+            state.continuation = Some(continuation);
             self.save_range(shared, index, state).await?;
-            observer.page(index, count, state, progress);
+            observer.range_done(index, state);
         }
         Ok(())
     }
@@ -471,49 +444,21 @@ impl<'a> Backfill<'a> {
         Ok(())
     }
 
-    /// Items without `_lsn` read back by id (see the module doc), 16 at a time, in order.
+    /// Items without `_lsn` read back by id (see the module doc).
     async fn with_versions(
         &self,
         items: Vec<Value>,
         shared: &Shared,
     ) -> Result<Vec<Value>, BackfillError> {
-        if items.iter().all(|i| i.get("_lsn").is_some()) {
-            return Ok(items);
-        }
-        let read: Vec<Result<Option<Value>, SourceError>> = futures::stream::iter(items)
-            .map(|item| async move {
-                let (Some(map), true) = (item.as_object(), item.get("_lsn").is_none()) else {
-                    return Ok(Some(item));
-                };
-                let Some(id) = map.get("id").and_then(Value::as_str) else {
-                    // Not a document the pipeline can read: it dead-letters it with the reason.
-                    return Ok(Some(item));
-                };
-                let pk = self.partition_key.extract(map);
-                if crate::cosmos::items::sdk_partition_key(&pk).is_none() {
-                    // Not a key the SDK can address: delivered as read (no version).
-                    return Ok(Some(item));
-                }
-                let fresh = crate::cosmos::items::read_with_lsn(
-                    &self.container,
-                    &self.target,
-                    &self.throttle,
-                    &pk,
-                    id,
-                )
-                .await?;
-                shared.lsn_read_back.fetch_add(1, Ordering::Relaxed);
-                Ok(fresh)
-            })
-            .buffered(16)
-            .collect()
-            .await;
-        let mut out = Vec::with_capacity(read.len());
-        for r in read {
-            if let Some(v) = r? {
-                out.push(v);
-            }
-        }
-        Ok(out)
+        let (items, read_back) = crate::cosmos::items::with_lsns(
+            &self.container,
+            &self.target,
+            &self.throttle,
+            self.partition_key,
+            items,
+        )
+        .await?;
+        shared.lsn_read_back.fetch_add(read_back, Ordering::Relaxed);
+        Ok(items)
     }
 }

@@ -94,6 +94,20 @@ impl PartitionKey {
         Value::Array(items).to_string()
     }
 
+    /// The key of a [`PartitionKey::to_wire`] form (`{}` is an undefined component).
+    pub fn from_wire(wire: &str) -> Option<Self> {
+        let items: Vec<Value> = serde_json::from_str(wire).ok()?;
+        Some(PartitionKey(
+            items
+                .into_iter()
+                .map(|v| match v {
+                    Value::Object(m) if m.is_empty() => None,
+                    v => Some(v),
+                })
+                .collect(),
+        ))
+    }
+
     /// A plain string for systems that key by string (Event Hubs partition keys, Kafka keys,
     /// cache keys): a single string component as is, anything else in wire form.
     pub fn as_key_string(&self) -> String {
@@ -114,6 +128,18 @@ impl fmt::Display for PartitionKey {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_wire_form_reads_back() {
+        for pk in [
+            PartitionKey(vec![Some(json!("c1"))]),
+            PartitionKey(vec![None]),
+            PartitionKey(vec![Some(json!("t")), Some(json!(1)), Some(Value::Null)]),
+        ] {
+            assert_eq!(PartitionKey::from_wire(&pk.to_wire()), Some(pk));
+        }
+        assert_eq!(PartitionKey::from_wire("c1"), None);
+    }
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()

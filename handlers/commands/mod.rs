@@ -4,10 +4,13 @@ pub mod backfill;
 pub mod changelog;
 pub mod check;
 pub mod demo;
+pub mod history;
 pub mod maintain;
 pub mod replay;
+pub mod restore;
 pub mod search_index;
 pub mod serve;
+pub mod verify;
 
 use fanout::config::{AppConfig, AppSettings, CONFIG_FILE, ConfigError, resolve_app_root};
 use fanout::pipeline::{BuildError, Pipeline};
@@ -24,6 +27,9 @@ pub enum CommandError {
     Usage(String),
     #[error("{0}")]
     Failed(String),
+    /// `verify` found drift: exit 3, so scripts tell it from a verify that could not run.
+    #[error("{0}")]
+    Drift(String),
 }
 
 impl CommandError {
@@ -31,6 +37,7 @@ impl CommandError {
         match self {
             CommandError::Config(_) | CommandError::Build(_) | CommandError::Usage(_) => 2,
             CommandError::Failed(_) => 1,
+            CommandError::Drift(_) => 3,
         }
     }
 }

@@ -63,6 +63,14 @@ pub enum TargetError {
     },
     #[error("app setting `{setting}`: {message}")]
     BadSetting { setting: String, message: String },
+    #[error(
+        "`{spec}` names no container: give ENDPOINT/DATABASE/CONTAINER (https://<account>.documents.azure.com:443/db/container), DATABASE/CONTAINER (same account) or CONTAINER (same database)"
+    )]
+    BadContainer { spec: String },
+    #[error(
+        "app setting `{connection}` is not set: set it to a connection string, or `{connection}__accountEndpoint` for Microsoft Entra"
+    )]
+    UnsetConnection { connection: String },
 }
 
 /// The container `function` reads, resolved with `setting` (the app settings).
@@ -116,6 +124,79 @@ pub fn resolve_target(
     Err(TargetError::NoAccount {
         function: name.clone(),
         connection,
+    })
+}
+
+/// Another container, named relative to `source` (for `verify --against`): `https://host[:port]/
+/// DATABASE/CONTAINER`, `DATABASE/CONTAINER` (the same account) or `CONTAINER` (the same
+/// database). Reached with `connection` (an app setting read like the trigger's: a connection
+/// string, or `{connection}__accountEndpoint` for Entra) when given; otherwise with the
+/// source's credential on the same account and Entra on another.
+pub fn resolve_other(
+    source: &CosmosTarget,
+    spec: &str,
+    connection: Option<&str>,
+    setting: &dyn Fn(&str) -> Option<String>,
+) -> Result<CosmosTarget, TargetError> {
+    let bad = || TargetError::BadContainer {
+        spec: spec.to_string(),
+    };
+    let spec_trimmed = spec.trim().trim_end_matches('/');
+    let (endpoint, database, container) = if spec_trimmed.contains("://") {
+        let url = url::Url::parse(spec_trimmed).map_err(|_| bad())?;
+        let parts: Vec<&str> = url.path_segments().ok_or_else(bad)?.collect();
+        let [database, container] = parts.as_slice() else {
+            return Err(bad());
+        };
+        let mut endpoint = url.clone();
+        endpoint.set_path("/");
+        let endpoint =
+            normalize_endpoint(endpoint.as_str()).map_err(|message| TargetError::BadSetting {
+                setting: spec.to_string(),
+                message,
+            })?;
+        (endpoint, database.to_string(), container.to_string())
+    } else {
+        match spec_trimmed.split('/').collect::<Vec<_>>().as_slice() {
+            [container] if !container.is_empty() => (
+                source.endpoint.clone(),
+                source.database.clone(),
+                container.to_string(),
+            ),
+            [database, container] if !database.is_empty() && !container.is_empty() => (
+                source.endpoint.clone(),
+                database.to_string(),
+                container.to_string(),
+            ),
+            _ => return Err(bad()),
+        }
+    };
+    let auth = match connection {
+        Some(connection) => {
+            if setting(&format!("{connection}__accountEndpoint")).is_some() {
+                CosmosAuth::Entra
+            } else if let Some(value) = setting(connection) {
+                let (_, key) =
+                    parse_connection_string(&value).map_err(|message| TargetError::BadSetting {
+                        setting: connection.to_string(),
+                        message,
+                    })?;
+                CosmosAuth::Key(key)
+            } else {
+                return Err(TargetError::UnsetConnection {
+                    connection: connection.to_string(),
+                });
+            }
+        }
+        None if endpoint == source.endpoint => source.auth.clone(),
+        None => CosmosAuth::Entra,
+    };
+    Ok(CosmosTarget {
+        endpoint,
+        database,
+        container,
+        auth,
+        region: source.region.clone(),
     })
 }
 
@@ -273,6 +354,83 @@ mod tests {
                 (got, want) => panic!("{pairs:?}: got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    #[test]
+    fn another_container_is_named_relative_to_the_source() {
+        let source = CosmosTarget {
+            endpoint: "https://a.documents.azure.com/".into(),
+            database: "shop".into(),
+            container: "orders".into(),
+            auth: CosmosAuth::Key("k1".into()),
+            region: None,
+        };
+        let s = settings(&[(
+            "Other",
+            "AccountEndpoint=https://b.documents.azure.com:443/;AccountKey=k2;",
+        )]);
+        let get = |n: &str| s.get(n).cloned();
+        // (spec, connection, endpoint, database, container, auth)
+        let cases = [
+            (
+                "orders2",
+                None,
+                "https://a.documents.azure.com/",
+                "shop",
+                "orders2",
+                CosmosAuth::Key("k1".into()),
+            ),
+            (
+                "shop2/orders",
+                None,
+                "https://a.documents.azure.com/",
+                "shop2",
+                "orders",
+                CosmosAuth::Key("k1".into()),
+            ),
+            (
+                "https://b.documents.azure.com:443/shop/orders",
+                None,
+                "https://b.documents.azure.com/",
+                "shop",
+                "orders",
+                CosmosAuth::Entra,
+            ),
+            (
+                "https://b.documents.azure.com/shop/orders/",
+                Some("Other"),
+                "https://b.documents.azure.com/",
+                "shop",
+                "orders",
+                CosmosAuth::Key("k2".into()),
+            ),
+        ];
+        for (spec, conn, endpoint, db, container, auth) in cases {
+            let t = resolve_other(&source, spec, conn, &get).unwrap();
+            assert_eq!(
+                (
+                    t.endpoint.as_str(),
+                    t.database.as_str(),
+                    t.container.as_str(),
+                    t.auth
+                ),
+                (endpoint, db, container, auth),
+                "{spec}"
+            );
+        }
+        for bad in ["", "a/b/c", "https://b.documents.azure.com/shop", "/x"] {
+            assert!(
+                matches!(
+                    resolve_other(&source, bad, None, &get),
+                    Err(TargetError::BadContainer { .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            resolve_other(&source, "x", Some("Nope"), &get),
+            Err(TargetError::UnsetConnection { .. })
+        ));
     }
 
     #[test]

@@ -226,6 +226,71 @@ impl RangeReader {
     }
 }
 
+/// How a range's reading ended.
+#[derive(Debug)]
+pub enum Drained {
+    /// Every partition of the range answered "nothing new": the continuation to tail from.
+    CaughtUp(String),
+    /// `stop` said so, after the page in flight.
+    Stopped,
+}
+
+/// Reads a range to its end, handing every page the service returned items on to `on_page`
+/// (its items may all have been filtered out by `Since`). `started`: when the reading began
+/// (epoch seconds): pages holding only items changed after it are the live trigger's and
+/// count as quiet, so a busy container does not keep a range going forever. The one loop
+/// every command that reads a whole container uses.
+pub async fn drain<E: From<SourceError>>(
+    reader: &mut RangeReader,
+    throttle: &Throttle,
+    started: i64,
+    stop: &(dyn Fn() -> bool + Sync),
+    mut on_page: impl AsyncFnMut(Page) -> Result<(), E>,
+) -> Result<Drained, E> {
+    let mut quiet_in_a_row = 0;
+    let mut partitions = None;
+    while !stop() {
+        let page = reader.next_page(throttle).await?;
+        if page.after_retry {
+            // A rebuilt reader polls the range's partitions from the first again.
+            quiet_in_a_row = 0;
+        }
+        // (A page whose items were all older than `Since` is progress, not quiet.)
+        let only_new = !page.items.is_empty()
+            && page.items.iter().all(|i| {
+                i.get("_ts")
+                    .and_then(Value::as_i64)
+                    .is_some_and(|ts| ts > started)
+            });
+        if page.returned == 0 || only_new {
+            quiet_in_a_row += 1;
+        } else {
+            quiet_in_a_row = 0;
+        }
+        if page.returned == 0 {
+            // Caught up once every partition of the range answered "nothing new" in turn,
+            // twice over (the SDK may poll a partition in more than one slice after a split
+            // and a merge; an extra empty page costs about 1 RU).
+            let k = match partitions {
+                Some(k) => k,
+                None => {
+                    let k = 2 * reader.partitions(throttle).await?;
+                    partitions = Some(k);
+                    k
+                }
+            };
+            if quiet_in_a_row >= k {
+                return Ok(Drained::CaughtUp(page.continuation));
+            }
+            // Nothing new: do not spin on the partitions that are idle.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        }
+        on_page(page).await?;
+    }
+    Ok(Drained::Stopped)
+}
+
 /// The container's feed ranges now, in key order (the order backfill reports them in).
 pub async fn feed_ranges(
     container: &ContainerClient,

@@ -10,6 +10,7 @@ pub mod delta;
 pub mod event_hubs;
 pub mod kafka;
 pub mod redis;
+pub mod state;
 
 use crate::change::Change;
 use crate::change::PartitionKeyPaths;
@@ -91,6 +92,14 @@ impl ValidatedSink {
     pub fn as_delta(&self) -> Option<&delta::DeltaConfig> {
         match self {
             ValidatedSink::Delta(v) => Some(&v.config),
+            _ => None,
+        }
+    }
+
+    /// The changelog's validated settings, for the commands that read it back.
+    pub fn as_changelog(&self) -> Option<&delta::ValidatedDelta> {
+        match self {
+            ValidatedSink::Delta(v) => Some(v),
             _ => None,
         }
     }
@@ -289,6 +298,21 @@ pub trait Sink: Send + Sync {
     /// replayed older upsert cannot bring a deleted document back (`deadletter::tombstone`).
     fn keeps_tombstones(&self) -> bool {
         false
+    }
+    /// What the sink holds, for `verify`: `None` for sinks that keep no state (event
+    /// streams, cache invalidation).
+    fn state(&self) -> Option<&dyn state::SinkState> {
+        None
+    }
+    /// A backfill from the beginning delivered every document of the container to this sink
+    /// as of `at`: a sink that keeps history (the changelog) records it, so a restore can
+    /// tell which times it can answer.
+    async fn baseline_complete(
+        &self,
+        _function: &str,
+        _at: DateTime<Utc>,
+    ) -> Result<(), SinkError> {
+        Ok(())
     }
     /// Delivers changes, in order. Must be idempotent across re-deliveries of the same changes.
     async fn deliver(&self, ctx: &BatchContext, changes: &[&Change])

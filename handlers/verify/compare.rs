@@ -6,20 +6,12 @@
 //! newer version than the container was read at is not drift: a live change overtook the
 //! read.
 
+use crate::sinks::state::Held;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 /// A document's identity: (partition key as on the wire, id).
 pub type DocKey = (String, String);
-
-/// What one side holds for a document.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Held {
-    /// (lsn, `_ts`), a missing part as -1 (as `Change::version_key`).
-    pub version: (i64, i64),
-    /// The projected fields the sink keeps (compared only when asked).
-    pub fields: Map<String, Value>,
-}
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "drift")]
@@ -35,17 +27,28 @@ pub enum Drift {
     },
 }
 
-/// Every drift, in key order. `fields_of`: the documents whose fields are compared (a
-/// sample, or all).
-pub fn compare(
-    container: &BTreeMap<DocKey, Held>,
-    sink: &BTreeMap<DocKey, Held>,
-    fields_of: &dyn Fn(&DocKey) -> bool,
-) -> Vec<(DocKey, Drift)> {
+/// How a sink's holdings are judged.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    /// A document the sink lacks is drift (not for a cache whose keys expire).
+    pub missing_is_drift: bool,
+    /// When the container read began (epoch seconds): a sink entry written at or after it,
+    /// for a document the read did not see, was created while verify ran - not drift.
+    pub read_started: i64,
+}
+
+/// Every drift, in key order. Fields are compared where both sides carry them (the sample,
+/// or all).
+pub fn compare<K: Ord + Clone>(
+    container: &BTreeMap<K, Held>,
+    sink: &BTreeMap<K, Held>,
+    rules: Rules,
+) -> Vec<(K, Drift)> {
     let mut drift = Vec::new();
     for (key, want) in container {
         match sink.get(key) {
-            None => drift.push((key.clone(), Drift::Missing)),
+            None if rules.missing_is_drift => drift.push((key.clone(), Drift::Missing)),
+            None => {}
             Some(held) if held.version < want.version => drift.push((
                 key.clone(),
                 Drift::Stale {
@@ -53,17 +56,19 @@ pub fn compare(
                     container: want.version,
                 },
             )),
-            Some(held) if held.version == want.version && fields_of(key) => {
-                let fields = differing(&want.fields, &held.fields);
-                if !fields.is_empty() {
-                    drift.push((key.clone(), Drift::Different { fields }));
+            Some(held) if held.version == want.version => {
+                if let (Some(w), Some(h)) = (&want.fields, &held.fields) {
+                    let fields = differing(w, h);
+                    if !fields.is_empty() {
+                        drift.push((key.clone(), Drift::Different { fields }));
+                    }
                 }
             }
             Some(_) => {}
         }
     }
-    for key in sink.keys() {
-        if !container.contains_key(key) {
+    for (key, held) in sink {
+        if !container.contains_key(key) && held.version.1 < rules.read_started {
             drift.push((key.clone(), Drift::Extra));
         }
     }
@@ -91,9 +96,18 @@ mod tests {
     fn held(lsn: i64, status: &str) -> Held {
         Held {
             version: (lsn, 100),
-            fields: json!({"status": status}).as_object().unwrap().clone(),
+            fields: Some(json!({"status": status}).as_object().unwrap().clone()),
         }
     }
+
+    fn unsampled(h: Held) -> Held {
+        Held { fields: None, ..h }
+    }
+
+    const RULES: Rules = Rules {
+        missing_is_drift: true,
+        read_started: 1000,
+    };
 
     fn key(id: &str) -> DocKey {
         ("[\"c1\"]".into(), id.into())
@@ -103,6 +117,10 @@ mod tests {
     fn each_kind_of_drift_is_named_and_nothing_else() {
         // (container, sink, fields compared, expected drift)
         type Case = (Option<Held>, Option<Held>, bool, Option<Drift>);
+        let written_during_the_read = Held {
+            version: (9, 1000),
+            fields: None,
+        };
         let cases: Vec<Case> = vec![
             (Some(held(5, "a")), Some(held(5, "a")), true, None),
             (Some(held(5, "a")), None, true, Some(Drift::Missing)),
@@ -128,11 +146,14 @@ mod tests {
             ),
             // Fields of a document outside the sample are not compared.
             (Some(held(5, "a")), Some(held(5, "x")), false, None),
+            // Written while verify read the container: not an extra.
+            (None, Some(written_during_the_read), true, None),
         ];
         for (i, (c, s, fields, want)) in cases.into_iter().enumerate() {
-            let container: BTreeMap<_, _> = c.into_iter().map(|h| (key("o1"), h)).collect();
-            let sink: BTreeMap<_, _> = s.into_iter().map(|h| (key("o1"), h)).collect();
-            let got = compare(&container, &sink, &|_| fields);
+            let pick = |h: Held| if fields { h } else { unsampled(h) };
+            let container: BTreeMap<_, _> = c.into_iter().map(|h| (key("o1"), pick(h))).collect();
+            let sink: BTreeMap<_, _> = s.into_iter().map(|h| (key("o1"), pick(h))).collect();
+            let got = compare(&container, &sink, RULES);
             let want: Vec<_> = want.into_iter().map(|d| (key("o1"), d)).collect();
             assert_eq!(got, want, "case {i}");
         }
@@ -142,10 +163,20 @@ mod tests {
     fn drift_comes_in_key_order_with_extras_among_the_rest() {
         let container = BTreeMap::from([(key("a"), held(1, "x")), (key("c"), held(1, "x"))]);
         let sink = BTreeMap::from([(key("b"), held(1, "x")), (key("c"), held(1, "x"))]);
-        let got: Vec<String> = compare(&container, &sink, &|_| true)
+        let got: Vec<String> = compare(&container, &sink, RULES)
             .into_iter()
             .map(|(k, d)| format!("{}:{d:?}", k.1))
             .collect();
         assert_eq!(got, ["a:Missing", "b:Extra"]);
+    }
+
+    #[test]
+    fn a_cache_that_lets_keys_expire_is_not_missing_them() {
+        let container = BTreeMap::from([(key("a"), held(1, "x"))]);
+        let rules = Rules {
+            missing_is_drift: false,
+            ..RULES
+        };
+        assert!(compare(&container, &BTreeMap::new(), rules).is_empty());
     }
 }

@@ -43,6 +43,9 @@ pub struct FieldDefinition {
     pub edm_type: String,
     #[serde(default)]
     pub key: bool,
+    /// Unset: the service's default (simple fields are sortable).
+    #[serde(default)]
+    pub sortable: Option<bool>,
     #[serde(default)]
     pub fields: Vec<FieldDefinition>,
 }

@@ -9,6 +9,7 @@ mod index;
 mod project;
 mod request;
 mod service;
+mod state;
 
 pub use config::{
     DEFAULT_API_VERSION, KeyEncoding, KeySource, SearchAuth, SearchConfig, ValidatedSearch,
@@ -33,6 +34,8 @@ pub struct SearchSink {
     actions: ActionBuilder,
     max_actions: usize,
     max_bytes: usize,
+    /// The key field can order results (`verify` pages through the index by key).
+    key_sortable: bool,
 }
 
 impl SearchSink {
@@ -51,6 +54,11 @@ impl SearchSink {
             },
             max_actions: config.max_actions,
             max_bytes: config.max_request_bytes,
+            key_sortable: v
+                .definition
+                .as_ref()
+                .and_then(|(d, _)| d.fields.iter().find(|f| f.key))
+                .is_none_or(|f| f.sortable != Some(false)),
         })
     }
 }
@@ -91,6 +99,10 @@ impl Sink for SearchSink {
 
     fn kind(&self) -> &'static str {
         KIND
+    }
+
+    fn state(&self) -> Option<&dyn super::state::SinkState> {
+        Some(self)
     }
 
     fn keeps_tombstones(&self) -> bool {

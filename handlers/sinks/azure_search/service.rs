@@ -142,32 +142,7 @@ impl SearchClient {
             "select": format!("{key_field},{version_field}"),
             "top": keys.len(),
         });
-        let req = self
-            .http
-            .post(&self.search_url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json");
-        let response = self
-            .authorize(req)
-            .await?
-            .json(&body)
-            .send()
-            .await
-            .map_err(SearchError::Request)?;
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
-        if status != 200 {
-            return Err(SearchError::Status {
-                what: "reading versions",
-                status,
-                message: error_message(&text),
-            });
-        }
-        let found: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| SearchError::Unreadable {
-                what: "search answer",
-                source,
-            })?;
+        let found = self.search(&body, "reading versions").await?;
         Ok(found["value"]
             .as_array()
             .into_iter()
@@ -179,6 +154,39 @@ impl SearchClient {
                 ))
             })
             .collect())
+    }
+
+    /// One search request (`POST docs/search.post.search`), its answer parsed.
+    pub async fn search(
+        &self,
+        body: &serde_json::Value,
+        what: &'static str,
+    ) -> Result<serde_json::Value, SearchError> {
+        let req = self
+            .http
+            .post(&self.search_url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json");
+        let response = self
+            .authorize(req)
+            .await?
+            .json(body)
+            .send()
+            .await
+            .map_err(SearchError::Request)?;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        if status != 200 {
+            return Err(SearchError::Status {
+                what,
+                status,
+                message: error_message(&text),
+            });
+        }
+        serde_json::from_str(&text).map_err(|source| SearchError::Unreadable {
+            what: "search answer",
+            source,
+        })
     }
 
     /// Creates or updates the index from its definition (`PUT /indexes('{name}')`).

@@ -1,11 +1,14 @@
 //! `type = "delta"`: an append-only changelog table, one row per change, partitioned by date.
 //! Local paths and Azure Blob / ADLS (`az://`, `abfss://`). The embedded default sink.
 
+pub mod baseline;
 mod compaction;
 mod config;
 mod error;
 mod reader;
+mod scan;
 mod schema;
+mod state;
 mod table;
 mod txn_index;
 mod writer;
@@ -15,6 +18,7 @@ pub use config::{
     ColumnType, CompactionConfig, DeltaConfig, GroupCommitConfig, TypedColumn, ValidatedDelta,
 };
 pub use reader::{ChangelogRow, ChangelogSnapshot, read_changelog};
+pub use scan::{RowFilter, ScanStats, scan};
 pub use schema::{ARROW_SCHEMA, ChangelogSchema, EncodeError, PARTITION_COLUMN, encode};
 pub use table::{AppendOutcome, batch_app_id, open, table_url};
 pub use writer::ChangelogTable;
@@ -57,6 +61,33 @@ impl Sink for DeltaSink {
 
     fn kind(&self) -> &'static str {
         KIND
+    }
+
+    fn state(&self) -> Option<&dyn super::state::SinkState> {
+        Some(self)
+    }
+
+    async fn baseline_complete(
+        &self,
+        function: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), SinkError> {
+        let scope = self
+            .table
+            .source()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("/function/{function}"));
+        baseline::record(
+            self.table.url().clone(),
+            self.table.storage_options().clone(),
+            &scope,
+            at,
+        )
+        .await
+        .map_err(|e| {
+            SinkError::transient(format!("recording the baseline of {}", self.table.url()))
+                .with_source(e)
+        })
     }
 
     async fn deliver(

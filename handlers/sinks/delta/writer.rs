@@ -26,7 +26,7 @@ use crate::sinks::BatchContext;
 use crate::sinks::SinkError;
 use chrono::Utc;
 use deltalake::DeltaTable;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
@@ -72,6 +72,15 @@ impl ChangelogTable {
 
     pub fn url(&self) -> &url::Url {
         &self.settings.url
+    }
+
+    /// The monitored container (`/cosmosdb/{database}/{container}`), when the route names it.
+    pub fn source(&self) -> Option<&str> {
+        self.source.as_deref()
+    }
+
+    pub fn storage_options(&self) -> &HashMap<String, String> {
+        &self.settings.storage_options
     }
 
     /// Appends the changes not yet in the table. Returns once the commit holding them landed.

@@ -128,6 +128,30 @@ impl KeyTemplate {
         &self.raw
     }
 
+    /// A `SCAN MATCH` pattern every key the template renders matches: the literal parts
+    /// escaped, each placeholder `*`.
+    pub fn glob(&self) -> String {
+        let mut glob = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Literal(text) => {
+                    for c in text.chars() {
+                        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                            glob.push('\\');
+                        }
+                        glob.push(c);
+                    }
+                }
+                _ => {
+                    if !glob.ends_with('*') || glob.ends_with("\\*") {
+                        glob.push('*');
+                    }
+                }
+            }
+        }
+        glob
+    }
+
     /// Fields (other than id and partition key) the template reads from the document.
     pub fn fields(&self) -> impl Iterator<Item = String> + '_ {
         self.parts.iter().filter_map(|p| match p {
@@ -239,6 +263,24 @@ mod tests {
     use super::*;
     use crate::change::{Operation, PartitionKey};
     use serde_json::json;
+
+    #[test]
+    fn every_rendered_key_matches_the_templates_glob() {
+        let cases = [
+            ("order:{id}", "order:*"),
+            ("{{customer:{customerId}}}:orders", "{customer:*}:orders"),
+            ("c:{pk}:{id}", "c:*:*"),
+            ("{pk}{id}", "*"),
+            ("a*b[1]:{id}", "a\\*b\\[1\\]:*"),
+        ];
+        for (template, glob) in cases {
+            assert_eq!(
+                KeyTemplate::parse(template).unwrap().glob(),
+                glob,
+                "{template}"
+            );
+        }
+    }
 
     fn change(doc: Option<Value>) -> Change {
         Change {

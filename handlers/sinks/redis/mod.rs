@@ -7,6 +7,7 @@ mod connection;
 mod error;
 mod keys;
 mod request;
+mod state;
 
 pub use config::{RedisAuth, RedisConfig, RedisMode, ValidatedRedis};
 pub use connection::{REDIS_SCOPE, redact};
@@ -84,6 +85,11 @@ impl Sink for RedisSink {
 
     fn kind(&self) -> &'static str {
         KIND
+    }
+
+    fn state(&self) -> Option<&dyn super::state::SinkState> {
+        self.holds_state()
+            .then_some(self as &dyn super::state::SinkState)
     }
 
     async fn deliver(

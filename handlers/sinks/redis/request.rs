@@ -83,6 +83,39 @@ impl RequestBuilder {
         self.mode
     }
 
+    /// Refresh mode: the key a change writes (the first template's).
+    pub fn data_key(&self, change: &Change) -> Result<String, String> {
+        let template = self.templates.first().ok_or("no key template")?;
+        let key = template
+            .render(change, &self.pk_paths)
+            .map_err(|e| e.to_string())?;
+        version_key(&key).map_err(|e| e.to_string())?;
+        Ok(key)
+    }
+
+    /// Refresh mode: the pattern every data key matches.
+    pub fn data_key_glob(&self) -> Option<String> {
+        self.templates.first().map(KeyTemplate::glob)
+    }
+
+    /// Refresh mode: the value written for a document.
+    pub fn projection(
+        &self,
+        doc: &serde_json::Map<String, Value>,
+    ) -> serde_json::Map<String, Value> {
+        self.fields.project(doc)
+    }
+
+    /// How long a delete's version is kept.
+    pub fn tombstone_ttl_seconds(&self) -> u64 {
+        self.tombstone_ttl_seconds
+    }
+
+    /// Whether written keys expire (then a key that is gone is not drift: the cache let it go).
+    pub fn expires(&self) -> bool {
+        self.ttl_seconds > 0
+    }
+
     pub fn build(&self, changes: &[&Change]) -> BatchRequest {
         let mut req = BatchRequest {
             commands: Vec::new(),

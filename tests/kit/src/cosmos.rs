@@ -78,6 +78,22 @@ impl CosmosEmulator {
         format!("AccountEndpoint={EMULATOR_URL};AccountKey={EMULATOR_KEY};")
     }
 
+    /// Another container in the same database, partitioned like the first.
+    pub fn add_container(&self, container: &str, pk_path: &str, partitions: u32) {
+        self.store.create_container_with_config(
+            &self.database,
+            container,
+            serde_json::from_value(
+                serde_json::json!({"paths": [pk_path], "kind": "Hash", "version": 2}),
+            )
+            .unwrap(),
+            ContainerConfig::new()
+                .with_partition_count(partitions)
+                .build()
+                .unwrap(),
+        );
+    }
+
     /// A client builder whose transport is the emulator.
     pub async fn builder(&self) -> CosmosClientBuilder {
         CosmosClientBuilder::new().with_runtime(
@@ -90,6 +106,11 @@ impl CosmosEmulator {
 
     /// A container client of the test's own (to write documents, read them back).
     pub async fn container_client(&self) -> ContainerClient {
+        self.client_of(&self.container).await
+    }
+
+    /// A client of another container of the database.
+    pub async fn client_of(&self, container: &str) -> ContainerClient {
         let account = AccountReference::with_authentication_key(
             EMULATOR_URL.parse::<AccountEndpoint>().unwrap(),
             azure_core::credentials::Secret::new(EMULATOR_KEY),
@@ -100,14 +121,19 @@ impl CosmosEmulator {
             .await
             .unwrap()
             .database_client(self.database.as_str())
-            .container_client(self.container.as_str(), None)
+            .container_client(container, None)
             .await
             .unwrap()
     }
 
     /// Upserts documents (partition key at `pk_field`, a string), `concurrency` at a time.
     pub async fn upsert_all(&self, docs: Vec<Value>, pk_field: &str) {
-        let c = self.container_client().await;
+        self.upsert_into(&self.container, docs, pk_field).await
+    }
+
+    /// [`Self::upsert_all`] into another container of the database.
+    pub async fn upsert_into(&self, container: &str, docs: Vec<Value>, pk_field: &str) {
+        let c = self.client_of(container).await;
         futures::stream::iter(docs)
             .map(|doc| {
                 let c = c.clone();
@@ -154,10 +180,35 @@ impl CosmosEmulator {
     }
 }
 
-/// Runs `fanout backfill` in process for the app at `app_root` (its `fanout.toml` and
-/// function folders), set up exactly as the command sets it up - the connection string and
-/// region from the app settings, `resolve_target`, `open_container` - but with `builder`
-/// (the emulator's runtime, perhaps with fault rules) as the client's.
+/// The app settings a function reading the emulator has: the connection string and region.
+pub fn settings(emulator: &CosmosEmulator) -> std::collections::HashMap<String, String> {
+    std::collections::HashMap::from([
+        (
+            "CosmosDBConnection".to_string(),
+            emulator.connection_string(),
+        ),
+        ("REGION_NAME".to_string(), "East US".to_string()),
+    ])
+}
+
+/// The app at `app_root` (its `fanout.toml` and function folders) loaded as the commands load
+/// it, with [`settings`].
+pub fn load_app(
+    app_root: &std::path::Path,
+    emulator: &CosmosEmulator,
+) -> (fanout::config::AppConfig, fanout::pipeline::Pipeline) {
+    let settings = settings(emulator);
+    let lookup = |k: &str| settings.get(k).cloned();
+    let config =
+        fanout::config::AppConfig::load(app_root, &app_root.join("fanout.toml"), &lookup).unwrap();
+    let pipeline = fanout::pipeline::Pipeline::build(&config).unwrap();
+    (config, pipeline)
+}
+
+/// Runs `fanout backfill` in process for the app at `app_root`, set up exactly as the command
+/// sets it up - the connection string and region from the app settings, `resolve_target`,
+/// `open_container` - but with `builder` (the emulator's runtime, perhaps with fault rules)
+/// as the client's.
 pub async fn run_backfill(
     app_root: &std::path::Path,
     emulator: &CosmosEmulator,
@@ -167,17 +218,9 @@ pub async fn run_backfill(
     observer: &dyn fanout::backfill::Observer,
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<fanout::backfill::BackfillReport, fanout::backfill::BackfillError> {
-    let settings = std::collections::HashMap::from([
-        (
-            "CosmosDBConnection".to_string(),
-            emulator.connection_string(),
-        ),
-        ("REGION_NAME".to_string(), "East US".to_string()),
-    ]);
+    let settings = settings(emulator);
     let lookup = |k: &str| settings.get(k).cloned();
-    let config =
-        fanout::config::AppConfig::load(app_root, &app_root.join("fanout.toml"), &lookup).unwrap();
-    let pipeline = fanout::pipeline::Pipeline::build(&config).unwrap();
+    let (config, pipeline) = load_app(app_root, emulator);
     let state =
         fanout::storage::Location::parse(".fanout/backfill", Default::default(), app_root).unwrap();
     let checkpoints =
@@ -195,4 +238,52 @@ pub async fn run_backfill(
     .await?;
     assert_eq!(backfill.target.endpoint, EMULATOR_URL);
     backfill.run(options, observer, stop).await
+}
+
+/// Runs `fanout verify --function orders` in process, set up as the command sets it up, on
+/// the emulator.
+pub async fn run_verify(
+    app_root: &std::path::Path,
+    emulator: &CosmosEmulator,
+    options: &fanout::verify::VerifyOptions,
+) -> Result<fanout::verify::VerifyReport, fanout::verify::VerifyError> {
+    let settings = settings(emulator);
+    let lookup = |k: &str| settings.get(k).cloned();
+    let (config, pipeline) = load_app(app_root, emulator);
+    let verify = fanout::verify::Verify::prepare(
+        &config,
+        &pipeline,
+        "orders",
+        &options.sinks,
+        &lookup,
+        emulator.builder().await,
+        Arc::new(fanout::cosmos::Throttle::new(None)),
+    )
+    .await?;
+    verify.run(options, &fanout::verify::Quiet).await
+}
+
+/// Runs `fanout verify --function orders --against SPEC` in process, on the emulator.
+pub async fn run_verify_against(
+    app_root: &std::path::Path,
+    emulator: &CosmosEmulator,
+    spec: &str,
+    sample: fanout::verify::sample::Sample,
+) -> Result<fanout::verify::against::AgainstReport, fanout::verify::VerifyError> {
+    let settings = settings(emulator);
+    let lookup = |k: &str| settings.get(k).cloned();
+    let (config, pipeline) = load_app(app_root, emulator);
+    let pair = fanout::verify::against::Against::prepare(
+        &config,
+        &pipeline,
+        "orders",
+        spec,
+        None,
+        &lookup,
+        emulator.builder().await,
+        emulator.builder().await,
+    )
+    .await?;
+    let throttle = fanout::cosmos::Throttle::new(None);
+    Ok(pair.run(&throttle, sample, 4, 100).await?)
 }

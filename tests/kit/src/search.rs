@@ -29,6 +29,22 @@ pub fn spec() -> Value {
     .unwrap()
 }
 
+/// The spec's `SearchRequest` (an excerpt of Microsoft's `search-2025-09-01.json`: the
+/// definitions it reaches), as a validator that also refuses properties it does not define.
+pub fn search_request_validator() -> jsonschema::Validator {
+    let excerpt: Value = serde_json::from_str(&super::fixture(
+        "azure-search/search-request-2025-09-01.json",
+    ))
+    .unwrap();
+    let mut schema = excerpt["definitions"]["SearchRequest"].clone();
+    schema["additionalProperties"] = Value::Bool(false);
+    schema["definitions"] = excerpt["definitions"].clone();
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft4)
+        .build(&schema)
+        .unwrap()
+}
+
 /// The spec's `IndexBatch` schema with its definitions, as a validator.
 pub fn index_batch_validator() -> jsonschema::Validator {
     let spec = spec();
@@ -98,42 +114,76 @@ impl SearchFake {
     }
 }
 
-/// `search.post.search` with the one filter the sink sends: `search.in(key, 'a,b', ',')`,
-/// answering the selected fields of the documents the fake holds.
+/// `search.post.search` with the two queries fanout sends: the sink's version lookup
+/// (`search.in(key, 'a,b', ',')`) and verify's listing (`orderby` the key, `key gt 'last'`,
+/// `top`), answering the selected fields (all without `select`) of the documents the fake
+/// holds, in key order.
 async fn fake_search(State((state, key_field, _)): State<FakeCtx>, body: Bytes) -> Response {
     let request: Value = serde_json::from_slice(&body).unwrap_or_default();
-    let filter = request["filter"].as_str().unwrap_or_default();
-    let prefix = format!("search.in({key_field}, '");
-    let Some(keys) = filter
-        .strip_prefix(&prefix)
-        .and_then(|rest| rest.strip_suffix("', ',')"))
-    else {
-        state
-            .lock()
-            .unwrap()
-            .violations
-            .push(format!("unexpected filter {filter}"));
-        return (StatusCode::BAD_REQUEST, "bad filter").into_response();
-    };
-    let select: Vec<&str> = request["select"]
-        .as_str()
-        .unwrap_or_default()
-        .split(',')
+    static VALIDATOR: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    let validator = VALIDATOR.get_or_init(search_request_validator);
+    let errors: Vec<String> = validator
+        .iter_errors(&request)
+        .map(|e| format!("search request {request}: {e}"))
         .collect();
+    if !errors.is_empty() {
+        state.lock().unwrap().violations.extend(errors);
+        return (StatusCode::BAD_REQUEST, "not a SearchRequest").into_response();
+    }
+    let filter = request["filter"].as_str().unwrap_or_default();
+    let in_prefix = format!("search.in({key_field}, '");
+    let gt_prefix = format!("{key_field} gt '");
     let s = state.lock().unwrap();
-    let value: Vec<Value> = keys
-        .split(',')
-        .filter_map(|k| s.index.get(k))
+    let docs: Vec<&Map<String, Value>> = if let Some(keys) = filter
+        .strip_prefix(&in_prefix)
+        .and_then(|rest| rest.strip_suffix("', ',')"))
+    {
+        keys.split(',').filter_map(|k| s.index.get(k)).collect()
+    } else if request["orderby"].as_str() == Some(&format!("{key_field} asc")) {
+        let after = match filter
+            .strip_prefix(&gt_prefix)
+            .and_then(|r| r.strip_suffix('\''))
+        {
+            Some(last) => Some(last.replace("''", "'")),
+            None if filter.is_empty() => None,
+            None => {
+                drop(s);
+                return bad_filter(&state, filter);
+            }
+        };
+        let top = request["top"].as_u64().unwrap_or(50) as usize;
+        s.index
+            .iter()
+            .filter(|(k, _)| after.as_ref().is_none_or(|a| k.as_str() > a.as_str()))
+            .take(top)
+            .map(|(_, d)| d)
+            .collect()
+    } else {
+        drop(s);
+        return bad_filter(&state, filter);
+    };
+    let select: Option<Vec<&str>> = request["select"].as_str().map(|s| s.split(',').collect());
+    let value: Vec<Value> = docs
+        .into_iter()
         .map(|doc| {
             Value::Object(
                 doc.iter()
-                    .filter(|(f, _)| select.contains(&f.as_str()))
+                    .filter(|(f, _)| select.as_ref().is_none_or(|s| s.contains(&f.as_str())))
                     .map(|(f, v)| (f.clone(), v.clone()))
                     .collect(),
             )
         })
         .collect();
     axum::Json(serde_json::json!({ "value": value })).into_response()
+}
+
+fn bad_filter(state: &Mutex<FakeState>, filter: &str) -> Response {
+    state
+        .lock()
+        .unwrap()
+        .violations
+        .push(format!("unexpected filter {filter}"));
+    (StatusCode::BAD_REQUEST, "bad filter").into_response()
 }
 
 type FakeCtx = (
