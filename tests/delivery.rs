@@ -522,3 +522,44 @@ async fn an_unreadable_retry_context_is_treated_as_the_last_attempt() {
         call.logs()
     );
 }
+
+/// A transactional batch writes several documents of one partition key in one commit, and the
+/// change feed gives them all the same `_lsn`. Exactly once is per (partition key, id, lsn):
+/// every one of them is a change of its own, in one delivery or across deliveries, and a
+/// re-delivery of any of them is still recognised.
+#[tokio::test]
+async fn documents_sharing_an_lsn_in_one_partition_key_are_all_kept() {
+    let app = TestApp::new();
+    app.function("orders", "documents", Some(3))
+        .config(&toml(2000, &["changelog"]));
+    let host = app.start().await;
+    let doc = |id: &str, lsn: i64| json!({"id": id, "customerId": "c1", "status": "placed", "_lsn": lsn, "_ts": 1_767_225_600, "_etag": format!("\"{id}\"")});
+    // One transactional batch (lsn 7) in one delivery, then another (lsn 9) split over two.
+    let deliveries = [
+        vec![doc("a", 7), doc("b", 7), doc("c", 7)],
+        vec![doc("d", 9)],
+        vec![doc("e", 9), doc("f", 9)],
+        // A re-delivery of one of them, cut differently: nothing new.
+        vec![doc("e", 9)],
+    ];
+    for docs in &deliveries {
+        let call = host
+            .invoke(
+                "orders",
+                &cosmos_trigger_body("documents", "orders", docs, None),
+            )
+            .await
+            .unwrap();
+        assert_eq!(call.status, 200, "{:?}", call.logs());
+    }
+    let table = read_table(&app.table("tables/changelog")).await;
+    let mut ids: Vec<(String, Option<i64>)> =
+        table.rows.iter().map(|r| (r.id.clone(), r.lsn)).collect();
+    ids.sort();
+    let want: Vec<(String, Option<i64>)> =
+        [("a", 7), ("b", 7), ("c", 7), ("d", 9), ("e", 9), ("f", 9)]
+            .iter()
+            .map(|(id, lsn)| (id.to_string(), Some(*lsn)))
+            .collect();
+    assert_eq!(ids, want);
+}

@@ -8,8 +8,11 @@
 //! physical partition, splits included), so the table records, per partition key, the highest
 //! lsn it holds: a Delta `txn` action `fanout/cosmosdb/{database}/{container}/pk/{digest}`
 //! (the monitored container: every function reading it shares the marks) whose `version` is
-//! that lsn. A change above its key's mark is new; the change at the mark is the one that
-//! set it (a key and an lsn name one change) and is skipped. A change below the mark is
+//! that lsn. A change above its key's mark is new. A change at the mark is new when only its
+//! own group of batches reached that lsn and it is not in the group yet (one transactional
+//! batch gives several documents of a key the same lsn: a key and an lsn do not name one
+//! change); at a mark the table already held, it is looked up exactly like a change below
+//! the mark. A change below the mark is
 //! either a re-delivery (a re-cut batch with several documents of one key) or a change the
 //! table never got (a replay of something dead-lettered earlier; an original that lost the
 //! race against its own re-delivery): it is looked up exactly in the rows of its `change_date`
@@ -319,8 +322,12 @@ pub fn select_new_rows(
             let new = match current {
                 None => true,
                 Some(m) if key.lsn > m => true,
-                // The change that set the mark: (key, lsn) names one change.
-                Some(m) if key.lsn == m => false,
+                // At the mark. Several documents of one partition key share an lsn when one
+                // transactional batch wrote them, so (key, lsn) does not name one change:
+                // (key, id, lsn) does. Already in this group: a duplicate. Reached only by
+                // this group (the table's own mark is lower): new. Otherwise looked up.
+                Some(m) if key.lsn == m && in_group.contains(&digest) => false,
+                Some(m) if key.lsn == m && recorded.is_none_or(|r| r < m) => true,
                 // Below the mark: a re-delivery, or a change the table never got (a replay,
                 // an original that lost the race to its re-delivery). Looked up exactly.
                 Some(_) if in_group.contains(&digest) => false,
@@ -705,15 +712,23 @@ mod tests {
             // A replay of a change the table never got (below its key's mark, A@15): written;
             // a replay of one it has (A@10): not.
             (vec![append(&[("p1", "A", 12), ("p1", "A", 10)])], vec![1]),
+            // A transactional batch: three documents of one key at one lsn, all written; then
+            // a fourth at the same lsn in a later delivery (looked up: not there, written).
+            (
+                vec![append(&[("t", "A", 5), ("t", "B", 5), ("t", "C", 5)])],
+                vec![3],
+            ),
+            (vec![append(&[("t", "D", 5), ("t", "B", 5)])], vec![1]),
         ];
         let mut table = Table::new();
         for (i, (group, expected)) in cases.iter().enumerate() {
             assert_eq!(&table.commit(group), expected, "case {i}");
         }
-        // Only the changes below their key's mark were looked up: B@11 of the re-cut with two
-        // documents of one key, and the two replayed changes. The group's B@2 is the change at
-        // its key's mark: no lookup.
-        assert_eq!(table.lookups, 3, "lookups");
+        // Looked up: the changes at or below a mark the table already held - B@11 and C@12 of
+        // the first re-cut, B@11 and C@12 of the re-cut with two documents of one key, the two
+        // replayed changes, and D@5 and B@5 of the later transactional-batch delivery. The
+        // group's own B@2 and B@5, C@5 (marks only this group reached) need none.
+        assert_eq!(table.lookups, 8, "lookups");
         let mut seen = std::collections::HashSet::new();
         assert!(
             table.rows.iter().all(|r| seen.insert(r.clone())),
