@@ -2,7 +2,8 @@
 //! request costs and latencies are the emulator's), printed as a table: documents/s and RU
 //! per document into the changelog alone and into every sink (Delta + Redis refresh + the AI
 //! Search FAKE + Kafka on tansu), and the peak RSS the backfill adds on top of the container
-//! the emulator holds in the same process.
+//! the emulator holds in the same process; then `fanout verify` of the result (a sample and
+//! every document).
 //!
 //! Run: `cargo bench --bench backfill` (release build; needs tests/setup.sh for redis-server
 //! and tansu). `BENCH_BACKFILL_DOCS` (default 20000) sets the container's size.
@@ -11,6 +12,8 @@ mod support;
 
 use fanout::backfill::{BackfillOptions, Quiet};
 use fanout::cosmos::Throttle;
+use fanout::verify::VerifyOptions;
+use fanout::verify::sample::Sample;
 use fanout_test_kit::cosmos::CosmosEmulator;
 use fanout_test_kit::kafka::Tansu;
 use fanout_test_kit::search::SearchFake;
@@ -67,7 +70,7 @@ struct Figures {
     rss_added_mb: f64,
 }
 
-async fn run(emulator: &CosmosEmulator, toml: &str) -> Figures {
+async fn run(emulator: &CosmosEmulator, toml: &str) -> (Figures, TestApp) {
     let app = TestApp::new();
     app.function("orders", "documents", None).config(toml);
     fanout_test_kit::search::install_index_definition(app.path());
@@ -91,9 +94,33 @@ async fn run(emulator: &CosmosEmulator, toml: &str) -> Figures {
     let secs = started.elapsed().as_secs_f64();
     let hwm = proc_status_kb(std::process::id(), "VmHWM:");
     assert_eq!(report.items as usize, docs(), "every document read");
-    Figures {
+    let figures = Figures {
         docs_per_s: report.items as f64 / secs,
         ru_per_doc: report.spent.request_units / report.items as f64,
+        ru_per_s: report.spent.ru_per_second(),
+        rss_added_mb: hwm.saturating_sub(rss_before) as f64 / 1024.0,
+    };
+    (figures, app)
+}
+
+/// `fanout verify` of the backfilled app: documents/s and RU per document, and that it is clean.
+async fn verify(emulator: &CosmosEmulator, app: &TestApp, sample: Sample) -> Figures {
+    let rss_before = proc_status_kb(std::process::id(), "VmRSS:");
+    let started = Instant::now();
+    let options = VerifyOptions {
+        sample,
+        page_size: 1000,
+        ..VerifyOptions::default()
+    };
+    let report = fanout_test_kit::cosmos::run_verify(app.path(), emulator, &options)
+        .await
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    let hwm = proc_status_kb(std::process::id(), "VmHWM:");
+    assert!(report.clean, "{:?}", report.sinks);
+    Figures {
+        docs_per_s: report.documents as f64 / secs,
+        ru_per_doc: report.spent.request_units / report.documents as f64,
         ru_per_s: report.spent.ru_per_second(),
         rss_added_mb: hwm.saturating_sub(rss_before) as f64 / 1024.0,
     }
@@ -117,8 +144,8 @@ fn main() {
         let search = SearchFake::start("key").await;
         let broker = Tansu::start();
         broker.create_topic("orders", 4).await;
-        let changelog = run(&emulator, &config("", "", "", false)).await;
-        let all = run(
+        let (changelog, _) = run(&emulator, &config("", "", "", false)).await;
+        let (all, app) = run(
             &emulator,
             &config(&redis.url(), &search.endpoint(), &broker.brokers(), true),
         )
@@ -127,6 +154,17 @@ fn main() {
         println!("| into | documents/s | RU per document | RU/s | peak RSS added |");
         println!("|---|---|---|---|---|");
         for (name, f) in [("changelog (Delta) alone", &changelog), ("Delta + Redis + AI Search (fake) + Kafka", &all)] {
+            println!(
+                "| {name} | {:.0} | {:.2} | {:.0} | {:.0} MB |",
+                f.docs_per_s, f.ru_per_doc, f.ru_per_s, f.rss_added_mb
+            );
+        }
+        let sampled = verify(&emulator, &app, Sample::Count(100)).await;
+        let full = verify(&emulator, &app, Sample::Full).await;
+        println!("\n### Verify of the same container against the three state sinks (Delta, Redis, AI Search fake)\n");
+        println!("| fields compared | documents/s | RU per document | RU/s | peak RSS added |");
+        println!("|---|---|---|---|---|");
+        for (name, f) in [("a sample of 100", &sampled), ("every document (`--full`)", &full)] {
             println!(
                 "| {name} | {:.0} | {:.2} | {:.0} | {:.0} MB |",
                 f.docs_per_s, f.ru_per_doc, f.ru_per_s, f.rss_added_mb

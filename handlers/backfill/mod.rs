@@ -285,10 +285,11 @@ impl<'a> Backfill<'a> {
         let completed = Utc::now();
         cp.completed_at = Some(completed);
         self.checkpoints.save(&cp).await?;
-        // Every document was read from the beginning: the sinks that keep history now hold a
-        // complete baseline as of now (restore can answer times from here on).
+        // Every document was read from the beginning and delivered: the sinks that keep
+        // history now hold a complete baseline as of now (restore can answer times from here
+        // on). Not when some were dead-lettered: those are not in the sinks yet.
         let mut baseline = Vec::new();
-        if cp.start == Start::Beginning {
+        if cp.start == Start::Beginning && shared.dead_lettered.load(Ordering::Relaxed) == 0 {
             for sink in &route.sinks {
                 match sink.baseline_complete(&function, completed).await {
                     Ok(()) => baseline.push(sink.name().to_string()),

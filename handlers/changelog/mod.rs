@@ -5,6 +5,7 @@
 pub mod as_of;
 pub mod history;
 pub mod restore;
+pub mod to_cosmos;
 
 use crate::config::RouteConfig;
 use crate::sinks::delta::ChangelogRow;

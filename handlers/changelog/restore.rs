@@ -29,6 +29,9 @@ pub struct RestoreRequest {
     /// Refuse times before the recorded baseline (off: the caller says the changelog holds
     /// every document from its creation, e.g. a trigger that started from the beginning).
     pub check_baseline: bool,
+    /// The table version to read (`None`: the current one; pass 1 reports it in its
+    /// [`ScanStats`], so pass 2 and a resumed restore read exactly the same rows).
+    pub version: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +149,7 @@ pub async fn plan(
     let stats = scan(
         table.url.clone(),
         table.storage_options.clone(),
+        request.version,
         &filter(request),
         async |rows| -> Result<(), DeltaTableError> {
             for row in &rows {
@@ -166,43 +170,44 @@ pub async fn plan(
 }
 
 /// Pass 2: the restored documents, a batch at a time, to `on_documents` (which may wait).
-pub async fn documents(
+pub async fn documents<E: From<RestoreError>>(
     table: &Changelog,
     request: &RestoreRequest,
     mut as_of: AsOf,
-    mut on_documents: impl AsyncFnMut(Vec<Restored>) -> Result<(), RestoreError>,
-) -> Result<(), RestoreError> {
+    mut on_documents: impl AsyncFnMut(Vec<Restored>) -> Result<(), E>,
+) -> Result<(), E> {
     let shown = table.url.to_string();
     scan(
         table.url.clone(),
         table.storage_options.clone(),
+        request.version,
         &filter(request),
-        async |rows| -> Result<(), Failure> {
+        async |rows| -> Result<(), Failure<E>> {
             let docs: Vec<Restored> = rows.into_iter().filter_map(|r| as_of.take(r)).collect();
             if docs.is_empty() {
                 return Ok(());
             }
-            on_documents(docs).await.map_err(Failure::Restore)
+            on_documents(docs).await.map_err(Failure::Caller)
         },
     )
     .await
     .map_err(|f| match f {
-        Failure::Table(source) => RestoreError::Table {
+        Failure::Table(source) => E::from(RestoreError::Table {
             table: shown.clone(),
             source,
-        },
-        Failure::Restore(e) => e,
+        }),
+        Failure::Caller(e) => e,
     })?;
     Ok(())
 }
 
 /// A scan's failure: reading the table, or what the caller did with the rows.
-enum Failure {
+enum Failure<E> {
     Table(DeltaTableError),
-    Restore(RestoreError),
+    Caller(E),
 }
 
-impl From<DeltaTableError> for Failure {
+impl<E> From<DeltaTableError> for Failure<E> {
     fn from(e: DeltaTableError) -> Self {
         Failure::Table(e)
     }
@@ -270,22 +275,28 @@ impl JsonLines {
         };
         let mut buffer = Vec::new();
         let mut in_file = 0;
-        documents(table, request, as_of, async |docs| {
-            for doc in docs {
-                serde_json::to_writer(&mut buffer, &doc.document).expect("a document serializes");
-                buffer.push(b'\n');
-                in_file += 1;
-                report.written += 1;
-                if in_file == DOCUMENTS_PER_FILE {
-                    let name = self
-                        .put(report.files.len(), std::mem::take(&mut buffer))
-                        .await?;
-                    report.files.push(name);
-                    in_file = 0;
+        documents(
+            table,
+            request,
+            as_of,
+            async |docs| -> Result<(), RestoreError> {
+                for doc in docs {
+                    serde_json::to_writer(&mut buffer, &doc.document)
+                        .expect("a document serializes");
+                    buffer.push(b'\n');
+                    in_file += 1;
+                    report.written += 1;
+                    if in_file == DOCUMENTS_PER_FILE {
+                        let name = self
+                            .put(report.files.len(), std::mem::take(&mut buffer))
+                            .await?;
+                        report.files.push(name);
+                        in_file = 0;
+                    }
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .await?;
         if !buffer.is_empty() {
             let name = self.put(report.files.len(), buffer).await?;

@@ -48,6 +48,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     let stats = scan(
         url.clone(),
         table.storage_options.clone(),
+        None,
         &filter,
         async |batch| -> Result<(), deltalake::DeltaTableError> {
             rows.extend(batch);

@@ -20,6 +20,10 @@ pub enum SourceError {
         source: azure_data_cosmos::CosmosError,
     },
     #[error(
+        "document `{id}`: its partition key {partition_key} cannot be written with the SDK (a structure or a non-finite number)"
+    )]
+    Unaddressable { id: String, partition_key: String },
+    #[error(
         "container {target} is partitioned by {found}, but route `{function}` says {expected}: set the route's `partition_key` to the container's"
     )]
     PartitionKeyMismatch {

@@ -109,3 +109,132 @@ pub async fn with_lsns(
     }
     Ok((out, read_back))
 }
+
+/// Writes the document (its `id` and partition key as given), retried through throttling.
+pub async fn upsert(
+    container: &ContainerClient,
+    target: &CosmosTarget,
+    throttle: &Throttle,
+    pk: &PartitionKey,
+    id: &str,
+    document: &Value,
+) -> Result<(), SourceError> {
+    let Some(key) = sdk_partition_key(pk) else {
+        return Err(SourceError::Unaddressable {
+            id: id.to_string(),
+            partition_key: pk.to_wire(),
+        });
+    };
+    call(throttle, "writing a document", target, || {
+        container.upsert_item(key.clone(), id, document, None)
+    })
+    .await?;
+    Ok(())
+}
+
+/// Deletes the document; `false` when it was not there.
+pub async fn delete(
+    container: &ContainerClient,
+    target: &CosmosTarget,
+    throttle: &Throttle,
+    pk: &PartitionKey,
+    id: &str,
+) -> Result<bool, SourceError> {
+    let Some(key) = sdk_partition_key(pk) else {
+        return Ok(false);
+    };
+    match call(throttle, "deleting a document", target, || {
+        container.delete_item(key.clone(), id, None)
+    })
+    .await
+    {
+        Ok(_) => Ok(true),
+        Err(SourceError::Service { source, .. }) if source.status().is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the container holds no document (one query page of one id).
+pub async fn is_empty(
+    container: &ContainerClient,
+    target: &CosmosTarget,
+    throttle: &Throttle,
+) -> Result<bool, SourceError> {
+    let mut attempt = 0;
+    loop {
+        throttle.before_request().await;
+        let first = async {
+            let mut pages = Box::pin(container.query_items::<Value>(
+                "SELECT c.id FROM c",
+                azure_data_cosmos::FeedScope::full_container(),
+                None,
+            ))
+            .await?;
+            match pages.next().await {
+                Some(item) => item.map(|_| false),
+                None => Ok(true),
+            }
+        }
+        .await;
+        match first {
+            Ok(empty) => {
+                throttle.charge(1.0);
+                return Ok(empty);
+            }
+            Err(e) if super::client::wait_to_retry(throttle, &e, attempt).await => attempt += 1,
+            Err(source) => {
+                return Err(SourceError::Service {
+                    what: "looking for documents".into(),
+                    target: target.describe(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// The documents with this id, in any partition key (a cross-partition query).
+pub async fn find_by_id(
+    container: &ContainerClient,
+    target: &CosmosTarget,
+    throttle: &Throttle,
+    id: &str,
+) -> Result<Vec<Value>, SourceError> {
+    // A JSON string is a Cosmos SQL string literal (the same escapes).
+    let query = format!(
+        "SELECT * FROM c WHERE c.id = {}",
+        Value::String(id.to_string())
+    );
+    let mut attempt = 0;
+    loop {
+        throttle.before_request().await;
+        let found = async {
+            let mut pages = Box::pin(container.query_items::<Value>(
+                query.as_str(),
+                azure_data_cosmos::FeedScope::full_container(),
+                None,
+            ))
+            .await?;
+            let mut out = Vec::new();
+            while let Some(item) = pages.next().await {
+                out.push(item?);
+            }
+            Ok::<_, azure_data_cosmos::CosmosError>(out)
+        }
+        .await;
+        match found {
+            Ok(items) => {
+                throttle.charge(1.0);
+                return Ok(items);
+            }
+            Err(e) if super::client::wait_to_retry(throttle, &e, attempt).await => attempt += 1,
+            Err(source) => {
+                return Err(SourceError::Service {
+                    what: format!("looking for id `{id}`"),
+                    target: target.describe(),
+                    source,
+                });
+            }
+        }
+    }
+}

@@ -51,11 +51,24 @@ pub trait SinkState: Send + Sync {
     /// everything reads at least these).
     async fn list(&self, expected: &[&str], fields_of: FieldsOf<'_>) -> Result<Listing, SinkError>;
 
-    /// Removes what the sink holds under `key` (its document is gone from the container), as
-    /// a delete at `version`, through the sink's own version-guarded write. `function`: the
-    /// route's, for the sink's records.
-    async fn remove(&self, function: &str, key: &str, version: (i64, i64))
-    -> Result<(), SinkError>;
+    /// Removes what the sink holds under `key` (its document is gone from the container),
+    /// through the sink's own guarded write: only while the sink still holds `held` (the
+    /// version verify saw), so a live write since then wins. The delete's version is one lsn
+    /// after `held`: the earliest the real delete can have been, so a later re-create of the
+    /// document (a higher lsn) still wins over it. `function`: the route's, for the sink's
+    /// records. `false`: not removed (the sink holds something newer now).
+    async fn remove(&self, function: &str, key: &str, held: (i64, i64)) -> Result<bool, SinkError>;
+
+    /// The document a key comes from, when the key says: so an extra can be looked up in the
+    /// container before it is called one.
+    fn document_of(&self, _key: &str) -> Option<Origin> {
+        None
+    }
+
+    /// Whether every key of this sink leads back to its document ([`Self::document_of`]).
+    fn traces_keys(&self) -> bool {
+        false
+    }
 
     /// Whether a document the sink lacks is drift (a cache whose keys expire lets them go).
     fn missing_is_drift(&self) -> bool {
@@ -67,6 +80,15 @@ pub trait SinkState: Send + Sync {
     fn rewrites_same_version(&self) -> bool {
         true
     }
+}
+
+/// Where a sink's key leads back to in the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// (partition key wire form, id): one point read.
+    Document(String, String),
+    /// Only the id (a search key of the id alone): a query.
+    Id(String),
 }
 
 /// The key of a document by partition key (wire form) and id, for sinks keyed that way.

@@ -9,7 +9,7 @@ use super::request::version;
 use super::service::Answer;
 use crate::change::Change;
 use crate::sinks::SinkError;
-use crate::sinks::state::{Expected, FieldsOf, Held, Listing, SinkState};
+use crate::sinks::state::{Expected, FieldsOf, Held, Listing, Origin, SinkState};
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -123,12 +123,44 @@ impl SinkState for SearchSink {
         })
     }
 
+    fn traces_keys(&self) -> bool {
+        true
+    }
+
+    fn document_of(&self, key: &str) -> Option<Origin> {
+        let material = super::project::decode_key(key, self.actions.key_encoding)?;
+        match self.actions.key_source {
+            super::config::KeySource::Id => Some(Origin::Id(material)),
+            super::config::KeySource::PartitionKeyAndId => {
+                // `[pk components..., id]`, `{}` for an undefined component.
+                let mut parts: Vec<Value> = serde_json::from_str(&material).ok()?;
+                let id = parts.pop()?.as_str()?.to_string();
+                Some(Origin::Document(Value::Array(parts).to_string(), id))
+            }
+        }
+    }
+
     async fn remove(
         &self,
         _function: &str,
         key: &str,
-        _version: (i64, i64),
-    ) -> Result<(), SinkError> {
+        held: (i64, i64),
+    ) -> Result<bool, SinkError> {
+        // The service has no conditional delete: read the version the index holds now and
+        // delete only if it is still the one verify saw (a live write since then wins; the
+        // window between the read and the delete is one round trip).
+        if let Some(field) = &self.actions.version_field {
+            let now = self
+                .client
+                .versions(&self.actions.key_field, field, &[key])
+                .await
+                .map_err(SinkError::from)?;
+            match now.get(key) {
+                None => return Ok(false),
+                Some(v) if *v != held.0 => return Ok(false),
+                Some(_) => {}
+            }
+        }
         let mut action = Map::new();
         action.insert("@search.action".into(), json!("delete"));
         action.insert(self.actions.key_field.clone(), json!(key));
@@ -137,7 +169,7 @@ impl SinkState for SearchSink {
             // A key the index does not hold is deleted already.
             Answer::Results(results) => {
                 match results.iter().find(|r| !r.status && r.status_code != 404) {
-                    None => Ok(()),
+                    None => Ok(true),
                     Some(r) => Err(SinkError::transient(format!(
                         "deleting `{key}`: HTTP {}: {}",
                         r.status_code,

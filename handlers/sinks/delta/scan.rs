@@ -57,17 +57,20 @@ impl RowFilter {
 /// What a scan read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ScanStats {
+    /// The table version read (0 for a table that does not exist).
+    pub version: u64,
     pub files: usize,
     pub files_read: usize,
     pub rows_matched: u64,
 }
 
-/// Hands every matching row of the table's current version to `on_rows`, a record batch's
-/// worth at a time (it may wait: the scan waits with it). A table that does not exist holds
-/// no rows.
+/// Hands every matching row of the table's current version (or of `version`) to `on_rows`,
+/// a record batch's worth at a time (it may wait: the scan waits with it). A table that does
+/// not exist holds no rows.
 pub async fn scan<E: From<DeltaTableError>>(
     url: Url,
     storage_options: HashMap<String, String>,
+    version: Option<u64>,
     filter: &RowFilter,
     mut on_rows: impl AsyncFnMut(Vec<ChangelogRow>) -> Result<(), E>,
 ) -> Result<ScanStats, E> {
@@ -77,7 +80,10 @@ pub async fn scan<E: From<DeltaTableError>>(
     if !table.verify_deltatable_existence().await? {
         return Ok(ScanStats::default());
     }
-    table.load().await?;
+    match version {
+        Some(v) => table.load_version(v).await?,
+        None => table.load().await?,
+    }
     let store = table.object_store();
     let files: Vec<_> = table
         .snapshot()?
@@ -91,6 +97,7 @@ pub async fn scan<E: From<DeltaTableError>>(
         })
         .collect();
     let mut out = ScanStats {
+        version: table.version().unwrap_or_default() as u64,
         files: files.len(),
         ..ScanStats::default()
     };

@@ -9,7 +9,8 @@ use crate::change::projection::without_system_properties;
 use crate::change::{Change, DeleteKind, Operation, PartitionKey};
 use crate::sinks::SinkError;
 use crate::sinks::state::{
-    Expected, FieldsOf, Held, Listing, SinkState, document_key, parse_document_key, repair_context,
+    Expected, FieldsOf, Held, Listing, Origin, SinkState, document_key, parse_document_key,
+    repair_context,
 };
 use async_trait::async_trait;
 use deltalake::DeltaTableBuilder;
@@ -150,12 +151,15 @@ impl SinkState for DeltaSink {
         })
     }
 
-    async fn remove(
-        &self,
-        function: &str,
-        key: &str,
-        version: (i64, i64),
-    ) -> Result<(), SinkError> {
+    fn traces_keys(&self) -> bool {
+        true
+    }
+
+    fn document_of(&self, key: &str) -> Option<Origin> {
+        parse_document_key(key).map(|(pk, id)| Origin::Document(pk, id))
+    }
+
+    async fn remove(&self, function: &str, key: &str, held: (i64, i64)) -> Result<bool, SinkError> {
         let (pk, id) = parse_document_key(key)
             .ok_or_else(|| SinkError::permanent(format!("`{key}` is not a changelog key")))?;
         let partition_key = PartitionKey::from_wire(&pk)
@@ -165,14 +169,19 @@ impl SinkState for DeltaSink {
             delete_kind: Some(DeleteKind::Hard),
             id,
             partition_key,
-            lsn: Some(version.0),
-            ts: Some(version.1),
+            // One lsn after what the table holds (see `SinkState::remove`); the time of the
+            // repair, not of the last update: the changelog cannot know when the document
+            // was deleted, only that it was by now.
+            lsn: Some(held.0 + 1),
+            ts: Some(chrono::Utc::now().timestamp().max(held.1)),
             etag: None,
             document: None,
         };
         let ctx = repair_context(function, key);
+        // An append-only table needs no guard: a newer change already there (or arriving
+        // later) is newer than this delete by (lsn, `_ts`) and stays the latest state.
         self.table().append(&ctx, &self.name, &[&change]).await?;
-        Ok(())
+        Ok(true)
     }
 
     fn rewrites_same_version(&self) -> bool {

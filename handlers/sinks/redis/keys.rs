@@ -128,6 +128,27 @@ impl KeyTemplate {
         &self.raw
     }
 
+    /// The (partition key, id) a rendered key was made from, read back: for templates of
+    /// literals, `{pk}` and `{id}` only, when exactly one reading exists (`None` otherwise:
+    /// a template with other fields, a key it did not render, an ambiguous split). The
+    /// partition key comes back as rendered ([`crate::change::PartitionKey::as_key_string`]).
+    pub fn parse_back(&self, key: &str) -> Option<(Option<String>, Option<String>)> {
+        if self.parts.iter().any(|p| matches!(p, Part::Field(_))) {
+            return None;
+        }
+        let mut found = Vec::new();
+        read_back(&self.parts, key, (None, None), &mut found);
+        match found.as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether [`Self::parse_back`] can give an id: `{id}` and no field placeholders.
+    pub fn reads_back(&self) -> bool {
+        self.parts.contains(&Part::Id) && !self.parts.iter().any(|p| matches!(p, Part::Field(_)))
+    }
+
     /// A `SCAN MATCH` pattern every key the template renders matches: the literal parts
     /// escaped, each placeholder `*`.
     pub fn glob(&self) -> String {
@@ -206,6 +227,46 @@ impl KeyTemplate {
     }
 }
 
+type ReadBack = (Option<String>, Option<String>);
+
+/// Every way `key` splits over `parts` (stops looking after two: one is wanted).
+fn read_back(parts: &[Part], key: &str, got: ReadBack, found: &mut Vec<ReadBack>) {
+    if found.len() > 1 {
+        return;
+    }
+    let Some((first, rest)) = parts.split_first() else {
+        if key.is_empty() {
+            found.push(got);
+        }
+        return;
+    };
+    match first {
+        Part::Literal(text) => {
+            if let Some(after) = key.strip_prefix(text.as_str()) {
+                read_back(rest, after, got, found);
+            }
+        }
+        Part::Id | Part::PartitionKey => {
+            // A placeholder renders at least one character.
+            for (end, _) in key.char_indices().skip(1).chain([(key.len(), ' ')]) {
+                let value = key[..end].to_string();
+                let mut next = got.clone();
+                let slot = if matches!(first, Part::Id) {
+                    &mut next.1
+                } else {
+                    &mut next.0
+                };
+                if slot.as_ref().is_some_and(|v| *v != value) {
+                    continue;
+                }
+                *slot = Some(value);
+                read_back(rest, &key[end..], next, found);
+            }
+        }
+        Part::Field(_) => {}
+    }
+}
+
 fn lookup<'a>(doc: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
     let (first, rest) = path.split_first()?;
     rest.iter()
@@ -263,6 +324,28 @@ mod tests {
     use super::*;
     use crate::change::{Operation, PartitionKey};
     use serde_json::json;
+
+    #[test]
+    fn keys_read_back_to_their_document_when_only_one_reading_exists() {
+        let s = |v: &str| Some(v.to_string());
+        // (template, key, (pk, id))
+        let cases = [
+            ("order:{pk}:{id}", "order:c1:o1", Some((s("c1"), s("o1")))),
+            ("order:{id}", "order:o:1", Some((None, s("o:1")))),
+            ("{{c:{pk}}}:{id}", "{c:c1}:o1", Some((s("c1"), s("o1")))),
+            // `a:b:c` splits two ways over `{pk}:{id}`.
+            ("{pk}:{id}", "a:b:c", None),
+            ("order:{pk}:{id}", "other:c1:o1", None),
+            ("order:{customerId}:{id}", "order:c1:o1", None),
+        ];
+        for (template, key, want) in cases {
+            assert_eq!(
+                KeyTemplate::parse(template).unwrap().parse_back(key),
+                want,
+                "{template} {key}"
+            );
+        }
+    }
 
     #[test]
     fn every_rendered_key_matches_the_templates_glob() {

@@ -93,6 +93,19 @@ impl RequestBuilder {
         Ok(key)
     }
 
+    /// Refresh mode: the (partition key as rendered, id) a data key was made from, when the
+    /// template says unambiguously.
+    pub fn parse_key(&self, key: &str) -> Option<(Option<String>, Option<String>)> {
+        self.templates.first()?.parse_back(key)
+    }
+
+    /// Whether data keys can be read back at all (the template holds `{id}` and only
+    /// `{pk}` / `{id}` placeholders). A key of such a template that does not read back
+    /// (ambiguous) is judged by time.
+    pub fn parse_key_possible(&self) -> bool {
+        self.templates.first().is_some_and(|t| t.reads_back())
+    }
+
     /// Refresh mode: the pattern every data key matches.
     pub fn data_key_glob(&self) -> Option<String> {
         self.templates.first().map(KeyTemplate::glob)

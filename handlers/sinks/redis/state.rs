@@ -8,13 +8,29 @@ use super::config::RedisMode;
 use super::connection::Connection;
 use super::error::classify;
 use super::keys::version_key;
-use super::request::REFRESH_SCRIPT;
 use crate::change::Change;
 use crate::sinks::SinkError;
-use crate::sinks::state::{Expected, FieldsOf, Held, Listing, SinkState};
+use crate::sinks::state::{Expected, FieldsOf, Held, Listing, Origin, SinkState};
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+
+/// Compare-and-delete for `verify --repair`. KEYS: data key, version key. ARGV: the version
+/// verify saw (`lsn:ts`), the delete's version, the version key's ttl. Deletes the data key
+/// and records the delete's version only while the version key still holds what verify saw:
+/// a write since then (a live change) wins. Returns 1 when removed.
+const REMOVE_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+else
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+return 1
+"#;
 
 /// Keys read per round trip.
 const CHUNK: usize = 500;
@@ -72,13 +88,13 @@ impl RedisSink {
             }
             let values = self.get_all(conn, commands).await?;
             for (key, pair) in chunk.iter().zip(values.chunks(2)) {
-                let (Some(value), version) = (&pair[0], &pair[1]) else {
+                // A key without a version key is not one fanout wrote (another writer's key
+                // that matches the template's pattern): not the sink's, not compared.
+                let (Some(value), Some(version)) =
+                    (&pair[0], pair[1].as_deref().and_then(parse_version))
+                else {
                     continue;
                 };
-                let version = version
-                    .as_deref()
-                    .and_then(parse_version)
-                    .unwrap_or((-1, -1));
                 let fields = fields_of(key)
                     .then(|| serde_json::from_str::<Map<String, Value>>(value).unwrap_or_default());
                 held.insert(key.clone(), Held { version, fields });
@@ -165,27 +181,43 @@ impl SinkState for RedisSink {
         &self,
         _function: &str,
         key: &str,
-        version: (i64, i64),
-    ) -> Result<(), SinkError> {
+        held: (i64, i64),
+    ) -> Result<bool, SinkError> {
         let vkey = version_key(key).map_err(SinkError::permanent_from)?;
         let mut conn = self
             .connector
             .get()
             .await
             .map_err(SinkError::transient_from)?;
-        let _applied: i64 = redis::Script::new(REFRESH_SCRIPT)
+        let removed: i64 = redis::Script::new(REMOVE_SCRIPT)
             .key(key)
             .key(vkey)
-            .arg("del")
-            .arg(version.0)
-            .arg(version.1)
-            .arg("")
-            .arg(0)
+            .arg(format!("{}:{}", held.0, held.1))
+            .arg(format!("{}:{}", held.0 + 1, held.1))
             .arg(self.requests.tombstone_ttl_seconds())
             .invoke_async(&mut conn)
             .await
             .map_err(classify)?;
-        Ok(())
+        Ok(removed == 1)
+    }
+
+    fn traces_keys(&self) -> bool {
+        self.requests.parse_key_possible()
+    }
+
+    fn document_of(&self, key: &str) -> Option<Origin> {
+        match self.requests.parse_key(key)? {
+            (Some(pk), Some(id)) => {
+                // As rendered: a single string component as is, anything else in wire form.
+                let wire = match crate::change::PartitionKey::from_wire(&pk) {
+                    Some(_) if pk.starts_with('[') => pk,
+                    _ => Value::Array(vec![Value::String(pk)]).to_string(),
+                };
+                Some(Origin::Document(wire, id))
+            }
+            (None, Some(id)) => Some(Origin::Id(id)),
+            _ => None,
+        }
     }
 
     fn missing_is_drift(&self) -> bool {
