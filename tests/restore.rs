@@ -360,3 +360,263 @@ async fn a_backfill_from_the_beginning_records_the_baseline_restore_checks() {
     let table = common::read_table(&app.table("tables/orders")).await;
     assert_eq!(table.rows.len(), 200);
 }
+
+/// `n` orders posted through the real binary as the host would, in batches of 100, all with
+/// `_ts` T0 and their index as `_lsn`; the changelog then holds them.
+async fn posted_orders(n: usize) -> TestApp {
+    let app = common::orders_to_delta(Some(2));
+    let host = app.start().await;
+    let docs: Vec<Value> = (0..n)
+        .map(|i| {
+            let mut d = doc(
+                &format!("o{i}"),
+                &format!("c{}", i % 20),
+                "placed",
+                0,
+                i as i64 + 1,
+            );
+            d["total"] = json!(i);
+            d
+        })
+        .collect();
+    for batch in docs.chunks(100) {
+        let body = cosmos_trigger_body("documents", "orders", batch, None);
+        let call = host.invoke("orders", &body).await.unwrap();
+        assert!(call.is_success(), "{:?}", call.logs());
+    }
+    app
+}
+
+fn request(as_of: i64) -> fanout::changelog::restore::RestoreRequest {
+    fanout::changelog::restore::RestoreRequest {
+        as_of: chrono::DateTime::from_timestamp(T0 + as_of, 0).unwrap(),
+        partition_key: None,
+        id: None,
+        check_baseline: false,
+        version: None,
+    }
+}
+
+/// Stops the restore (as Ctrl-C does) once `after` documents are written.
+struct StopAfter {
+    after: u64,
+    stop: Arc<AtomicBool>,
+}
+
+impl fanout::changelog::to_cosmos::Progress for StopAfter {
+    fn written(&self, done: u64, _of: usize) {
+        if done >= self.after {
+            self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// The emulator container's documents, by id, system properties left out.
+async fn container_docs(emulator: &CosmosEmulator, container: &str) -> BTreeMap<String, Value> {
+    use futures::StreamExt;
+    let c = emulator.client_of(container).await;
+    let items: Vec<Value> = c
+        .query_items::<Value>(
+            "SELECT * FROM c",
+            azure_data_cosmos::FeedScope::full_container(),
+            None,
+        )
+        .await
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
+    items
+        .into_iter()
+        .map(|mut d| {
+            let map = d.as_object_mut().unwrap();
+            for p in ["_rid", "_self", "_etag", "_attachments", "_ts", "_lsn"] {
+                map.remove(p);
+            }
+            (d["id"].as_str().unwrap().to_string(), d)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_into_a_container_gives_the_documents_and_exact_restores_in_place() {
+    use fanout::changelog::to_cosmos::{CosmosRestoreError, CosmosRestoreOptions, Silent};
+    let app = posted().await;
+    let emulator = CosmosEmulator::start("shop", "orders", "/customerId", 2);
+    emulator.add_container("restored", "/customerId", 2);
+    let options = CosmosRestoreOptions {
+        parallel: 8,
+        ..CosmosRestoreOptions::default()
+    };
+    let no_stop = AtomicBool::new(false);
+    let run = async |req: &fanout::changelog::restore::RestoreRequest,
+                     options: &CosmosRestoreOptions| {
+        common::cosmos::run_restore_to_cosmos(
+            app.path(),
+            &emulator,
+            emulator.builder().await,
+            "restored",
+            req,
+            options,
+            Arc::new(Throttle::new(None)),
+            &Silent,
+            &no_stop,
+        )
+        .await
+    };
+    // As of between the second and third batch: o1 paid, o3 (o2 was deleted by then).
+    let report = run(&request(1500), &options).await.unwrap();
+    assert_eq!((report.written, report.plan.documents), (2, 2));
+    let docs = container_docs(&emulator, "restored").await;
+    assert_eq!(
+        docs,
+        BTreeMap::from([
+            (
+                "o1".to_string(),
+                json!({"id": "o1", "customerId": "c1", "status": "paid"})
+            ),
+            (
+                "o3".to_string(),
+                json!({"id": "o3", "customerId": "c2", "status": "placed"})
+            ),
+        ])
+    );
+    // The container is not empty now: refused without --overwrite or --exact.
+    let refused = run(&request(2500), &options).await;
+    assert!(
+        matches!(refused, Err(CosmosRestoreError::NotEmpty(_))),
+        "{refused:?}"
+    );
+    // In place, exactly as of the first batch: o2 comes back, o1 goes back to placed; a
+    // document written to the container since (not in the changelog then) is deleted.
+    emulator
+        .upsert_into(
+            "restored",
+            vec![json!({"id": "stray", "customerId": "c9", "status": "new"})],
+            "customerId",
+        )
+        .await;
+    let exact = CosmosRestoreOptions {
+        exact: true,
+        ..options.clone()
+    };
+    let report = run(&request(500), &exact).await.unwrap();
+    assert_eq!(report.deleted, 1);
+    assert_eq!(
+        statuses(&container_docs(&emulator, "restored").await),
+        pairs(&[("o1", "placed"), ("o2", "placed"), ("o3", "placed")])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_restore_holds_its_ru_budget_and_resumes_after_a_stop() {
+    use azure_data_cosmos_driver::fault_injection::{
+        FaultInjectionConditionBuilder, FaultInjectionErrorType, FaultInjectionResultBuilder,
+        FaultInjectionRuleBuilder, FaultOperationType,
+    };
+    use fanout::changelog::to_cosmos::{CosmosRestoreError, CosmosRestoreOptions, Silent};
+    let app = posted_orders(600).await;
+    let emulator = CosmosEmulator::start("shop", "orders", "/customerId", 2);
+    emulator.add_container("restored", "/customerId", 2);
+    let options = CosmosRestoreOptions {
+        parallel: 8,
+        ..CosmosRestoreOptions::default()
+    };
+    // Stopped after 200 documents...
+    let stop = Arc::new(AtomicBool::new(false));
+    let first = common::cosmos::run_restore_to_cosmos(
+        app.path(),
+        &emulator,
+        emulator.builder().await,
+        "restored",
+        &request(10),
+        &options,
+        Arc::new(Throttle::new(None)),
+        &StopAfter {
+            after: 200,
+            stop: stop.clone(),
+        },
+        &stop,
+    )
+    .await;
+    assert!(
+        matches!(first, Err(CosmosRestoreError::Interrupted)),
+        "{first:?}"
+    );
+    assert_eq!(container_docs(&emulator, "restored").await.len(), 200);
+    // ... a rerun without --resume is refused, saying how to go on ...
+    let refused = common::cosmos::run_restore_to_cosmos(
+        app.path(),
+        &emulator,
+        emulator.builder().await,
+        "restored",
+        &request(10),
+        &options,
+        Arc::new(Throttle::new(None)),
+        &Silent,
+        &AtomicBool::new(false),
+    )
+    .await;
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("`--resume` continues it")),
+        "refused"
+    );
+    // ... and --resume, with the service throttling writes (8 upserts answered 429) and a
+    // budget far below what the writes would take, writes the rest and nothing twice.
+    let rule = Arc::new(
+        FaultInjectionRuleBuilder::new(
+            "upsert-429",
+            FaultInjectionResultBuilder::new()
+                .with_error(FaultInjectionErrorType::TooManyRequests)
+                .build(),
+        )
+        .with_condition(
+            FaultInjectionConditionBuilder::new()
+                .with_operation_type(FaultOperationType::UpsertItem)
+                .build(),
+        )
+        .with_hit_limit(8)
+        .build(),
+    );
+    let builder = emulator
+        .builder()
+        .await
+        .with_fault_injection_rules(vec![rule])
+        .unwrap();
+    let budget = 400.0;
+    let report = common::cosmos::run_restore_to_cosmos(
+        app.path(),
+        &emulator,
+        builder,
+        "restored",
+        &request(10),
+        &CosmosRestoreOptions {
+            resume: true,
+            ..options
+        },
+        Arc::new(Throttle::new(Some(budget))),
+        &Silent,
+        &AtomicBool::new(false),
+    )
+    .await
+    .unwrap();
+    assert!(report.resumed);
+    assert_eq!((report.skipped, report.written), (200, 400));
+    let docs = container_docs(&emulator, "restored").await;
+    assert_eq!(docs.len(), 600, "nothing lost");
+    for i in 0..600 {
+        assert_eq!(docs[&format!("o{i}")]["total"], json!(i), "o{i}");
+    }
+    assert!(report.spent.throttled >= 8, "{:?}", report.spent);
+    let rate = report.spent.ru_per_second();
+    assert!(
+        report.spent.request_units > 3.0 * budget,
+        "the run spans several seconds of budget: {:?}",
+        report.spent
+    );
+    assert!(
+        (rate - budget).abs() <= 0.1 * budget,
+        "measured {rate:.0} RU/s against a budget of {budget} RU/s ({:?})",
+        report.spent
+    );
+}

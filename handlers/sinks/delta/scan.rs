@@ -97,7 +97,7 @@ pub async fn scan<E: From<DeltaTableError>>(
         })
         .collect();
     let mut out = ScanStats {
-        version: table.version().unwrap_or_default() as u64,
+        version: table.version().unwrap_or_default(),
         files: files.len(),
         ..ScanStats::default()
     };

@@ -287,3 +287,45 @@ pub async fn run_verify_against(
     let throttle = fanout::cosmos::Throttle::new(None);
     Ok(pair.run(&throttle, sample, 4, 100).await?)
 }
+
+/// Runs `fanout restore --function orders --to cosmos --container CONTAINER` in process, set
+/// up as the command sets it up, with `builder` (the emulator's runtime, perhaps with fault
+/// rules) as the destination client's.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_restore_to_cosmos(
+    app_root: &std::path::Path,
+    emulator: &CosmosEmulator,
+    builder: CosmosClientBuilder,
+    container: &str,
+    request: &fanout::changelog::restore::RestoreRequest,
+    options: &fanout::changelog::to_cosmos::CosmosRestoreOptions,
+    throttle: Arc<fanout::cosmos::Throttle>,
+    progress: &dyn fanout::changelog::to_cosmos::Progress,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<
+    fanout::changelog::to_cosmos::CosmosRestoreReport,
+    fanout::changelog::to_cosmos::CosmosRestoreError,
+> {
+    let settings = settings(emulator);
+    let lookup = |k: &str| settings.get(k).cloned();
+    let (config, _) = load_app(app_root, emulator);
+    let route = &config.routes["orders"];
+    let table = fanout::changelog::changelog_of(route, None).unwrap();
+    let state =
+        fanout::storage::Location::parse(".fanout/restore", Default::default(), app_root).unwrap();
+    let checkpoints =
+        fanout::changelog::to_cosmos::RestoreCheckpoints::open(&state, "orders").unwrap();
+    let restore = fanout::changelog::to_cosmos::CosmosRestore::open(
+        route,
+        container,
+        None,
+        &lookup,
+        builder,
+        throttle,
+        checkpoints,
+    )
+    .await?;
+    restore
+        .run("orders", &table, request, options, progress, stop)
+        .await
+}
