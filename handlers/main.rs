@@ -52,6 +52,15 @@ enum Command {
     Verify(commands::verify::Args),
     History(commands::history::Args),
     Restore(commands::restore::Args),
+    /// Refresh state tables (delta sinks with `mode = "state"`) from their changelogs now.
+    Materialize {
+        /// Only this function's state tables.
+        #[arg(long)]
+        function: Option<String>,
+        /// Only this sink.
+        #[arg(long)]
+        sink: Option<String>,
+    },
     /// Summarize a changelog table: versions, files, rows per operation, latest state.
     Changelog {
         /// Table location (path or URL). Default: every delta sink in the config.
@@ -118,6 +127,9 @@ fn main() -> ExitCode {
             Command::Verify(args) => commands::verify::run(&ctx, args).await,
             Command::History(args) => commands::history::run(&ctx, args).await,
             Command::Restore(args) => commands::restore::run(&ctx, args).await,
+            Command::Materialize { function, sink } => {
+                commands::maintain::materialize(&ctx, function, sink).await
+            }
             Command::Changelog { table } => commands::changelog::run(&ctx, table).await,
             Command::Compact { table } => commands::maintain::compact(&ctx, table).await,
             Command::Vacuum {

@@ -1,10 +1,10 @@
 use super::{CommandError, Context};
-use fanout::sinks::delta::{DeltaConfig, read_changelog, table_url};
+use fanout::sinks::delta::{DeltaConfig, DeltaMode, read_changelog, table_url};
 use std::collections::HashMap;
 
 /// Prints a summary of one table, or of every delta sink's table in the config.
 pub async fn run(ctx: &Context, table: Option<String>) -> Result<(), CommandError> {
-    for config in delta_tables(ctx, table)? {
+    for config in delta_tables(ctx, table, false)? {
         summarize_table(
             &config.table,
             config.storage_options.clone().into_iter().collect(),
@@ -15,10 +15,12 @@ pub async fn run(ctx: &Context, table: Option<String>) -> Result<(), CommandErro
     Ok(())
 }
 
-/// The table given on the command line (default settings), or every delta sink's table.
+/// The table given on the command line (default settings), or every delta sink's table
+/// (changelogs only, unless `state_tables`).
 pub fn delta_tables(
     ctx: &Context,
     table: Option<String>,
+    state_tables: bool,
 ) -> Result<Vec<DeltaConfig>, CommandError> {
     if let Some(t) = table {
         return Ok(vec![DeltaConfig::at(t)]);
@@ -29,6 +31,7 @@ pub fn delta_tables(
         .values()
         .flat_map(|route| route.sinks.values())
         .filter_map(|sink| sink.as_delta().cloned())
+        .filter(|c| state_tables || c.mode == DeltaMode::Changelog)
         .collect())
 }
 

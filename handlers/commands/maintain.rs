@@ -8,7 +8,7 @@ use fanout::sinks::delta::{ChangelogTable, open, register_storage_handlers, tabl
 /// Rewrites the small files of every partition that has at least two.
 pub async fn compact(ctx: &Context, table: Option<String>) -> Result<(), CommandError> {
     register_storage_handlers();
-    for config in delta_tables(ctx, table)? {
+    for config in delta_tables(ctx, table, false)? {
         let url = table_url(&config.table, &ctx.app_root)
             .map_err(|e| CommandError::Usage(e.to_string()))?;
         let report = ChangelogTable::new(url.clone(), &config)
@@ -29,7 +29,8 @@ pub async fn run_vacuum(
     force: bool,
 ) -> Result<(), CommandError> {
     register_storage_handlers();
-    for config in delta_tables(ctx, table)? {
+    // State tables too: every refresh leaves the files it rewrote for vacuum.
+    for config in delta_tables(ctx, table, true)? {
         let url = table_url(&config.table, &ctx.app_root)
             .map_err(|e| CommandError::Usage(e.to_string()))?;
         let table = open(
@@ -50,6 +51,61 @@ pub async fn run_vacuum(
         for file in &report.files {
             println!("  {file}");
         }
+    }
+    Ok(())
+}
+
+/// Refreshes state tables now (`mode = "state"`): the changes their changelogs gained since
+/// the last refresh.
+pub async fn materialize(
+    ctx: &Context,
+    function: Option<String>,
+    sink: Option<String>,
+) -> Result<(), CommandError> {
+    register_storage_handlers();
+    let config = ctx.load()?;
+    let mut found = 0;
+    for (name, route) in &config.routes {
+        if function.as_ref().is_some_and(|f| f != name) {
+            continue;
+        }
+        for (sink_name, s) in &route.sinks {
+            if sink.as_ref().is_some_and(|w| w != sink_name) {
+                continue;
+            }
+            let Some(table) = s.as_changelog().and_then(|v| v.state_table()) else {
+                continue;
+            };
+            found += 1;
+            let report = fanout::sinks::delta::materialize::materialize(&table)
+                .await
+                .map_err(|e| {
+                    CommandError::Failed(format!("refreshing the state table {}: {e}", table.url))
+                })?;
+            println!(
+                "materialize `{name}`.`{sink_name}` {} from {} version {}: {} changes{} over {} changelog files, {} buckets rewritten, {} rows in them, {} bytes written, {} removed",
+                table.url,
+                table.changelog,
+                report.changelog_version,
+                report.changes,
+                if report.rebuilt { " (rebuilt)" } else { "" },
+                report.changelog_files_read,
+                report.buckets_rewritten,
+                report.rows,
+                report.bytes_added,
+                report.bytes_removed
+            );
+        }
+    }
+    if found == 0 {
+        return Err(CommandError::Usage(format!(
+            "no state table (a delta sink with `mode = \"state\"`){}{} in {}",
+            function
+                .map(|f| format!(" in function `{f}`"))
+                .unwrap_or_default(),
+            sink.map(|s| format!(" named `{s}`")).unwrap_or_default(),
+            config.file.display()
+        )));
     }
     Ok(())
 }

@@ -29,6 +29,28 @@ pub struct DeltaConfig {
     /// Typed columns projected from the document, after the fixed ones (see docs/changelog.md).
     #[serde(default)]
     pub columns: Vec<TypedColumn>,
+    /// `changelog` (default): one row per change. `state`: one row per live document,
+    /// materialized from the changelog table named by `changelog`.
+    #[serde(default)]
+    pub mode: DeltaMode,
+    /// State mode: the changelog table it is materialized from (a location, as `table`).
+    #[serde(default)]
+    pub changelog: Option<String>,
+    /// State mode: how often the table is refreshed (seconds); deliveries also ask for one.
+    #[serde(default = "default_refresh_seconds")]
+    pub refresh_seconds: u64,
+    /// State mode: hash buckets of the partition key (the table's partitions; a refresh
+    /// rewrites the buckets of the changed keys only).
+    #[serde(default = "default_buckets")]
+    pub buckets: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeltaMode {
+    #[default]
+    Changelog,
+    State,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -135,6 +157,12 @@ fn default_target_file_mb() -> u64 {
 fn default_checkpoint_interval() -> u64 {
     100
 }
+fn default_refresh_seconds() -> u64 {
+    30
+}
+fn default_buckets() -> u32 {
+    64
+}
 
 fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
@@ -153,6 +181,24 @@ pub struct ValidatedDelta {
     /// The monitored container, `/cosmosdb/{database}/{container}`: the scope of the
     /// exactly-once marks.
     pub source: String,
+    /// State mode: the changelog table's URL.
+    pub changelog: Option<url::Url>,
+}
+
+impl ValidatedDelta {
+    /// State mode: where the state table is and what it is made from.
+    pub fn state_table(&self) -> Option<super::materialize::StateTable> {
+        let options: std::collections::HashMap<String, String> =
+            self.config.storage_options.clone().into_iter().collect();
+        Some(super::materialize::StateTable {
+            url: self.url.clone(),
+            storage_options: options.clone(),
+            changelog: self.changelog.clone()?,
+            changelog_options: options,
+            buckets: self.config.buckets,
+        })
+        .filter(|_| self.config.mode == DeltaMode::State)
+    }
 }
 
 impl DeltaConfig {
@@ -165,6 +211,10 @@ impl DeltaConfig {
             compaction: CompactionConfig::default(),
             checkpoint_interval: default_checkpoint_interval(),
             columns: Vec::new(),
+            mode: DeltaMode::Changelog,
+            changelog: None,
+            refresh_seconds: default_refresh_seconds(),
+            buckets: default_buckets(),
         }
     }
 
@@ -179,6 +229,13 @@ impl DeltaConfig {
                 &ctx.app_root,
             ),
         );
+        let changelog = match (self.mode, &self.changelog) {
+            (DeltaMode::State, Some(at)) => problems.take(
+                "changelog",
+                crate::storage::Location::parse(at, self.storage_options.clone(), &ctx.app_root),
+            ),
+            _ => None,
+        };
         problems.into_result(|| ValidatedDelta {
             config: self.clone(),
             url: location
@@ -186,6 +243,7 @@ impl DeltaConfig {
                 .url()
                 .clone(),
             source: ctx.event_source.clone(),
+            changelog: changelog.map(|l| l.url().clone()),
         })
     }
 
@@ -213,6 +271,33 @@ impl DeltaConfig {
         }
         if self.checkpoint_interval == 0 {
             problems.push("`checkpoint_interval` must be at least 1 (default 100)".into());
+        }
+        match self.mode {
+            DeltaMode::State => {
+                if self.changelog.is_none() {
+                    problems.push("`mode = \"state\"` needs `changelog`: the changelog table it is materialized from, e.g. `changelog = \"tables/orders\"` (the `table` of the route's changelog sink)".into());
+                }
+                if self.changelog.as_deref() == Some(self.table.as_str()) {
+                    problems.push("`changelog` names this state table itself: give the changelog sink's `table`".into());
+                }
+                if !(1..=4096).contains(&self.buckets) {
+                    problems.push(format!(
+                        "`buckets` is {}: use 1-4096 (default 64)",
+                        self.buckets
+                    ));
+                }
+                if self.refresh_seconds == 0 {
+                    problems.push("`refresh_seconds` must be at least 1 (default 30)".into());
+                }
+                if !self.columns.is_empty() {
+                    problems.push("`columns` (typed columns) are not supported in `mode = \"state\"` yet: the state table holds the document JSON; read typed fields from it".into());
+                }
+            }
+            DeltaMode::Changelog => {
+                if self.changelog.is_some() {
+                    problems.push("`changelog` belongs to `mode = \"state\"`".into());
+                }
+            }
         }
         let fixed = super::schema::FIXED_COLUMN_NAMES;
         let mut seen = std::collections::HashSet::new();
@@ -251,6 +336,34 @@ mod tests {
 
     fn parse(extra: &str) -> DeltaConfig {
         toml::from_str(&format!("table = \"t\"\n{extra}")).unwrap()
+    }
+
+    #[test]
+    fn state_mode_names_its_changelog() {
+        // (settings, a problem that must be reported, or none)
+        let cases = [
+            ("mode = \"state\"\nchangelog = \"c\"", None),
+            ("mode = \"state\"", Some("needs `changelog`")),
+            (
+                "mode = \"state\"\nchangelog = \"t\"",
+                Some("names this state table itself"),
+            ),
+            (
+                "mode = \"state\"\nchangelog = \"c\"\nbuckets = 0",
+                Some("`buckets` is 0"),
+            ),
+            ("changelog = \"c\"", Some("belongs to `mode = \"state\"`")),
+        ];
+        for (settings, want) in cases {
+            let problems = parse(settings).check();
+            match want {
+                None => assert!(problems.is_empty(), "{settings}: {problems:?}"),
+                Some(w) => assert!(
+                    problems.iter().any(|p| p.contains(w)),
+                    "{settings}: {problems:?}"
+                ),
+            }
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod baseline;
 mod compaction;
 mod config;
 mod error;
+pub mod materialize;
 mod reader;
 mod scan;
 mod schema;
@@ -15,7 +16,8 @@ mod writer;
 
 pub use compaction::{CompactionReport, VacuumReport, vacuum};
 pub use config::{
-    ColumnType, CompactionConfig, DeltaConfig, GroupCommitConfig, TypedColumn, ValidatedDelta,
+    ColumnType, CompactionConfig, DeltaConfig, DeltaMode, GroupCommitConfig, TypedColumn,
+    ValidatedDelta,
 };
 pub use reader::{ChangelogRow, ChangelogSnapshot, read_changelog};
 pub use scan::{RowFilter, ScanStats, scan};
@@ -26,20 +28,30 @@ pub use writer::ChangelogTable;
 use super::{BatchContext, Delivery, Sink, SinkError};
 use crate::change::Change;
 use async_trait::async_trait;
+use std::sync::Arc;
 
 pub const KIND: &str = "delta";
 
 pub struct DeltaSink {
     name: String,
     table: ChangelogTable,
+    /// `mode = "state"`: the table is materialized from a changelog, not appended to.
+    state: Option<Arc<materialize::Refresher>>,
 }
 
 impl DeltaSink {
     pub fn new(name: &str, v: &ValidatedDelta) -> Result<Self, SinkError> {
         register_storage_handlers();
+        let state = v.state_table().map(|t| {
+            Arc::new(materialize::Refresher::new(
+                t,
+                std::time::Duration::from_secs(v.config.refresh_seconds),
+            ))
+        });
         Ok(Self {
             name: name.to_string(),
             table: ChangelogTable::new(v.url.clone(), &v.config).with_source(v.source.clone()),
+            state,
         })
     }
 
@@ -64,7 +76,11 @@ impl Sink for DeltaSink {
     }
 
     fn state(&self) -> Option<&dyn super::state::SinkState> {
-        Some(self)
+        // A state table is not compared by verify yet (its changelog is).
+        match self.state {
+            None => Some(self),
+            Some(_) => None,
+        }
     }
 
     async fn baseline_complete(
@@ -72,6 +88,9 @@ impl Sink for DeltaSink {
         function: &str,
         at: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), SinkError> {
+        if self.state.is_some() {
+            return Ok(());
+        }
         let scope = self
             .table
             .source()
@@ -95,6 +114,16 @@ impl Sink for DeltaSink {
         ctx: &BatchContext,
         changes: &[&Change],
     ) -> Result<Delivery, SinkError> {
+        if let Some(state) = &self.state {
+            // The changelog sink of the route holds these changes durably; the state table
+            // takes them from it at its next refresh, which this asks for.
+            state.poke();
+            return Ok(Delivery::done(format!(
+                "{} changes: the state table refreshes from its changelog within {} s",
+                changes.len(),
+                state.interval().as_secs()
+            )));
+        }
         let out = self.table.append(ctx, &self.name, changes).await?;
         let version = out
             .table_version

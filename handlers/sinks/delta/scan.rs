@@ -107,7 +107,7 @@ pub async fn scan<E: From<DeltaTableError>>(
         }
         out.files_read += 1;
         for batch in read_data_file(store.as_ref(), &path).await? {
-            let matched = rows(&batch.map_err(DeltaTableError::from)?, filter);
+            let matched = rows_of(&batch.map_err(DeltaTableError::from)?, filter);
             out.rows_matched += matched.len() as u64;
             if !matched.is_empty() {
                 on_rows(matched).await?;
@@ -117,7 +117,8 @@ pub async fn scan<E: From<DeltaTableError>>(
     Ok(out)
 }
 
-fn rows(batch: &RecordBatch, filter: &RowFilter) -> Vec<ChangelogRow> {
+/// The matching rows of one record batch of a changelog data file.
+pub(super) fn rows_of(batch: &RecordBatch, filter: &RowFilter) -> Vec<ChangelogRow> {
     let text = |name: &str| {
         batch
             .column_by_name(name)
