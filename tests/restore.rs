@@ -209,6 +209,39 @@ async fn history_lists_every_change_and_restore_gives_the_documents_as_of_a_time
         pairs(&[("o3", "placed"), ("o4", "placed")])
     );
 
+    // A state table as of a time (Delta), read by an independent reader.
+    restore(1500, "state-1500", &["--format", "delta"]);
+    let out = common::python(
+        r#"
+import json, os
+from deltalake import DeltaTable
+rows = DeltaTable(os.environ["TABLE"]).to_pyarrow_table().to_pylist()
+print(json.dumps(sorted([[r["id"], json.loads(r["document"])["status"], r["lsn"]] for r in rows])))
+"#,
+        &[("TABLE", app.path().join("state-1500").to_str().unwrap())],
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(out.trim()).unwrap(),
+        json!([["o1", "paid", 4], ["o3", "placed", 3]])
+    );
+    // Not into an existing table.
+    let out = app.run(
+        &[
+            "restore",
+            "--function",
+            "orders",
+            "--as-of",
+            &at(1500),
+            "--to",
+            "state-1500",
+            "--without-baseline",
+            "--format",
+            "delta",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
+
     // A destination that is not empty is refused, unless told to overwrite.
     let out = app.run(
         &[

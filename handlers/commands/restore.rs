@@ -25,6 +25,13 @@ pub struct Args {
     /// or an Azure storage URL; or `cosmos`, with `--container`.
     #[arg(long, value_name = "DEST")]
     pub to: String,
+    /// What `--to` (a location) receives: `jsonl` files, or `delta`, a state table as of the
+    /// time (one row per document, as `mode = "state"` keeps it).
+    #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+    pub format: Format,
+    /// With `--format delta`: hash buckets of the partition key (the table's partitions).
+    #[arg(long, default_value_t = 64)]
+    pub buckets: u32,
     /// With `--to cosmos`: the container, CONTAINER (in the function's database),
     /// DATABASE/CONTAINER or ENDPOINT/DATABASE/CONTAINER.
     #[arg(long, value_name = "CONTAINER")]
@@ -73,6 +80,12 @@ pub struct Args {
     pub without_baseline: bool,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Jsonl,
+    Delta,
+}
+
 fn failure(e: RestoreError) -> CommandError {
     if e.is_usage() {
         CommandError::Usage(e.to_string())
@@ -108,6 +121,11 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
                 .into(),
         ));
     }
+    if to_cosmos && args.format == Format::Delta {
+        return Err(CommandError::Usage(
+            "--format delta writes a table to a location: not with `--to cosmos`".into(),
+        ));
+    }
     if !to_cosmos && (args.exact || args.resume || args.restart || args.connection.is_some()) {
         return Err(CommandError::Usage(
             "--exact, --resume, --restart and --connection go with `--to cosmos`".into(),
@@ -139,6 +157,9 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     }
     let to = Location::parse(&args.to, Default::default(), &ctx.app_root)
         .map_err(|e| CommandError::Usage(format!("--to: {e}")))?;
+    if args.format == Format::Delta {
+        return to_state_table(&args, &table, request, &to).await;
+    }
     // Every check before the table is read twice.
     let destination = if args.dry_run {
         None
@@ -312,4 +333,58 @@ impl Progress for Bar {
         self.0.set_length(of as u64);
         self.0.set_position(done);
     }
+}
+
+/// `--format delta`: a state table as of the time.
+async fn to_state_table(
+    args: &Args,
+    table: &fanout::changelog::Changelog,
+    request: RestoreRequest,
+    to: &Location,
+) -> Result<(), CommandError> {
+    if !(1..=4096).contains(&args.buckets) {
+        return Err(CommandError::Usage("--buckets must be 1-4096".into()));
+    }
+    fanout::sinks::delta::register_storage_handlers();
+    // The baseline check and the counts (pass 1), as for every destination.
+    let (_, planned) = plan(table, &args.function, &request)
+        .await
+        .map_err(failure)?;
+    if args.dry_run {
+        println!(
+            "dry run: would write a state table of {} documents to {to}",
+            planned.documents
+        );
+        return Ok(());
+    }
+    let state = fanout::sinks::delta::materialize::StateTable {
+        url: to.url().clone(),
+        storage_options: to.options().clone().into_iter().collect(),
+        changelog: table.url.clone(),
+        changelog_options: table.storage_options.clone(),
+        buckets: args.buckets,
+    };
+    let filter = fanout::sinks::delta::RowFilter {
+        id: request.id.clone(),
+        partition_key: request.partition_key.clone(),
+        ts_at_most: Some(request.as_of.timestamp()),
+    };
+    let report = fanout::sinks::delta::materialize::build_as_of(&state, &filter)
+        .await
+        .map_err(|e| {
+            let text = e.to_string();
+            if text.contains("holds a table already") {
+                CommandError::Usage(format!("--to {to}: {text}"))
+            } else {
+                CommandError::Failed(format!("writing the state table {to}: {text}"))
+            }
+        })?;
+    println!(
+        "wrote a state table of {} documents as of {} to {to} ({} buckets, {} bytes)",
+        report.rows,
+        request.as_of.to_rfc3339(),
+        report.buckets_rewritten,
+        report.bytes_added
+    );
+    Ok(())
 }

@@ -443,6 +443,81 @@ async fn attempt(t: &StateTable) -> Result<Option<MaterializeReport>, DeltaTable
     }
 }
 
+/// A state table of the changelog's rows that `filter` picks (`restore --format delta`: the
+/// state as of a time, of one partition key or one document), written to `t.url`, which must
+/// not hold a table yet. Memory holds the newest change of each document.
+pub async fn build_as_of(
+    t: &StateTable,
+    filter: &RowFilter,
+) -> Result<MaterializeReport, DeltaTableError> {
+    let probe = DeltaTableBuilder::from_url(t.url.clone())?
+        .with_storage_options(t.storage_options.clone())
+        .build()?;
+    if probe.verify_deltatable_existence().await? {
+        return Err(DeltaTableError::Generic(format!(
+            "{} holds a table already: restore into a new location",
+            t.url
+        )));
+    }
+    let mut newest = Newest::new();
+    let stats = super::scan::scan(
+        t.changelog.clone(),
+        t.changelog_options.clone(),
+        None,
+        filter,
+        async |rows| -> Result<(), DeltaTableError> {
+            for row in rows {
+                fold(&mut newest, row);
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    let state = open_state(t).await?;
+    let mut report = MaterializeReport {
+        changelog_version: stats.version,
+        rebuilt: true,
+        changelog_files_read: stats.files_read,
+        changes: newest.len(),
+        ..MaterializeReport::default()
+    };
+    let mut by_bucket: BTreeMap<i32, Vec<NewestChange>> = BTreeMap::new();
+    for ((pk, _), change) in newest {
+        by_bucket
+            .entry(bucket_of(&pk, t.buckets))
+            .or_default()
+            .push(change);
+    }
+    let mut writer = RecordBatchWriter::for_table(&state)?;
+    for (bucket, changes) in by_bucket {
+        let rows = apply(Vec::new(), changes);
+        report.rows += rows.len();
+        report.buckets_rewritten += 1;
+        if !rows.is_empty() {
+            writer.write(to_batch(&rows, bucket)?).await?;
+        }
+    }
+    let mut actions = Vec::new();
+    for add in writer.flush().await? {
+        report.bytes_added += add.size as u64;
+        actions.push(Action::Add(add));
+    }
+    let committed = CommitBuilder::from(CommitProperties::default())
+        .with_actions(actions)
+        .build(
+            Some(state.snapshot()?),
+            state.log_store(),
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: Some(vec![BUCKET_COLUMN.to_string()]),
+                predicate: None,
+            },
+        )
+        .await?;
+    report.state_version = Some(committed.version());
+    Ok(report)
+}
+
 async fn state_moved(t: &StateTable, before: Option<u64>) -> Result<bool, DeltaTableError> {
     let mut table = DeltaTableBuilder::from_url(t.url.clone())?
         .with_storage_options(t.storage_options.clone())
