@@ -416,10 +416,7 @@ async fn a_split_during_a_backfill_and_an_interruption_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_reads_wait_and_the_ru_budget_holds() {
-    use azure_data_cosmos_driver::fault_injection::{
-        FaultInjectionConditionBuilder, FaultInjectionErrorType, FaultInjectionResultBuilder,
-        FaultInjectionRuleBuilder, FaultOperationType,
-    };
+    use azure_data_cosmos_driver::fault_injection::FaultOperationType;
     let redis = RedisServer::start();
     let app = app(&redis);
     let emulator = CosmosEmulator::start("shop", "orders", "/customerId", 2);
@@ -427,29 +424,12 @@ async fn throttled_reads_wait_and_the_ru_budget_holds() {
         .upsert_all(orders(1_500, 100, 1), "customerId")
         .await;
     // The service throttles: 6 change feed reads and 6 point reads answered 429.
-    let rule = |id: &str, op| {
-        Arc::new(
-            FaultInjectionRuleBuilder::new(
-                id,
-                FaultInjectionResultBuilder::new()
-                    .with_error(FaultInjectionErrorType::TooManyRequests)
-                    .build(),
-            )
-            .with_condition(
-                FaultInjectionConditionBuilder::new()
-                    .with_operation_type(op)
-                    .build(),
-            )
-            .with_hit_limit(6)
-            .build(),
-        )
-    };
     let builder = emulator
         .builder()
         .await
         .with_fault_injection_rules(vec![
-            rule("feed-429", FaultOperationType::ChangeFeedItem),
-            rule("read-429", FaultOperationType::ReadItem),
+            common::cosmos::throttled("feed-429", FaultOperationType::ChangeFeedItem, 6),
+            common::cosmos::throttled("read-429", FaultOperationType::ReadItem, 6),
         ])
         .unwrap();
     // A budget far below what the reads would take unthrottled.

@@ -446,29 +446,14 @@ impl fanout::changelog::to_cosmos::Progress for StopAfter {
 
 /// The emulator container's documents, by id, system properties left out.
 async fn container_docs(emulator: &CosmosEmulator, container: &str) -> BTreeMap<String, Value> {
-    use futures::StreamExt;
-    let c = emulator.client_of(container).await;
-    let items: Vec<Value> = c
-        .query_items::<Value>(
-            "SELECT * FROM c",
-            azure_data_cosmos::FeedScope::full_container(),
-            None,
-        )
-        .await
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect()
-        .await;
-    items
-        .into_iter()
-        .map(|mut d| {
-            let map = d.as_object_mut().unwrap();
-            for p in ["_rid", "_self", "_etag", "_attachments", "_ts", "_lsn"] {
-                map.remove(p);
-            }
-            (d["id"].as_str().unwrap().to_string(), d)
-        })
-        .collect()
+    let mut docs = emulator.documents_in(container).await;
+    for d in docs.values_mut() {
+        let map = d.as_object_mut().unwrap();
+        for p in ["_rid", "_self", "_etag", "_attachments", "_ts", "_lsn"] {
+            map.remove(p);
+        }
+    }
+    docs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -543,10 +528,7 @@ async fn restore_into_a_container_gives_the_documents_and_exact_restores_in_plac
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttled_restore_holds_its_ru_budget_and_resumes_after_a_stop() {
-    use azure_data_cosmos_driver::fault_injection::{
-        FaultInjectionConditionBuilder, FaultInjectionErrorType, FaultInjectionResultBuilder,
-        FaultInjectionRuleBuilder, FaultOperationType,
-    };
+    use azure_data_cosmos_driver::fault_injection::FaultOperationType;
     use fanout::changelog::to_cosmos::{CosmosRestoreError, CosmosRestoreOptions, Silent};
     let app = posted_orders(600).await;
     let emulator = CosmosEmulator::start("shop", "orders", "/customerId", 2);
@@ -596,21 +578,7 @@ async fn a_throttled_restore_holds_its_ru_budget_and_resumes_after_a_stop() {
     );
     // ... and --resume, with the service throttling writes (8 upserts answered 429) and a
     // budget far below what the writes would take, writes the rest and nothing twice.
-    let rule = Arc::new(
-        FaultInjectionRuleBuilder::new(
-            "upsert-429",
-            FaultInjectionResultBuilder::new()
-                .with_error(FaultInjectionErrorType::TooManyRequests)
-                .build(),
-        )
-        .with_condition(
-            FaultInjectionConditionBuilder::new()
-                .with_operation_type(FaultOperationType::UpsertItem)
-                .build(),
-        )
-        .with_hit_limit(8)
-        .build(),
-    );
+    let rule = common::cosmos::throttled("upsert-429", FaultOperationType::UpsertItem, 8);
     let builder = emulator
         .builder()
         .await

@@ -154,10 +154,33 @@ async fn no_secret_reaches_logs_answers_or_dead_letters() {
     let out = app.run(&["backfill", "--function", "orders"], &env);
     assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
     assert_no_secret("backfill", &(common::stdout(&out) + &common::stderr(&out)));
-    // The same for verify, and its report.
-    let out = app.run(&["verify", "--function", "orders"], &env);
-    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
-    assert_no_secret("verify", &(common::stdout(&out) + &common::stderr(&out)));
+    // The same for verify and for a restore into a container, run side by side.
+    let restore_args = [
+        "restore",
+        "--function",
+        "orders",
+        "--as-of",
+        "2026-01-01T00:00:00Z",
+        "--to",
+        "cosmos",
+        "--container",
+        "restored",
+        "--without-baseline",
+    ];
+    let (verify, restore) = std::thread::scope(|s| {
+        let verify = s.spawn(|| app.run(&["verify", "--function", "orders"], &env));
+        let restore = s.spawn(|| app.run(&restore_args, &env));
+        (verify.join().unwrap(), restore.join().unwrap())
+    });
+    for (what, out) in [("verify", verify), ("restore", restore)] {
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{what}: {}",
+            common::stderr(&out)
+        );
+        assert_no_secret(what, &(common::stdout(&out) + &common::stderr(&out)));
+    }
 
     // check-config, valid and with a mistake next to the secrets.
     let env = secret_env();

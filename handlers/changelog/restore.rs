@@ -17,8 +17,8 @@ use deltalake::DeltaTableError;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path as StorePath};
 use std::sync::Arc;
 
-/// Documents per JSON Lines file.
-pub const DOCUMENTS_PER_FILE: usize = 100_000;
+/// A JSON Lines file is put once it holds this much (memory holds one file).
+pub const FILE_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct RestoreRequest {
@@ -260,8 +260,8 @@ impl JsonLines {
         })
     }
 
-    /// Writes the documents of pass 2, `DOCUMENTS_PER_FILE` per file, one line each; a file
-    /// is put once full, so memory holds one file.
+    /// Writes the documents of pass 2, one line each; a file is put once it holds
+    /// [`FILE_BYTES`], so memory holds one file.
     pub async fn write(
         &self,
         table: &Changelog,
@@ -274,7 +274,6 @@ impl JsonLines {
             ..RestoreReport::default()
         };
         let mut buffer = Vec::new();
-        let mut in_file = 0;
         documents(
             table,
             request,
@@ -284,14 +283,12 @@ impl JsonLines {
                     serde_json::to_writer(&mut buffer, &doc.document)
                         .expect("a document serializes");
                     buffer.push(b'\n');
-                    in_file += 1;
                     report.written += 1;
-                    if in_file == DOCUMENTS_PER_FILE {
+                    if buffer.len() >= FILE_BYTES {
                         let name = self
                             .put(report.files.len(), std::mem::take(&mut buffer))
                             .await?;
                         report.files.push(name);
-                        in_file = 0;
                     }
                 }
                 Ok(())

@@ -28,14 +28,7 @@ pub struct Args {
 
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
     let config = ctx.load()?;
-    let route = config.routes.get(&args.function).ok_or_else(|| {
-        CommandError::Usage(format!(
-            "no function `{}` in {}; its functions: {}",
-            args.function,
-            config.file.display(),
-            config.routes.keys().cloned().collect::<Vec<_>>().join(", ")
-        ))
-    })?;
+    let route = super::route_of(&config, &args.function)?;
     let table = changelog_of(route, args.sink.as_deref())
         .map_err(|e| CommandError::Usage(e.to_string()))?;
     let (sink, url) = (&table.sink, &table.url);

@@ -42,6 +42,33 @@ impl CommandError {
     }
 }
 
+/// The checks every command that reads or writes Cosmos DB makes of its rate settings.
+pub fn check_rate(max_ru_per_second: Option<f64>, parallel: usize) -> Result<(), CommandError> {
+    if max_ru_per_second.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        return Err(CommandError::Usage(
+            "--max-ru-per-second must be a positive number".into(),
+        ));
+    }
+    if parallel == 0 {
+        return Err(CommandError::Usage("--parallel must be at least 1".into()));
+    }
+    Ok(())
+}
+
+/// The route of `function`, or a usage error naming the functions there are.
+pub fn route_of<'a>(
+    config: &'a AppConfig,
+    function: &str,
+) -> Result<&'a fanout::config::RouteConfig, CommandError> {
+    config.routes.get(function).ok_or_else(|| {
+        CommandError::Usage(format!(
+            "no function `{function}` in {}; its functions: {}",
+            config.file.display(),
+            config.routes.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+    })
+}
+
 pub struct Context {
     pub app_root: PathBuf,
     pub config_file: PathBuf,

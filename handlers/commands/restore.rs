@@ -104,14 +104,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         })?
         .to_utc();
     let config = ctx.load()?;
-    let route = config.routes.get(&args.function).ok_or_else(|| {
-        CommandError::Usage(format!(
-            "no function `{}` in {}; its functions: {}",
-            args.function,
-            config.file.display(),
-            config.routes.keys().cloned().collect::<Vec<_>>().join(", ")
-        ))
-    })?;
+    let route = super::route_of(&config, &args.function)?;
     let table = changelog_of(route, args.sink.as_deref())
         .map_err(|e| CommandError::Usage(e.to_string()))?;
     let to_cosmos = args.to == "cosmos";
@@ -136,15 +129,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
             "--resume and --restart exclude each other".into(),
         ));
     }
-    if args
-        .max_ru_per_second
-        .is_some_and(|r| r.is_nan() || r <= 0.0)
-        || args.parallel == 0
-    {
-        return Err(CommandError::Usage(
-            "--max-ru-per-second must be a positive number and --parallel at least 1".into(),
-        ));
-    }
+    super::check_rate(args.max_ru_per_second, args.parallel)?;
     let request = RestoreRequest {
         as_of,
         partition_key: args.partition_key.as_deref().map(partition_key_wire),

@@ -65,18 +65,9 @@ fn usage_or_failure(e: VerifyError) -> CommandError {
 }
 
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
-    if args
-        .max_ru_per_second
-        .is_some_and(|r| r.is_nan() || r <= 0.0)
-    {
-        return Err(CommandError::Usage(
-            "--max-ru-per-second must be a positive number".into(),
-        ));
-    }
-    if args.parallel == 0 || args.page_size == 0 {
-        return Err(CommandError::Usage(
-            "--parallel and --page-size must be at least 1".into(),
-        ));
+    super::check_rate(args.max_ru_per_second, args.parallel)?;
+    if args.page_size == 0 {
+        return Err(CommandError::Usage("--page-size must be at least 1".into()));
     }
     if args.against.is_some() && (args.repair || !args.sinks.is_empty()) {
         return Err(CommandError::Usage(

@@ -2,8 +2,7 @@
 //! tests. Reads the Parquet files of the current version directly (no DataFusion).
 
 use bytes::Bytes;
-use deltalake::arrow::array::{Array, AsArray, RecordBatch};
-use deltalake::arrow::datatypes::Int64Type;
+use deltalake::arrow::array::RecordBatch;
 use deltalake::parquet::arrow::arrow_reader::{
     ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
 };
@@ -69,47 +68,10 @@ pub async fn read_changelog(
 }
 
 fn collect_rows(batch: &RecordBatch, out: &mut Vec<ChangelogRow>) {
-    let text = |name: &str| {
-        batch
-            .column_by_name(name)
-            .map(|c| c.as_string::<i32>().clone())
-    };
-    let long = |name: &str| {
-        batch
-            .column_by_name(name)
-            .map(|c| c.as_primitive::<Int64Type>().clone())
-    };
-    let (op, dk, id, pk, doc, func, inv) = (
-        text("operation"),
-        text("delete_kind"),
-        text("id"),
-        text("partition_key"),
-        text("document"),
-        text("function"),
-        text("invocation_id"),
-    );
-    let (lsn, ts) = (long("lsn"), long("ts"));
-    let get = |a: &Option<deltalake::arrow::array::StringArray>, i: usize| {
-        a.as_ref()
-            .filter(|a| a.is_valid(i))
-            .map(|a| a.value(i).to_string())
-    };
-    let num = |a: &Option<deltalake::arrow::array::Int64Array>, i: usize| {
-        a.as_ref().filter(|a| a.is_valid(i)).map(|a| a.value(i))
-    };
-    for i in 0..batch.num_rows() {
-        out.push(ChangelogRow {
-            operation: get(&op, i).unwrap_or_default(),
-            delete_kind: get(&dk, i),
-            id: get(&id, i).unwrap_or_default(),
-            partition_key: get(&pk, i).unwrap_or_default(),
-            lsn: num(&lsn, i),
-            ts: num(&ts, i),
-            document: get(&doc, i),
-            function: get(&func, i).unwrap_or_default(),
-            invocation_id: get(&inv, i).unwrap_or_default(),
-        });
-    }
+    out.extend(super::scan::rows_of(
+        batch,
+        &super::scan::RowFilter::default(),
+    ));
 }
 
 /// What a changelog holds, at a glance.

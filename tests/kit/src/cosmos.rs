@@ -150,7 +150,12 @@ impl CosmosEmulator {
 
     /// Every document the container holds now, by id.
     pub async fn documents(&self) -> std::collections::BTreeMap<String, Value> {
-        let c = self.container_client().await;
+        self.documents_in(&self.container).await
+    }
+
+    /// Every document another container of the database holds now, by id.
+    pub async fn documents_in(&self, container: &str) -> std::collections::BTreeMap<String, Value> {
+        let c = self.client_of(container).await;
         let items: Vec<Value> = c
             .query_items::<Value>(
                 "SELECT * FROM c",
@@ -178,6 +183,34 @@ impl CosmosEmulator {
         );
         self.store.drain_pending_control_plane().await;
     }
+}
+
+/// A fault rule for the emulator's client: the first `hits` requests of `operation` are
+/// answered 429 (the service throttling).
+pub fn throttled(
+    id: &str,
+    operation: azure_data_cosmos_driver::fault_injection::FaultOperationType,
+    hits: u32,
+) -> Arc<azure_data_cosmos_driver::fault_injection::FaultInjectionRule> {
+    use azure_data_cosmos_driver::fault_injection::{
+        FaultInjectionConditionBuilder, FaultInjectionErrorType, FaultInjectionResultBuilder,
+        FaultInjectionRuleBuilder,
+    };
+    Arc::new(
+        FaultInjectionRuleBuilder::new(
+            id,
+            FaultInjectionResultBuilder::new()
+                .with_error(FaultInjectionErrorType::TooManyRequests)
+                .build(),
+        )
+        .with_condition(
+            FaultInjectionConditionBuilder::new()
+                .with_operation_type(operation)
+                .build(),
+        )
+        .with_hit_limit(hits)
+        .build(),
+    )
 }
 
 /// The app settings a function reading the emulator has: the connection string and region.
