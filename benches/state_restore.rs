@@ -152,6 +152,7 @@ fn main() {
             changelog: source.url().clone(),
             changelog_options: HashMap::new(),
             buckets: 64,
+            columns: fanout::sinks::delta::ChangelogSchema::new(&[]),
         };
         let started = Instant::now();
         let rebuild = materialize(&state).await.unwrap();

@@ -482,6 +482,26 @@ async fn restore_into_a_container_gives_the_documents_and_exact_restores_in_plac
         )
         .await
     };
+    // A container partitioned by another path is refused before any write (exit 2).
+    emulator.add_container("wrong-key", "/region", 1);
+    let wrong = common::cosmos::run_restore_to_cosmos(
+        app.path(),
+        &emulator,
+        emulator.builder().await,
+        "wrong-key",
+        &request(1500),
+        &options,
+        Arc::new(Throttle::new(None)),
+        &Silent,
+        &no_stop,
+    )
+    .await;
+    assert!(
+        wrong
+            .as_ref()
+            .is_err_and(|e| e.is_usage() && e.to_string().contains("partitioned by")),
+        "{wrong:?}"
+    );
     // As of between the second and third batch: o1 paid, o3 (o2 was deleted by then).
     let report = run(&request(1500), &options).await.unwrap();
     assert_eq!((report.written, report.plan.documents), (2, 2));

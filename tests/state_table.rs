@@ -31,6 +31,7 @@ table = "tables/orders_state"
 changelog = "tables/orders"
 buckets = 8
 refresh_seconds = 3600
+columns = [{ name = "status", path = "/status", type = "string" }]
 "#,
     );
     app
@@ -49,7 +50,7 @@ import json, os
 from deltalake import DeltaTable
 t = DeltaTable(os.environ["TABLE"])
 rows = t.to_pyarrow_table().to_pylist()
-print(json.dumps([{"id": r["id"], "pk": r["partition_key"], "lsn": r["lsn"], "bucket": r["bucket"], "doc": json.loads(r["document"])} for r in rows]))
+print(json.dumps([{"id": r["id"], "pk": r["partition_key"], "lsn": r["lsn"], "bucket": r["bucket"], "status": r["status"], "doc": json.loads(r["document"])} for r in rows]))
 "#,
         &[("TABLE", path.to_str().unwrap())],
     );
@@ -67,6 +68,8 @@ print(json.dumps([{"id": r["id"], "pk": r["partition_key"], "lsn": r["lsn"], "bu
         );
         assert!(previous.is_none(), "{id} is in the state table twice");
         assert_eq!(r["doc"]["id"], json!(id));
+        // The typed column, projected from the document as in the changelog.
+        assert_eq!(r["status"], r["doc"]["status"], "{id}");
     }
     state
 }

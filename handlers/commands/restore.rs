@@ -348,6 +348,7 @@ async fn to_state_table(
         changelog: table.url.clone(),
         changelog_options: table.storage_options.clone(),
         buckets: args.buckets,
+        columns: fanout::sinks::delta::ChangelogSchema::new(&[]),
     };
     let filter = fanout::sinks::delta::RowFilter {
         id: request.id.clone(),

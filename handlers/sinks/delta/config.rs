@@ -196,6 +196,7 @@ impl ValidatedDelta {
             changelog: self.changelog.clone()?,
             changelog_options: options,
             buckets: self.config.buckets,
+            columns: super::schema::ChangelogSchema::new(&self.config.columns),
         })
         .filter(|_| self.config.mode == DeltaMode::State)
     }
@@ -288,9 +289,6 @@ impl DeltaConfig {
                 }
                 if self.refresh_seconds == 0 {
                     problems.push("`refresh_seconds` must be at least 1 (default 30)".into());
-                }
-                if !self.columns.is_empty() {
-                    problems.push("`columns` (typed columns) are not supported in `mode = \"state\"` yet: the state table holds the document JSON; read typed fields from it".into());
                 }
             }
             DeltaMode::Changelog => {

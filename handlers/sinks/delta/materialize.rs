@@ -55,6 +55,8 @@ pub struct StateTable {
     pub changelog: Url,
     pub changelog_options: HashMap<String, String>,
     pub buckets: u32,
+    /// The typed columns (the changelog's kind: projected from the document).
+    pub columns: super::schema::ChangelogSchema,
 }
 
 /// What a refresh did.
@@ -146,31 +148,39 @@ fn apply(current: Vec<StateRow>, changes: Vec<NewestChange>) -> Vec<StateRow> {
     rows.into_values().collect()
 }
 
-fn arrow_schema() -> Arc<Schema> {
-    Arc::new(Schema::new(vec![
+fn arrow_schema(typed: &super::schema::ChangelogSchema) -> Arc<Schema> {
+    let mut fields = vec![
         Field::new("partition_key", ArrowType::Utf8, false),
         Field::new("id", ArrowType::Utf8, false),
         Field::new("lsn", ArrowType::Int64, true),
         Field::new("ts", ArrowType::Int64, true),
         Field::new("etag", ArrowType::Utf8, true),
         Field::new("document", ArrowType::Utf8, true),
-        Field::new(BUCKET_COLUMN, ArrowType::Int32, false),
-    ]))
+    ];
+    fields.extend(typed.typed_arrow_fields());
+    fields.push(Field::new(BUCKET_COLUMN, ArrowType::Int32, false));
+    Arc::new(Schema::new(fields))
 }
 
-fn delta_columns() -> Vec<StructField> {
-    vec![
+fn delta_columns(typed: &super::schema::ChangelogSchema) -> Vec<StructField> {
+    let mut columns = vec![
         StructField::new("partition_key", DataType::STRING, false),
         StructField::new("id", DataType::STRING, false),
         StructField::new("lsn", DataType::LONG, true),
         StructField::new("ts", DataType::LONG, true),
         StructField::new("etag", DataType::STRING, true),
         StructField::new("document", DataType::STRING, true),
-        StructField::new(BUCKET_COLUMN, DataType::INTEGER, false),
-    ]
+    ];
+    columns.extend(typed.typed_fields());
+    columns.push(StructField::new(BUCKET_COLUMN, DataType::INTEGER, false));
+    columns
 }
 
-fn to_batch(rows: &[StateRow], bucket: i32) -> Result<RecordBatch, DeltaTableError> {
+fn to_batch(
+    rows: &[StateRow],
+    bucket: i32,
+    typed: &super::schema::ChangelogSchema,
+) -> Result<RecordBatch, DeltaTableError> {
     let opt = |v: i64| (v >= 0).then_some(v);
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
@@ -187,9 +197,24 @@ fn to_batch(rows: &[StateRow], bucket: i32) -> Result<RecordBatch, DeltaTableErr
         Arc::new(StringArray::from_iter(
             rows.iter().map(|r| r.document.as_deref()),
         )),
-        Arc::new(Int32Array::from(vec![bucket; rows.len()])),
     ];
-    RecordBatch::try_new(arrow_schema(), columns).map_err(DeltaTableError::from)
+    let mut columns = columns;
+    if !typed.typed_fields().is_empty() {
+        // Projected from each row's document (rows carried over from the old file too).
+        let docs: Vec<Option<serde_json::Map<String, serde_json::Value>>> = rows
+            .iter()
+            .map(|r| {
+                r.document
+                    .as_deref()
+                    .and_then(|d| serde_json::from_str(d).ok())
+            })
+            .collect();
+        let refs: Vec<Option<&serde_json::Map<String, serde_json::Value>>> =
+            docs.iter().map(Option::as_ref).collect();
+        columns.extend(typed.typed_arrays(&refs));
+    }
+    columns.push(Arc::new(Int32Array::from(vec![bucket; rows.len()])));
+    RecordBatch::try_new(arrow_schema(typed), columns).map_err(DeltaTableError::from)
 }
 
 fn from_batch(batch: &RecordBatch, out: &mut Vec<StateRow>) {
@@ -245,7 +270,7 @@ async fn open_state(t: &StateTable) -> Result<DeltaTable, DeltaTableError> {
     let created = CreateBuilder::new()
         .with_location(t.url.as_str())
         .with_storage_options(t.storage_options.clone())
-        .with_columns(delta_columns())
+        .with_columns(delta_columns(&t.columns))
         .with_partition_columns([BUCKET_COLUMN])
         .with_save_mode(SaveMode::Ignore)
         .with_comment("One row per live Cosmos DB document, materialized by fanout from its changelog (see docs/state-and-restore.md)")
@@ -405,7 +430,7 @@ async fn attempt(t: &StateTable) -> Result<Option<MaterializeReport>, DeltaTable
         report.rows += rows.len();
         report.buckets_rewritten += 1;
         if !rows.is_empty() {
-            writer.write(to_batch(&rows, *bucket)?).await?;
+            writer.write(to_batch(&rows, *bucket, &t.columns)?).await?;
         }
     }
     for add in writer.flush().await? {
@@ -494,7 +519,7 @@ pub async fn build_as_of(
         report.rows += rows.len();
         report.buckets_rewritten += 1;
         if !rows.is_empty() {
-            writer.write(to_batch(&rows, bucket)?).await?;
+            writer.write(to_batch(&rows, bucket, &t.columns)?).await?;
         }
     }
     let mut actions = Vec::new();

@@ -150,10 +150,26 @@ impl ChangelogSchema {
         ingest_time: DateTime<Utc>,
     ) -> Result<RecordBatch, EncodeError> {
         let mut arrays = encode_fixed(ctx, changes, ingest_time)?;
-        for (column, path) in &self.typed {
-            arrays.push(project(column.kind, path, changes));
-        }
+        let docs: Vec<Option<&serde_json::Map<String, Value>>> =
+            changes.iter().map(|c| c.document.as_ref()).collect();
+        arrays.extend(self.typed_arrays(&docs));
         Ok(RecordBatch::try_new(self.arrow.clone(), arrays)?)
+    }
+
+    /// The typed columns of these documents (a state table has the same ones).
+    pub fn typed_arrays(&self, docs: &[Option<&serde_json::Map<String, Value>>]) -> Vec<ArrayRef> {
+        self.typed
+            .iter()
+            .map(|(column, path)| project(column.kind, path, docs))
+            .collect()
+    }
+
+    /// The typed columns as Arrow fields.
+    pub fn typed_arrow_fields(&self) -> Vec<Field> {
+        self.typed
+            .iter()
+            .map(|(c, _)| Field::new(&c.name, arrow_type(&c.kind.delta_type()), true))
+            .collect()
     }
 }
 
@@ -231,13 +247,15 @@ pub fn conform(batch: &RecordBatch, table: &SchemaRef) -> Result<RecordBatch, En
 
 /// One typed column. A value that does not fit the type is written as null (the `document`
 /// column keeps the original): the changelog never drops a change over a projection.
-fn project(kind: ColumnType, path: &[String], changes: &[&Change]) -> ArrayRef {
-    let values = changes.iter().map(|c| {
-        c.document
-            .as_ref()
-            .and_then(|d| lookup(d, path))
-            .filter(|v| !v.is_null())
-    });
+fn project(
+    kind: ColumnType,
+    path: &[String],
+    docs: &[Option<&serde_json::Map<String, Value>>],
+) -> ArrayRef {
+    let changes = docs;
+    let values = docs
+        .iter()
+        .map(|d| d.and_then(|d| lookup(d, path)).filter(|v| !v.is_null()));
     match kind {
         ColumnType::String => {
             let mut b = StringBuilder::with_capacity(changes.len(), changes.len() * 16);
