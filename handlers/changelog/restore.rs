@@ -107,6 +107,7 @@ fn filter(request: &RestoreRequest) -> RowFilter {
         id: request.id.clone(),
         partition_key: request.partition_key.clone(),
         ts_at_most: Some(request.as_of.timestamp()),
+        without_documents: false,
     }
 }
 
@@ -150,7 +151,11 @@ pub async fn plan(
         table.url.clone(),
         table.storage_options.clone(),
         request.version,
-        &filter(request),
+        // Pass 1 needs versions only: documents are read in pass 2, for the chosen rows.
+        &RowFilter {
+            without_documents: true,
+            ..filter(request)
+        },
         async |rows| -> Result<(), DeltaTableError> {
             for row in &rows {
                 as_of.fold(row);

@@ -36,6 +36,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CommandError> {
         id: Some(args.id.clone()),
         partition_key: args.partition_key.as_deref().map(partition_key_wire),
         ts_at_most: None,
+        without_documents: false,
     };
     let mut rows = Vec::new();
     let stats = scan(

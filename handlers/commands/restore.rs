@@ -354,6 +354,7 @@ async fn to_state_table(
         id: request.id.clone(),
         partition_key: request.partition_key.clone(),
         ts_at_most: Some(request.as_of.timestamp()),
+        without_documents: false,
     };
     let report = fanout::sinks::delta::materialize::build_as_of(&state, &filter)
         .await

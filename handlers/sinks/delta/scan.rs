@@ -19,6 +19,8 @@ pub struct RowFilter {
     pub partition_key: Option<String>,
     /// Only changes with `_ts` at or before this (epoch seconds).
     pub ts_at_most: Option<i64>,
+    /// Leave the `document` column out of the rows (a pass that needs only versions).
+    pub without_documents: bool,
 }
 
 impl RowFilter {
@@ -162,7 +164,11 @@ pub(super) fn rows_of(batch: &RecordBatch, filter: &RowFilter) -> Vec<ChangelogR
             partition_key: pks.value(i).to_string(),
             lsn: num(&lsn, i),
             ts: num(&ts, i),
-            document: get(&doc, i),
+            document: if filter.without_documents {
+                None
+            } else {
+                get(&doc, i)
+            },
             function: get(&func, i).unwrap_or_default(),
             invocation_id: get(&inv, i).unwrap_or_default(),
         });
@@ -185,6 +191,7 @@ mod tests {
             id: id.map(str::to_string),
             partition_key: pk.map(str::to_string),
             ts_at_most: ts,
+            without_documents: false,
         };
         // (filter, may match)
         let cases = [
@@ -212,6 +219,7 @@ mod tests {
             id: Some("o1".into()),
             partition_key: Some("[\"c1\"]".into()),
             ts_at_most: Some(10),
+            without_documents: false,
         };
         assert!(f.matches("o1", "[\"c1\"]", Some(10)));
         assert!(!f.matches("o1", "[\"c1\"]", Some(11)));
