@@ -154,43 +154,58 @@ pub async fn delete(
     }
 }
 
-/// Whether the container holds no document (one query page of one id).
+/// A cross-partition query's items (at most `limit`), through the one retry loop
+/// ([`call`]). The charge is counted as 1 RU: the SDK's query stream does not surface it.
+async fn query(
+    container: &ContainerClient,
+    target: &CosmosTarget,
+    throttle: &Throttle,
+    what: &str,
+    sql: &str,
+    limit: usize,
+) -> Result<Vec<Value>, SourceError> {
+    struct Items(Vec<Value>);
+    impl super::client::Charged for Items {
+        fn request_units(&self) -> f64 {
+            1.0
+        }
+    }
+    let found = call(throttle, what, target, || async {
+        let mut pages = Box::pin(container.query_items::<Value>(
+            sql,
+            azure_data_cosmos::FeedScope::full_container(),
+            None,
+        ))
+        .await?;
+        let mut out = Vec::new();
+        while out.len() < limit {
+            match pages.next().await {
+                Some(item) => out.push(item?),
+                None => break,
+            }
+        }
+        Ok(Items(out))
+    })
+    .await?;
+    Ok(found.0)
+}
+
+/// Whether the container holds no document (the first item of a query).
 pub async fn is_empty(
     container: &ContainerClient,
     target: &CosmosTarget,
     throttle: &Throttle,
 ) -> Result<bool, SourceError> {
-    let mut attempt = 0;
-    loop {
-        throttle.before_request().await;
-        let first = async {
-            let mut pages = Box::pin(container.query_items::<Value>(
-                "SELECT c.id FROM c",
-                azure_data_cosmos::FeedScope::full_container(),
-                None,
-            ))
-            .await?;
-            match pages.next().await {
-                Some(item) => item.map(|_| false),
-                None => Ok(true),
-            }
-        }
-        .await;
-        match first {
-            Ok(empty) => {
-                throttle.charge(1.0);
-                return Ok(empty);
-            }
-            Err(e) if super::client::wait_to_retry(throttle, &e, attempt).await => attempt += 1,
-            Err(source) => {
-                return Err(SourceError::Service {
-                    what: "looking for documents".into(),
-                    target: target.describe(),
-                    source,
-                });
-            }
-        }
-    }
+    let first = query(
+        container,
+        target,
+        throttle,
+        "looking for documents",
+        "SELECT c.id FROM c",
+        1,
+    )
+    .await?;
+    Ok(first.is_empty())
 }
 
 /// The documents with this id, in any partition key (a cross-partition query).
@@ -201,40 +216,17 @@ pub async fn find_by_id(
     id: &str,
 ) -> Result<Vec<Value>, SourceError> {
     // A JSON string is a Cosmos SQL string literal (the same escapes).
-    let query = format!(
+    let sql = format!(
         "SELECT * FROM c WHERE c.id = {}",
         Value::String(id.to_string())
     );
-    let mut attempt = 0;
-    loop {
-        throttle.before_request().await;
-        let found = async {
-            let mut pages = Box::pin(container.query_items::<Value>(
-                query.as_str(),
-                azure_data_cosmos::FeedScope::full_container(),
-                None,
-            ))
-            .await?;
-            let mut out = Vec::new();
-            while let Some(item) = pages.next().await {
-                out.push(item?);
-            }
-            Ok::<_, azure_data_cosmos::CosmosError>(out)
-        }
-        .await;
-        match found {
-            Ok(items) => {
-                throttle.charge(1.0);
-                return Ok(items);
-            }
-            Err(e) if super::client::wait_to_retry(throttle, &e, attempt).await => attempt += 1,
-            Err(source) => {
-                return Err(SourceError::Service {
-                    what: format!("looking for id `{id}`"),
-                    target: target.describe(),
-                    source,
-                });
-            }
-        }
-    }
+    query(
+        container,
+        target,
+        throttle,
+        &format!("looking for id `{id}`"),
+        &sql,
+        usize::MAX,
+    )
+    .await
 }
