@@ -22,6 +22,8 @@ tuned or hardened one):
 
 Run from the app root with FUNCTIONS_CUSTOMHANDLER_PORT set (as the Functions host does) and
 FANOUT_PY_REDIS_URL, FANOUT_PY_KAFKA_BROKERS, FANOUT_PY_KAFKA_TOPIC, FANOUT_PY_DELTA_TABLE.
+FANOUT_PY_SINKS (default "redis,delta,kafka") picks the sinks of the route, so the benchmark
+can compare the same routes as the Rust handler's (Redis only, Delta only, Redis + Delta).
 FANOUT_PY_KAFKA_IDEMPOTENCE (default true) turns the idempotent producer off: aiokafka sends
 InitProducerId v0 only, which the tansu 0.6 broker of the test suite refuses (librdkafka, in
 the Rust handler, uses a newer version that tansu accepts). Against tansu, set it to false.
@@ -228,10 +230,21 @@ async def orders(request):
             else:
                 changes.append(change)
         if changes:
+            sinks = app["sinks"]
             await asyncio.gather(
-                redis_sink(app["redis"], changes),
-                delta_sink(app["delta_table"], changes, inv_id),
-                kafka_sink(app["kafka"], app["kafka_topic"], changes),
+                *(
+                    [redis_sink(app["redis"], changes)] if "redis" in sinks else []
+                ),
+                *(
+                    [delta_sink(app["delta_table"], changes, inv_id)]
+                    if "delta" in sinks
+                    else []
+                ),
+                *(
+                    [kafka_sink(app["kafka"], app["kafka_topic"], changes)]
+                    if "kafka" in sinks
+                    else []
+                ),
             )
         logs.append(f"python orders: {len(changes)} changes")
         return web.json_response({"Outputs": {}, "Logs": logs, "ReturnValue": None})
@@ -243,12 +256,20 @@ async def orders(request):
 
 
 async def start_clients(app):
-    app["redis"] = aioredis.from_url(app["redis_url"])
-    await app["redis"].ping()
-    # The table is created once here, so concurrent first appends do not race to create it.
-    DeltaTable.create(
-        app["delta_table"], SCHEMA, mode="ignore", partition_by=["change_date"]
-    )
+    sinks = app["sinks"]
+    if "redis" in sinks:
+        app["redis"] = aioredis.from_url(app["redis_url"])
+        await app["redis"].ping()
+    if "delta" in sinks:
+        # The table is created once here, so concurrent first appends do not race to create it.
+        DeltaTable.create(
+            app["delta_table"], SCHEMA, mode="ignore", partition_by=["change_date"]
+        )
+    if "kafka" not in sinks:
+        yield
+        if "redis" in sinks:
+            await app["redis"].aclose()
+        return
     producer = AIOKafkaProducer(
         bootstrap_servers=app["kafka_brokers"],
         enable_idempotence=app["kafka_idempotence"],
@@ -267,16 +288,25 @@ async def start_clients(app):
     app["kafka"] = producer
     yield
     await producer.stop()
-    await app["redis"].aclose()
+    if "redis" in sinks:
+        await app["redis"].aclose()
 
 
 def main():
     port = int(env("FUNCTIONS_CUSTOMHANDLER_PORT"))
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    app["redis_url"] = env("FANOUT_PY_REDIS_URL")
-    app["kafka_brokers"] = env("FANOUT_PY_KAFKA_BROKERS")
-    app["kafka_topic"] = env("FANOUT_PY_KAFKA_TOPIC")
-    app["delta_table"] = os.path.abspath(env("FANOUT_PY_DELTA_TABLE"))
+    sinks = set(os.environ.get("FANOUT_PY_SINKS", "redis,delta,kafka").split(","))
+    unknown = sinks - {"redis", "delta", "kafka"}
+    if unknown or not sinks:
+        sys.exit(f"python handler: FANOUT_PY_SINKS names unknown sinks {sorted(unknown)}")
+    app["sinks"] = sinks
+    if "redis" in sinks:
+        app["redis_url"] = env("FANOUT_PY_REDIS_URL")
+    if "kafka" in sinks:
+        app["kafka_brokers"] = env("FANOUT_PY_KAFKA_BROKERS")
+        app["kafka_topic"] = env("FANOUT_PY_KAFKA_TOPIC")
+    if "delta" in sinks:
+        app["delta_table"] = os.path.abspath(env("FANOUT_PY_DELTA_TABLE"))
     idempotence = os.environ.get("FANOUT_PY_KAFKA_IDEMPOTENCE", "true").lower()
     if idempotence not in ("true", "false"):
         sys.exit("python handler: FANOUT_PY_KAFKA_IDEMPOTENCE must be true or false")

@@ -64,15 +64,46 @@ pub struct PartitionPlan {
     pub bins: Vec<Vec<LogicalFileView>>,
 }
 
-/// Partitions with at least `min_files` small files, and how to pack them. Cheap (reads the
-/// in-memory file list only): run after every commit.
-pub fn plan(table: &DeltaTable, config: &CompactionConfig, min_files: usize) -> Vec<PartitionPlan> {
+/// How small files are grouped for a rewrite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// Every small file of a partition together (`fanout compact`: the fewest files now).
+    All,
+    /// Size tiers (the background): only files of one tier are rewritten together, and a tier
+    /// is rewritten once it holds `min_files` files, so a rewritten file lands a tier up and is
+    /// not read again until that tier fills. Each row is rewritten about
+    /// log_min_files(small_file_mb / its first file's size) times (2 for 100 KB commits and the
+    /// defaults), not once per background compaction of its partition.
+    Tiered,
+}
+
+/// The size tier of a small file: 0 for the top tier (at least `small / factor`), 1 below
+/// that (at least `small / factor²`), and so on.
+pub fn tier(size: i64, small: i64, factor: usize) -> u32 {
+    let factor = factor.max(2) as i64;
+    let mut bound = small / factor;
+    let mut tier = 0;
+    while size < bound && bound > 0 {
+        bound /= factor;
+        tier += 1;
+    }
+    tier
+}
+
+/// Partitions with at least `min_files` small files (in one tier, when tiered), and how to
+/// pack them. Reads the in-memory file list only.
+pub fn plan(
+    table: &DeltaTable,
+    config: &CompactionConfig,
+    min_files: usize,
+    packing: Packing,
+) -> Vec<PartitionPlan> {
     let Ok(snapshot) = table.snapshot() else {
         return Vec::new();
     };
     let small = (config.small_file_mb * MB) as i64;
     let target = (config.target_file_mb * MB) as i64;
-    let mut by_partition: BTreeMap<String, Vec<LogicalFileView>> = BTreeMap::new();
+    let mut by_partition: BTreeMap<(String, u32), Vec<LogicalFileView>> = BTreeMap::new();
     for file in snapshot.log_data().iter() {
         if file.size() >= small || file.deletion_vector_descriptor().is_some() {
             continue;
@@ -80,12 +111,16 @@ pub fn plan(table: &DeltaTable, config: &CompactionConfig, min_files: usize) -> 
         let Some(Some(date)) = file.partition_values_map().remove(PARTITION_COLUMN) else {
             continue;
         };
-        by_partition.entry(date).or_default().push(file);
+        let tier = match packing {
+            Packing::All => 0,
+            Packing::Tiered => tier(file.size(), small, min_files),
+        };
+        by_partition.entry((date, tier)).or_default().push(file);
     }
     by_partition
         .into_iter()
         .filter(|(_, files)| files.len() >= min_files)
-        .map(|(change_date, mut files)| {
+        .map(|((change_date, _), mut files)| {
             // Oldest first, so the rewritten file keeps the order rows were written in.
             files.sort_by_key(|f| (f.modification_time(), f.path().into_owned()));
             let mut bins: Vec<Vec<LogicalFileView>> = vec![Vec::new()];
@@ -105,16 +140,50 @@ pub fn plan(table: &DeltaTable, config: &CompactionConfig, min_files: usize) -> 
         .collect()
 }
 
+/// A rewrite whose files are written, waiting for its commit: `remove` and `add` actions
+/// (`dataChange = false`) and the paths it removes, planned on the table at `planned_at`.
+pub struct Rewrite {
+    pub actions: Vec<Action>,
+    pub removed: Vec<String>,
+    pub operation: DeltaOperation,
+    pub report: CompactionReport,
+    pub planned_at: Option<u64>,
+}
+
 /// Compacts every partition with at least `min_files` small files, in one commit.
 pub async fn compact(
     table: &DeltaTable,
     config: &CompactionConfig,
     min_files: usize,
+    packing: Packing,
 ) -> Result<CompactionReport, SinkError> {
-    let plans = plan(table, config, min_files);
+    let Some(rewrite) = rewrite(table, config, min_files, packing).await? else {
+        return Ok(CompactionReport::default());
+    };
+    let mut report = rewrite.report;
+    let committed = commit_exclusively(
+        table.clone(),
+        rewrite.actions,
+        &rewrite.removed,
+        rewrite.operation,
+    )
+    .await?;
+    report.version = Some(committed);
+    Ok(report)
+}
+
+/// Reads the small files of every partition with at least `min_files` of them and writes
+/// them again as larger files; nothing is committed (None: nothing to compact).
+pub async fn rewrite(
+    table: &DeltaTable,
+    config: &CompactionConfig,
+    min_files: usize,
+    packing: Packing,
+) -> Result<Option<Rewrite>, SinkError> {
+    let plans = plan(table, config, min_files, packing);
     let mut report = CompactionReport::default();
     if plans.is_empty() {
-        return Ok(report);
+        return Ok(None);
     }
     let table_schema = table_arrow_schema(table)?;
     let store = table.object_store();
@@ -130,6 +199,7 @@ pub async fn compact(
         report.partitions += 1;
         for bin in &partition.bins {
             let mut writer = RecordBatchWriter::for_table(table)?
+                .with_writer_properties(super::table::writer_properties())
                 .with_target_file_size(config.target_file_mb * MB);
             for file in bin {
                 for batch in read_data_file(store.as_ref(), &file.object_store_path()).await? {
@@ -166,9 +236,13 @@ pub async fn compact(
         predicate: Some(predicate),
         target_size: (config.target_file_mb * MB) as i64,
     };
-    let committed = commit_exclusively(table.clone(), actions, &removed, operation).await?;
-    report.version = Some(committed);
-    Ok(report)
+    Ok(Some(Rewrite {
+        actions,
+        removed,
+        operation,
+        report,
+        planned_at: table.version(),
+    }))
 }
 
 /// Commits a rewrite only if every file it removes is still in the table. delta-rs does not
@@ -290,5 +364,52 @@ pub async fn vacuum_logged(table: &DeltaTable) {
             tracing::info!(table = %table.table_url(), files_deleted = report.files.len(), "vacuum")
         }
         Err(e) => tracing::warn!(table = %table.table_url(), error = %e, "vacuum failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_tiers() {
+        let small = 16 * MB as i64;
+        // (file size, factor, tier)
+        let cases = [
+            (15 * MB as i64, 16, 0),
+            (MB as i64, 16, 0),
+            (MB as i64 - 1, 16, 1),
+            (100 * 1024, 16, 1),
+            (64 * 1024, 16, 1),
+            (64 * 1024 - 1, 16, 2),
+            (1, 16, 5),
+            (0, 16, 6),
+            // A factor below 2 behaves as 2.
+            (small / 2, 1, 0),
+            (small / 2 - 1, 1, 1),
+        ];
+        for (size, factor, expected) in cases {
+            assert_eq!(
+                tier(size, small, factor),
+                expected,
+                "{size} bytes, factor {factor}"
+            );
+        }
+    }
+
+    #[test]
+    fn sixteen_files_of_a_tier_make_one_of_the_tier_above() {
+        // The background's promise: a rewrite's output leaves its tier, so it is not read
+        // again until the tier above fills.
+        let small = 16 * MB as i64;
+        for size in [10 * 1024, 100 * 1024, 700 * 1024] {
+            let t = tier(size, small, 16);
+            let merged = size * 16;
+            assert!(
+                merged >= small || tier(merged, small, 16) < t,
+                "{size}: tier {t}, merged {merged} tier {}",
+                tier(merged, small, 16)
+            );
+        }
     }
 }

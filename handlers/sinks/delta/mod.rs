@@ -2,6 +2,7 @@
 //! Local paths and Azure Blob / ADLS (`az://`, `abfss://`). The embedded default sink.
 
 pub mod baseline;
+mod commit;
 mod compaction;
 mod config;
 mod error;

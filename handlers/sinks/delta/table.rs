@@ -435,32 +435,61 @@ pub async fn evolve_schema(
     table.add_columns().with_fields(missing).await
 }
 
-/// Appends every pending batch's new rows in one commit that records one `txn` per batch.
-/// Returns one outcome per pending append, in order.
-pub async fn commit_appends(
+/// One group, ready to commit: the rows each append adds, the `txn` actions to record with
+/// them, and one outcome per append (its version filled in once the commit lands).
+pub struct PreparedGroup {
+    pub outcomes: Vec<AppendOutcome>,
+    pub txns: Vec<Transaction>,
+    /// The new rows, conformed to the table's schema, one batch per append that has any.
+    pub batches: Vec<RecordBatch>,
+}
+
+impl PreparedGroup {
+    /// Once the commit landed: the outcomes, with the version that holds them; `exact` learns
+    /// the rows (never before: a commit that failed must not make them look present).
+    pub fn landed(mut self, version: Option<u64>, exact: &mut ExactRows) -> Vec<AppendOutcome> {
+        for b in &self.batches {
+            exact.add_batch(b);
+        }
+        let batches = self.batches.len();
+        for o in &mut self.outcomes {
+            o.table_version = version;
+            o.batches_in_commit = batches;
+        }
+        self.outcomes
+    }
+}
+
+/// Chooses every pending batch's new rows (the rule of the module doc) and the `txn` actions
+/// recording them: one per partition-key mark raised, one per batch. `current` is the newest version this process knows the log holds: an exact lookup reads
+/// data files, so the table's file list is brought up to it first.
+pub async fn prepare_group(
     table: &mut DeltaTable,
+    current: Option<u64>,
     index: &TxnIndex,
     appends: &[PendingAppend],
     exact: &mut ExactRows,
-) -> Result<Vec<AppendOutcome>, SinkError> {
-    let snapshot = table.snapshot()?;
-    let log_store = table.log_store();
-    // The in-memory index answers; delta-rs (a log replay each) only when it is incomplete.
-    let recorded: Vec<Option<i64>> = try_join_all(appends.iter().map(|a| {
-        let known = index.get(&a.app_id);
-        let ask_log = known.is_none() && !index.is_complete();
-        let log_store = log_store.clone();
-        async move {
-            if ask_log {
-                snapshot
-                    .transaction_version(log_store.as_ref(), &a.app_id)
-                    .await
-            } else {
-                Ok(known)
+) -> Result<PreparedGroup, SinkError> {
+    let recorded: Vec<Option<i64>> = {
+        let snapshot = table.snapshot()?;
+        let log_store = table.log_store();
+        // The in-memory index answers; delta-rs (a log replay each) only when it is incomplete.
+        try_join_all(appends.iter().map(|a| {
+            let known = index.get(&a.app_id);
+            let ask_log = known.is_none() && !index.is_complete();
+            let log_store = log_store.clone();
+            async move {
+                if ask_log {
+                    snapshot
+                        .transaction_version(log_store.as_ref(), &a.app_id)
+                        .await
+                } else {
+                    Ok(known)
+                }
             }
-        }
-    }))
-    .await?;
+        }))
+        .await?
+    };
     // The batch identities first (exact batches, tables of earlier versions), then the
     // per-partition-key marks on what is left.
     let by_batch: Vec<(RecordBatch, i64)> = appends
@@ -480,20 +509,23 @@ pub async fn commit_appends(
             Ok(selected) => break selected,
             Err(days) => {
                 tracing::info!(table = %table.table_url(), partitions = days.len(), "changes below their key's newest lsn (a re-cut re-delivery, a replay): reading the change identities of their partitions");
+                // The snapshot may be behind this process's own direct commits: the files
+                // they added must be read too.
+                if table.version() < current {
+                    table.update_state().await?;
+                }
                 exact.load(table, &days).await?;
             }
         }
     };
     let table_schema = table_arrow_schema(table)?;
-    let mut fresh_batches = Vec::new();
+    let now = Utc::now().timestamp_millis();
     let mut txns: Vec<Transaction> = raised
         .iter()
-        .map(|(txn, lsn)| {
-            Transaction::new_with_last_update(txn, *lsn, Some(Utc::now().timestamp_millis()))
-        })
+        .map(|(txn, lsn)| Transaction::new_with_last_update(txn, *lsn, Some(now)))
         .collect();
     let mut outcomes = Vec::new();
-    let mut fresh_batches_written = Vec::new();
+    let mut batches = Vec::new();
     for ((append, (fresh, version)), keep) in appends.iter().zip(by_batch).zip(masks) {
         let fresh = filter_record_batch(&fresh, &BooleanArray::from(keep))
             .map_err(|e| error::permanent(e.to_string()))?;
@@ -508,32 +540,51 @@ pub async fn commit_appends(
             txns.push(Transaction::new_with_last_update(
                 &append.app_id,
                 version,
-                Some(Utc::now().timestamp_millis()),
+                Some(now),
             ));
-            fresh_batches.push(conform(&fresh, &table_schema)?);
-            fresh_batches_written.push(fresh);
+            batches.push(conform(&fresh, &table_schema)?);
         }
     }
-    let committed_batches = fresh_batches.len();
-    let version = if fresh_batches.is_empty() {
-        table.version()
-    } else {
-        let mut writer = RecordBatchWriter::for_table(table)?.with_commit_properties(
-            CommitProperties::default().with_application_transactions(txns),
+    Ok(PreparedGroup {
+        outcomes,
+        txns,
+        batches,
+    })
+}
+
+/// Commits a prepared group through delta-rs's `CommitBuilder` (tables direct commits do not
+/// implement). Returns the version.
+pub async fn commit_with_delta_rs(
+    table: &mut DeltaTable,
+    group: &PreparedGroup,
+) -> Result<Option<u64>, SinkError> {
+    if group.batches.is_empty() {
+        return Ok(table.version());
+    }
+    let mut writer = RecordBatchWriter::for_table(table)?
+        .with_writer_properties(writer_properties())
+        .with_commit_properties(
+            CommitProperties::default().with_application_transactions(group.txns.clone()),
         );
-        for batch in fresh_batches {
-            writer.write(batch).await?;
-        }
-        Some(writer.flush_and_commit(table).await?)
-    };
-    for o in &mut outcomes {
-        o.table_version = version;
-        o.batches_in_commit = committed_batches;
+    for batch in &group.batches {
+        writer.write(batch.clone()).await?;
     }
-    for b in &fresh_batches_written {
-        exact.add_batch(b);
-    }
-    Ok(outcomes)
+    Ok(Some(writer.flush_and_commit(table).await?))
+}
+
+/// The Parquet settings of changelog files: Snappy, and for the `document` column (about 1 KB
+/// of JSON per row, all distinct) no dictionary (it never pays: the encoder builds one, then
+/// falls back to plain) and no statistics (never a filter; see [`STATS_COLUMNS`]).
+pub fn writer_properties() -> deltalake::parquet::file::properties::WriterProperties {
+    use deltalake::parquet::basic::Compression;
+    use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+    use deltalake::parquet::schema::types::ColumnPath;
+    let document = ColumnPath::from("document");
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_column_dictionary_enabled(document.clone(), false)
+        .set_column_statistics_enabled(document, EnabledStatistics::None)
+        .build()
 }
 
 /// Each partition key's mark, for every key the appends touch: from the in-memory index, or

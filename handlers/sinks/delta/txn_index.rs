@@ -31,6 +31,8 @@ pub struct TxnIndex {
     /// False when the log could not be read completely: misses must be checked with delta-rs.
     complete: bool,
     retention_ms: i64,
+    /// When entries were last pruned (ms since the epoch).
+    pruned_at: i64,
 }
 
 fn key(app_id: &str) -> u128 {
@@ -120,6 +122,17 @@ impl TxnIndex {
 
     /// The recorded version of a batch identity; `None` also when the index is incomplete
     /// (see [`TxnIndex::is_complete`]).
+    /// Records a commit this process wrote directly at `version` (the version right after the
+    /// last one the index read): its `txn` actions are known, so the log is not read back.
+    pub fn record_own_commit(&mut self, version: u64, txns: &[deltalake::kernel::Transaction]) {
+        debug_assert!(version == self.through + 1 || self.entries.is_empty());
+        for t in txns {
+            self.record(&t.app_id, t.version, t.last_updated);
+        }
+        self.through = version;
+        self.prune();
+    }
+
     pub fn get(&self, app_id: &str) -> Option<i64> {
         self.entries.get(&key(app_id)).map(|(v, _)| *v)
     }
@@ -133,11 +146,16 @@ impl TxnIndex {
             .insert(key(app_id), (version, last_updated.unwrap_or(i64::MAX)));
     }
 
+    /// Drops entries older than the retention: at most once a minute (a walk over every entry;
+    /// per commit it cost more than the commit's own bookkeeping at 100k keys).
     fn prune(&mut self) {
-        let oldest = chrono::Utc::now().timestamp_millis() - self.retention_ms;
-        if self.entries.len() > 1024 {
-            self.entries.retain(|_, (_, updated)| *updated >= oldest);
+        let now = chrono::Utc::now().timestamp_millis();
+        if self.entries.len() <= 1024 || now - self.pruned_at < 60_000 {
+            return;
         }
+        self.pruned_at = now;
+        let oldest = now - self.retention_ms;
+        self.entries.retain(|_, (_, updated)| *updated >= oldest);
     }
 
     /// Reads commits `from..=to`; false (and the index marked incomplete) if one is missing.

@@ -12,13 +12,14 @@
 //! that safe). After a commit, a partition with too many small files is compacted in the
 //! background, one compaction at a time.
 
-use super::compaction::{self, CompactionReport};
+use super::commit;
+use super::compaction::{self, CompactionReport, Packing};
 use super::config::{CompactionConfig, DeltaConfig, GroupCommitConfig};
 use super::error;
-use super::schema::ChangelogSchema;
+use super::schema::{ChangelogSchema, PARTITION_COLUMN};
 use super::table::{
     self, AppendOutcome, PendingAppend, TXN_RETENTION_MS, TableSettings, batch_app_id,
-    commit_appends, evolve_schema, open_or_create,
+    commit_with_delta_rs, evolve_schema, open_or_create, prepare_group,
 };
 use super::txn_index::TxnIndex;
 use crate::change::Change;
@@ -26,9 +27,11 @@ use crate::sinks::BatchContext;
 use crate::sinks::SinkError;
 use chrono::Utc;
 use deltalake::DeltaTable;
+use deltalake::kernel::Action;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -125,7 +128,7 @@ impl ChangelogTable {
             self.settings.storage_options.clone(),
         )
         .await?;
-        compaction::compact(&table, &self.compaction, 2).await
+        compaction::compact(&table, &self.compaction, 2, Packing::All).await
     }
 
     fn committer(&self) -> &mpsc::UnboundedSender<Request> {
@@ -135,9 +138,12 @@ impl ChangelogTable {
                 settings: self.settings.clone(),
                 group: self.group.clone(),
                 compaction: self.compaction.clone(),
-                table: None,
+                live: None,
                 carried: VecDeque::new(),
                 compacting: Arc::new(AtomicBool::new(false)),
+                checkpointing: Arc::new(AtomicBool::new(false)),
+                refreshed: Arc::new(Mutex::new(None)),
+                rewrite: Arc::new(Mutex::new(None)),
                 last_group_len: 1,
                 exact: Default::default(),
             };
@@ -147,20 +153,99 @@ impl ChangelogTable {
     }
 }
 
+/// Clears a flag when dropped (a background task that ends, however it ends), unless kept.
+struct ClearOnDrop(Option<Arc<AtomicBool>>);
+
+impl ClearOnDrop {
+    /// Leaves the flag set: someone else clears it.
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        if let Some(flag) = &self.0 {
+            flag.store(false, Ordering::Release);
+        }
+    }
+}
+
 struct Committer {
     settings: Arc<TableSettings>,
     group: GroupCommitConfig,
     compaction: CompactionConfig,
-    /// The long-lived table state and its batch identities; `None` after a failure (reloaded
-    /// before the next commit).
-    table: Option<(DeltaTable, TxnIndex)>,
+    /// The long-lived table state; `None` after a failure (reloaded before the next commit).
+    live: Option<Live>,
     /// Requests deferred to the next group (a second batch with an identity already in the group).
     carried: VecDeque<Request>,
     compacting: Arc<AtomicBool>,
+    /// A checkpoint is being written in the background.
+    checkpointing: Arc<AtomicBool>,
+    /// The table at the last checkpoint, handed back by the background task: the committer's
+    /// snapshot catches up with its own direct commits from there (no log read of its own).
+    refreshed: Arc<Mutex<Option<DeltaTable>>>,
+    /// A background compaction's rewrite, written and waiting for its commit.
+    rewrite: Arc<Mutex<Option<compaction::Rewrite>>>,
     /// How many batches the previous group held: the concurrency to expect.
     last_group_len: usize,
     /// The table's change identities, loaded the first time a replay needs them.
     exact: super::table::ExactRows,
+}
+
+/// What the committer keeps of the table between commits.
+struct Live {
+    /// delta-rs's state: schema, configuration, file list. With direct commits it may be behind
+    /// `version` (the committer's own commits since are not replayed into it).
+    table: DeltaTable,
+    /// The batch identities and partition-key marks, through `version`.
+    index: TxnIndex,
+    /// The newest version this process knows the log holds.
+    version: Option<u64>,
+    /// Whether commits are written directly ([`commit`]); otherwise through delta-rs.
+    direct: bool,
+    /// Files added per `change_date` partition since compaction was last planned.
+    added: HashMap<String, usize>,
+    /// Plan compaction on the full file list once (after a load: small files of earlier runs).
+    plan_on_next: bool,
+    /// The newest version known to hold another writer's commit (seen on a conflict).
+    foreign_seen_at: Option<u64>,
+}
+
+/// How often a group is re-prepared after another writer committed the version it aimed at.
+const CONFLICT_ATTEMPTS: usize = 20;
+
+impl Live {
+    async fn load(settings: &TableSettings) -> Result<Self, SinkError> {
+        let table = open_or_create(settings).await?;
+        Self::from_table(table).await
+    }
+
+    async fn from_table(table: DeltaTable) -> Result<Self, SinkError> {
+        let index = TxnIndex::load(&table, TXN_RETENTION_MS).await?;
+        let why_not = commit::why_not_direct(&table);
+        let direct = why_not.is_none() && index.is_complete();
+        if let Some(reason) = why_not {
+            tracing::info!(table = %table.table_url(), %reason, "commits go through delta-rs's transaction builder");
+        }
+        Ok(Live {
+            version: table.version(),
+            table,
+            index,
+            direct,
+            added: HashMap::new(),
+            plan_on_next: true,
+            foreign_seen_at: None,
+        })
+    }
+
+    /// After another writer took a version: the table's newest state.
+    async fn refresh(&mut self) -> Result<(), SinkError> {
+        self.table.update_state().await?;
+        self.version = self.table.version();
+        self.foreign_seen_at = self.version;
+        Ok(())
+    }
 }
 
 impl Committer {
@@ -177,7 +262,8 @@ impl Committer {
             if let Err(panic) = committed {
                 let what = crate::panic_message(panic.as_ref());
                 tracing::error!(table = %self.settings.url, panic = %what, "the committer panicked; its group is retried and the table state reloaded");
-                self.table = None;
+                self.live = None;
+                self.exact = Default::default();
                 continue;
             }
             self.maybe_compact();
@@ -271,55 +357,279 @@ impl Committer {
         &mut self,
         appends: &[PendingAppend],
     ) -> Result<Vec<AppendOutcome>, SinkError> {
-        let (table, mut index) = match self.table.take() {
-            // No catch-up read before committing: the commit itself checks every commit other
-            // writers made since our version (a `txn` of one of our batches there is a
-            // conflict, and the group is re-checked), and leaves the state at the newest
-            // version. That saves a log listing per commit.
+        let mut live = match self.live.take() {
+            // No catch-up read before committing: a direct commit aims at the version after the
+            // newest one this process knows, and only lands if no other writer took it; a
+            // delta-rs commit checks every commit made since its snapshot. Either way the
+            // group is re-checked against what another writer wrote.
             Some(kept) => kept,
-            None => {
-                let table = open_or_create(&self.settings).await?;
-                let index = TxnIndex::load(&table, TXN_RETENTION_MS).await?;
-                (table, index)
-            }
+            None => Live::load(&self.settings).await?,
         };
-        let mut table = evolve_schema(table, &self.settings.schema).await?;
-        index.catch_up(&table).await?;
-        let outcomes = commit_appends(&mut table, &index, appends, &mut self.exact).await?;
-        index.catch_up(&table).await?;
-        self.table = Some((table, index));
-        Ok(outcomes)
+        // A fresher state from a background checkpoint or compaction: it holds every commit
+        // up to its version (the committer's own direct ones included); the index reads the
+        // ones it has not seen (a compaction's).
+        if let Some(fresher) = self.refreshed.lock().expect("not poisoned").take()
+            && fresher.version() > live.table.version()
+        {
+            if fresher.version() > live.version {
+                // It holds commits this committer has not seen: another writer's.
+                live.foreign_seen_at = fresher.version();
+            }
+            live.version = live.version.max(fresher.version());
+            live.table = fresher;
+        }
+        if live.direct {
+            self.commit_rewrite(&mut live).await?;
+        }
+        let before = live.table.version();
+        live.table = evolve_schema(live.table, &self.settings.schema).await?;
+        if live.table.version() != before {
+            // A metadata commit landed (and the table caught up to it): the index reads it and
+            // whatever other writers committed before it.
+            live.version = live.table.version();
+        }
+        for _ in 0..CONFLICT_ATTEMPTS {
+            live.index.catch_up(&live.table).await?;
+            let group = prepare_group(
+                &mut live.table,
+                live.version,
+                &live.index,
+                appends,
+                &mut self.exact,
+            )
+            .await?;
+            if group.batches.is_empty() {
+                let version = live.version;
+                let outcomes = group.landed(version, &mut self.exact);
+                self.live = Some(live);
+                return Ok(outcomes);
+            }
+            if !live.direct {
+                let version = commit_with_delta_rs(&mut live.table, &group).await?;
+                live.version = version;
+                live.index.catch_up(&live.table).await?;
+                let outcomes = group.landed(version, &mut self.exact);
+                self.live = Some(live);
+                return Ok(outcomes);
+            }
+            let mut writer = RecordBatchWriter::for_table(&live.table)?
+                .with_writer_properties(table::writer_properties());
+            for batch in &group.batches {
+                writer.write(batch.clone()).await?;
+            }
+            let adds = writer.flush().await?;
+            let partitions: Vec<String> = adds
+                .iter()
+                .filter_map(|a| a.partition_values.get(PARTITION_COLUMN).cloned().flatten())
+                .collect();
+            let next = live.version.map_or(0, |v| v + 1);
+            let bytes = commit::commit_bytes(
+                adds.into_iter().map(Action::Add).collect(),
+                group.txns.clone(),
+                commit::append_operation(&live.table)?,
+            )?;
+            match commit::write(live.table.log_store().as_ref(), next, bytes).await? {
+                commit::Outcome::Committed => {
+                    live.version = Some(next);
+                    live.index.record_own_commit(next, &group.txns);
+                    for p in partitions {
+                        *live.added.entry(p).or_default() += 1;
+                    }
+                    self.maybe_checkpoint(&live, next);
+                    let outcomes = group.landed(Some(next), &mut self.exact);
+                    self.live = Some(live);
+                    return Ok(outcomes);
+                }
+                commit::Outcome::Conflict => {
+                    // Another writer (another instance, a compaction) took the version: read
+                    // what it wrote and choose the rows again. The files just written are left
+                    // out of the table (vacuum removes them).
+                    tracing::debug!(table = %self.settings.url, version = next, "another writer committed first; re-checking the group");
+                    live.refresh().await?;
+                    if let Some(reason) = commit::why_not_direct(&live.table) {
+                        tracing::info!(table = %self.settings.url, %reason, "commits go through delta-rs's transaction builder from now on");
+                        live.direct = false;
+                    }
+                }
+            }
+        }
+        self.live = Some(live);
+        Err(error::transient(format!(
+            "other writers committed first {CONFLICT_ATTEMPTS} times in a row"
+        )))
     }
 
-    fn maybe_compact(&self) {
+    /// Commits the background compaction's rewrite, if one is ready: its own commit (operation
+    /// OPTIMIZE, `dataChange = false`) at the next version. Valid only while every file it
+    /// removes is still in the table: certain when no other writer committed since it was
+    /// planned (this process removes files only by its own rewrites, one at a time), checked
+    /// on the table state otherwise. An invalid or conflicting rewrite is dropped: its files
+    /// stay out of the table (vacuum removes them) and the next compaction plans again.
+    async fn commit_rewrite(&mut self, live: &mut Live) -> Result<(), SinkError> {
+        let Some(rewrite) = self.rewrite.lock().expect("not poisoned").take() else {
+            return Ok(());
+        };
+        let _done = ClearOnDrop(Some(self.compacting.clone()));
+        let url = &self.settings.url;
+        if live.foreign_seen_at > rewrite.planned_at {
+            let live_files: HashSet<String> = live
+                .table
+                .snapshot()?
+                .log_data()
+                .iter()
+                .map(|f| f.path().into_owned())
+                .collect();
+            if let Some(gone) = rewrite.removed.iter().find(|p| !live_files.contains(*p)) {
+                tracing::info!(table = %url, file = %gone, "compaction dropped: another writer already rewrote or removed a file of it");
+                return Ok(());
+            }
+        }
+        let next = live.version.map_or(0, |v| v + 1);
+        let bytes = commit::commit_bytes(rewrite.actions, Vec::new(), rewrite.operation)?;
+        match commit::write(live.table.log_store().as_ref(), next, bytes).await? {
+            commit::Outcome::Committed => {
+                live.version = Some(next);
+                live.index.record_own_commit(next, &[]);
+                let mut report = rewrite.report;
+                report.version = Some(next);
+                tracing::info!(table = %url, %report, "background compaction");
+                if self.compaction.vacuum {
+                    let table = live.table.clone();
+                    tokio::spawn(async move { compaction::vacuum_logged(&table).await });
+                }
+            }
+            commit::Outcome::Conflict => {
+                tracing::info!(table = %url, version = next, "compaction dropped: another writer committed first");
+                live.refresh().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every `delta.checkpointInterval` versions, a checkpoint (and expired-log cleanup) in
+    /// the background, as delta-rs's post-commit hook would do before answering.
+    fn maybe_checkpoint(&self, live: &Live, version: u64) {
+        let interval = self.settings.checkpoint_interval.max(1);
+        if version == 0
+            || version % interval != 0
+            || self.checkpointing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let (table, flag, slot) = (
+            live.table.clone(),
+            self.checkpointing.clone(),
+            self.refreshed.clone(),
+        );
+        tokio::spawn(async move {
+            let url = table.table_url().to_string();
+            match commit::checkpoint(table, version).await {
+                Ok(table) => {
+                    tracing::debug!(table = %url, version, "checkpoint");
+                    *slot.lock().expect("not poisoned") = Some(table);
+                }
+                // The next interval tries again; readers replay a few more commits meanwhile.
+                Err(e) => tracing::warn!(table = %url, version, error = %e, "checkpoint failed"),
+            }
+            flag.store(false, Ordering::Release);
+        });
+    }
+
+    /// After a commit: compacts in the background when a partition may hold `min_small_files`
+    /// small files (counted from this process's own commits, planned on the full file list
+    /// only then), one compaction at a time.
+    fn maybe_compact(&mut self) {
         if !self.compaction.enabled || self.compacting.load(Ordering::Acquire) {
             return;
         }
-        let Some((table, _)) = &self.table else {
+        let Some(live) = &mut self.live else {
             return;
         };
-        if compaction::plan(table, &self.compaction, self.compaction.min_small_files).is_empty() {
+        let threshold = self.compaction.min_small_files.max(2);
+        let due = live.plan_on_next || !live.direct || live.added.values().any(|n| *n >= threshold);
+        if !due {
+            return;
+        }
+        if live.direct {
+            live.added.clear();
+        }
+        live.plan_on_next = false;
+        // Planned on the newest state in the task (the committer's snapshot may be behind its
+        // own commits, and a compaction that just landed is not in it).
+        if !live.direct
+            && compaction::plan(
+                &live.table,
+                &self.compaction,
+                self.compaction.min_small_files,
+                Packing::Tiered,
+            )
+            .is_empty()
+        {
             return;
         }
         self.compacting.store(true, Ordering::Release);
-        let (table, config, flag) = (
-            table.clone(),
+        let (table, config, flag, slot) = (
+            live.table.clone(),
             self.compaction.clone(),
             self.compacting.clone(),
+            self.refreshed.clone(),
         );
+        if live.direct {
+            // The rewrite (the reading and writing) in the background; its commit by the
+            // committer ([`Committer::commit_rewrite`]), which clears `compacting`.
+            let rewrite = self.rewrite.clone();
+            tokio::spawn(async move {
+                let done = ClearOnDrop(Some(flag));
+                let mut table = table;
+                let result = match table.update_state().await {
+                    Ok(()) => {
+                        compaction::rewrite(
+                            &table,
+                            &config,
+                            config.min_small_files,
+                            Packing::Tiered,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                match result {
+                    Ok(Some(ready)) => {
+                        *rewrite.lock().expect("not poisoned") = Some(ready);
+                        // Cleared once the committer has committed or dropped it.
+                        done.keep();
+                    }
+                    Ok(None) => drop(done),
+                    Err(e) => {
+                        tracing::warn!(table = %table.table_url(), error = %e, "background compaction failed");
+                        drop(done);
+                    }
+                }
+                // The committer's next compaction starts from this state, not an older one.
+                *slot.lock().expect("not poisoned") = Some(table);
+            });
+            return;
+        }
         tokio::spawn(async move {
-            // Plan again on the newest state: a compaction that just landed is not in the
-            // committer's snapshot yet, and its files must not be rewritten twice.
             let mut table = table;
             let result = match table.update_state().await {
-                Ok(()) => compaction::compact(&table, &config, config.min_small_files).await,
+                Ok(()) => {
+                    compaction::compact(&table, &config, config.min_small_files, Packing::Tiered)
+                        .await
+                }
                 Err(e) => Err(e.into()),
             };
             match result {
+                Ok(report) if report.files_removed == 0 => {}
                 Ok(report) => {
                     tracing::info!(table = %table.table_url(), %report, "background compaction");
                     if config.vacuum {
                         compaction::vacuum_logged(&table).await;
+                    }
+                    // The committer takes the state with the compaction in it, rather than
+                    // find out by a conflict and read the log itself.
+                    if table.update_state().await.is_ok() {
+                        *slot.lock().expect("not poisoned") = Some(table);
                     }
                 }
                 // Another writer compacted the same files first, or storage failed: the files

@@ -338,6 +338,35 @@ pub const AZURITE_KEY: &str =
 
 impl Azurite {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Azurite with its debug log on, so [`Azurite::requests`] can count what clients asked.
+    pub fn start_counting() -> Self {
+        Self::start_with(&["--debug", "debug.log"])
+    }
+
+    /// Requests served so far (the debug log's one line per request; only when started with
+    /// [`Azurite::start_counting`]).
+    pub fn requests(&self) -> u64 {
+        self.count_log("BlobStorageContextMiddleware: RequestMethod=")
+    }
+
+    /// Of those, blob listings.
+    pub fn list_requests(&self) -> u64 {
+        self.count_log("comp=list")
+    }
+
+    fn count_log(&self, needle: &str) -> u64 {
+        let log = std::fs::read_to_string(self._dir.path().join("debug.log")).unwrap_or_default();
+        log.lines()
+            .filter(|l| {
+                l.contains("BlobStorageContextMiddleware: RequestMethod=") && l.contains(needle)
+            })
+            .count() as u64
+    }
+
+    fn start_with(extra: &[&str]) -> Self {
         let bin = repo_root().join("tests/.tools/node_modules/.bin/azurite-blob");
         assert!(
             bin.exists(),
@@ -355,6 +384,8 @@ impl Azurite {
             ])
             .arg(dir.path())
             .args(["--silent", "--skipApiVersionCheck", "--loose"])
+            .args(extra)
+            .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

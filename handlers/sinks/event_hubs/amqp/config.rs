@@ -30,6 +30,11 @@ pub struct AmqpConfig {
     /// Batches of different keys sent at once (one key's batches always go one after another).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// AMQP connections to the hub: each carries one batch at a time, so this many batches
+    /// (of different keys or partitions) are on the wire at once. A key always uses the same
+    /// connection.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
     /// How long one batch may wait for the hub's acknowledgement before the connection is
     /// dropped and the batch retried on a new one (a hung link must not eat the whole budget).
     #[serde(default = "default_send_timeout_ms")]
@@ -45,6 +50,10 @@ pub struct ValidatedAmqp {
 
 fn default_send_timeout_ms() -> u64 {
     5_000
+}
+
+fn default_connections() -> usize {
+    4
 }
 
 fn default_max_in_flight() -> usize {
@@ -89,6 +98,9 @@ impl AmqpConfig {
         }
         if self.send_timeout_ms == 0 {
             problems.push("`send_timeout_ms` must be above 0".into());
+        }
+        if self.connections == 0 || self.connections > 64 {
+            problems.push("`connections` must be between 1 and 64".into());
         }
         if self.max_in_flight == 0 {
             problems.push("`max_in_flight` must be at least 1".into());

@@ -1,5 +1,5 @@
-//! The I/O side: one `ProducerClient` per sink, opened on the first batch and reused across
-//! invocations; reopened after a failure. Events of one key go out in order, packed into as
+//! The I/O side: a few `ProducerClient`s (AMQP connections) per sink, opened on first use and
+//! reused across invocations; one is reopened after a failure on it. Events of one key go out in order, packed into as
 //! few batches as the hub's maximum message size allows; different keys go out concurrently.
 //! With `partitioning = "hash"` the keys are first regrouped by the partition id their hash
 //! picks, and each partition's events (many keys) are batched the same way.
@@ -86,14 +86,20 @@ pub struct Producer {
     endpoint: Option<String>,
     max_in_flight: usize,
     send_timeout: std::time::Duration,
-    /// One batch on the wire at a time: the SDK (0.15) locks its link sender until the
-    /// disposition arrives anyway; taking turns here keeps `send_timeout` about the send itself,
-    /// not the wait for a turn. Batches are still built concurrently.
-    link: Arc<tokio::sync::Semaphore>,
+    /// AMQP connections, each with its own sender link. One batch is on a link at a time (the
+    /// SDK (0.15) locks its link sender until the disposition arrives anyway; taking turns here
+    /// keeps `send_timeout` about the send itself, not the wait for a turn), so batches of
+    /// different keys go out on several connections at once; a key (or partition) always uses
+    /// the same one, which keeps its order.
+    connections: Vec<Connection>,
     credential: Arc<dyn TokenCredential>,
-    client: Mutex<Option<Arc<ProducerClient>>>,
     /// The hub's partition ids, read on connect (`partitioning = "hash"` needs them).
     partition_ids: Mutex<Vec<String>>,
+}
+
+struct Connection {
+    client: Mutex<Option<Arc<ProducerClient>>>,
+    link: Arc<tokio::sync::Semaphore>,
 }
 
 impl Producer {
@@ -104,15 +110,20 @@ impl Producer {
             endpoint: config.endpoint.clone(),
             max_in_flight: config.max_in_flight,
             send_timeout: std::time::Duration::from_millis(config.send_timeout_ms),
-            link: Arc::new(tokio::sync::Semaphore::new(1)),
+            connections: (0..config.connections.max(1))
+                .map(|_| Connection {
+                    client: Mutex::new(None),
+                    link: Arc::new(tokio::sync::Semaphore::new(1)),
+                })
+                .collect(),
             credential,
-            client: Mutex::new(None),
             partition_ids: Mutex::new(Vec::new()),
         }
     }
 
-    async fn client(&self) -> Result<Arc<ProducerClient>, SendError> {
-        let mut slot = self.client.lock().await;
+    /// The connection `n`, opened on first use.
+    async fn client(&self, n: usize) -> Result<Arc<ProducerClient>, SendError> {
+        let mut slot = self.connections[n].client.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
@@ -137,16 +148,18 @@ impl Producer {
                 namespace: self.namespace.clone(),
                 source: Arc::new(e),
             })?;
-        // A $management READ proves the hub exists and the identity may use it, and tells
-        // the operator how many partitions the keys spread over. Not fatal: a role that may
-        // send but not read still sends.
-        match client.get_eventhub_properties().await {
-            Ok(p) => {
-                tracing::info!(namespace = %self.namespace, event_hub = %self.event_hub, partitions = p.partition_ids.len(), "event hubs producer connected");
-                *self.partition_ids.lock().await = p.partition_ids;
-            }
-            Err(e) => {
-                tracing::warn!(namespace = %self.namespace, event_hub = %self.event_hub, error = %e, "event hubs producer connected; reading the hub's properties failed")
+        // A $management READ (on the first connection) proves the hub exists and the identity
+        // may use it, and tells the operator how many partitions the keys spread over. Not
+        // fatal: a role that may send but not read still sends.
+        if n == 0 {
+            match client.get_eventhub_properties().await {
+                Ok(p) => {
+                    tracing::info!(namespace = %self.namespace, event_hub = %self.event_hub, partitions = p.partition_ids.len(), connections = self.connections.len(), "event hubs producer connected");
+                    *self.partition_ids.lock().await = p.partition_ids;
+                }
+                Err(e) => {
+                    tracing::warn!(namespace = %self.namespace, event_hub = %self.event_hub, error = %e, "event hubs producer connected; reading the hub's properties failed")
+                }
             }
         }
         let client = Arc::new(client);
@@ -154,9 +167,19 @@ impl Producer {
         Ok(client)
     }
 
-    /// Forget the connection after a failure: the next attempt opens a new one.
-    async fn reset(&self) {
-        self.client.lock().await.take();
+    /// Forget a connection after a failure: the next attempt opens a new one.
+    async fn reset(&self, n: usize) {
+        self.connections[n].client.lock().await.take();
+    }
+
+    /// The connection a key (or partition) always uses.
+    fn connection_of(&self, address: &Address) -> usize {
+        let name = address
+            .partition_id
+            .as_deref()
+            .or(address.key.as_deref())
+            .unwrap_or("");
+        (fnv1a(name) % self.connections.len() as u64) as usize
     }
 
     /// Sends every key's events; keys (or, hashed, partitions) concurrently, at most
@@ -172,14 +195,16 @@ impl Producer {
                 })
                 .collect()
         };
-        let client = match self.client().await {
-            Ok(c) => c,
-            Err(e) => return fail_all(groups, e),
-        };
+        if self.partition_ids.lock().await.is_empty() {
+            // The first connection reads the partition ids.
+            if let Err(e) = self.client(0).await {
+                return fail_all(groups, e);
+            }
+        }
         let addressed: Vec<(Address, Vec<(usize, EncodedEvent)>)> = if hashed {
             let ids = self.partition_ids.lock().await.clone();
             if ids.is_empty() {
-                self.reset().await;
+                self.reset(0).await;
                 return fail_all(groups, SendError::NoPartitionIds);
             }
             by_partition(groups, &ids)
@@ -197,17 +222,42 @@ impl Producer {
                 })
                 .collect()
         };
-        let outcomes: Vec<KeyOutcome> = futures::stream::iter(addressed)
-            .map(|(address, events)| {
-                send_key(&client, &self.link, self.send_timeout, address, events)
+        let outcomes: Vec<(usize, KeyOutcome)> = futures::stream::iter(addressed)
+            .map(|(address, events)| async move {
+                let n = self.connection_of(&address);
+                let outcome = match self.client(n).await {
+                    Ok(client) => {
+                        send_key(
+                            &client,
+                            &self.connections[n].link,
+                            self.send_timeout,
+                            address,
+                            events,
+                        )
+                        .await
+                    }
+                    Err(e) => KeyOutcome {
+                        unsent: events.iter().map(|(i, _)| *i).collect(),
+                        error: Some(e),
+                        ..KeyOutcome::default()
+                    },
+                };
+                (n, outcome)
             })
             .buffer_unordered(self.max_in_flight)
             .collect()
             .await;
-        if outcomes.iter().any(|o| o.error.is_some()) {
-            self.reset().await;
+        let mut failed: Vec<usize> = outcomes
+            .iter()
+            .filter(|(_, o)| o.error.is_some())
+            .map(|(n, _)| *n)
+            .collect();
+        failed.sort_unstable();
+        failed.dedup();
+        for n in failed {
+            self.reset(n).await;
         }
-        outcomes
+        outcomes.into_iter().map(|(_, o)| o).collect()
     }
 }
 
