@@ -1,6 +1,6 @@
-//! The changelog table's state and its commits. The table is opened (or created) once and kept
-//! in memory; each group commit first catches up with other writers incrementally (only new
-//! log entries are read), and delta-rs writes a checkpoint every `checkpoint_interval` commits.
+//! The changelog table's state and the rows of its commits. The table is opened (or created)
+//! once and kept in memory; a group's rows are chosen here ([`prepare_group`]) and committed
+//! by the writer ([`super::writer`]), directly or through delta-rs.
 //!
 //! Exactly once: a change `(partition key, id, lsn)` is written once, however the host cuts
 //! its re-deliveries. Cosmos DB delivers the changes of one logical partition in lsn order

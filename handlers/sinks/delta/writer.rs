@@ -9,8 +9,17 @@
 //! are in. Each invocation is answered
 //! only after the commit that holds its rows succeeded; if the commit fails, every invocation
 //! in the group gets the error and the shared retry loop re-drives it (the `txn` records make
-//! that safe). After a commit, a partition with too many small files is compacted in the
-//! background, one compaction at a time.
+//! that safe).
+//!
+//! The committer writes each commit directly ([`super::commit`]): the data files, then one
+//! conditional PUT of the next commit file; it keeps the `txn` index and the version itself,
+//! so the steady state reads nothing back from the log. delta-rs's snapshot is refreshed only
+//! by background work (checkpoints every `checkpoint_interval` versions, compaction), which
+//! hands its newer state back, and on a conflict with another writer. Once a partition got
+//! `min_small_files` new files, a background task plans a size-tiered compaction and rewrites
+//! the files; the committer commits the rewrite between two groups, so the process never
+//! conflicts with itself. Tables whose protocol direct commits do not implement go through
+//! delta-rs's transaction builder, with compaction committed by the background task.
 
 use super::commit;
 use super::compaction::{self, CompactionReport, Packing};
@@ -228,14 +237,17 @@ impl Live {
         if let Some(reason) = why_not {
             tracing::info!(table = %table.table_url(), %reason, "commits go through delta-rs's transaction builder");
         }
+        let table_version = table.version();
         Ok(Live {
-            version: table.version(),
+            version: table_version,
             table,
             index,
             direct,
             added: HashMap::new(),
             plan_on_next: true,
-            foreign_seen_at: None,
+            // Whatever happened before this load is unknown: a rewrite planned earlier is
+            // checked against this state.
+            foreign_seen_at: table_version,
         })
     }
 
@@ -471,6 +483,8 @@ impl Committer {
         };
         let _done = ClearOnDrop(Some(self.compacting.clone()));
         let url = &self.settings.url;
+        // The index must be through `live.version` before this commit is recorded after it.
+        live.index.catch_up(&live.table).await?;
         if live.foreign_seen_at > rewrite.planned_at {
             let live_files: HashSet<String> = live
                 .table
