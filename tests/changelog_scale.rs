@@ -277,7 +277,7 @@ async fn compaction_rewrites_small_files_and_keeps_every_row() {
     let dry = common::stdout(&out);
     assert!(
         dry.contains(&format!("would delete {} files", before - 1)),
-        "{dry}"
+        "{before} parquet files: {dry}"
     );
     assert_eq!(parquet_files(), before, "a dry run deletes nothing");
     let out = app.run(&["vacuum", "--retain-hours", "0", "--force"], &[]);
@@ -388,12 +388,16 @@ async fn a_restarted_writer_recognises_batches_from_checkpoint_and_log() {
     for body in &bodies {
         assert_all_delivered(&[host.invoke("orders", body).await.unwrap()]);
     }
-    host.terminate();
     let table = app.table(".fanout/tables/orders");
+    // Checkpoints are written in the background after the commit that reaches the interval.
+    let checkpoint = table.join("_delta_log/00000000000000000009.checkpoint.parquet");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !checkpoint.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    host.terminate();
     assert!(
-        table
-            .join("_delta_log/00000000000000000009.checkpoint.parquet")
-            .exists(),
+        checkpoint.exists(),
         "a checkpoint every 5 commits: {:?}",
         std::fs::read_dir(table.join("_delta_log"))
             .unwrap()

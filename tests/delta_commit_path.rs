@@ -91,5 +91,8 @@ async fn a_steady_commit_is_two_puts_and_lists_nothing() {
     let again = ChangelogTable::new(url, &config);
     let refs: Vec<&Change> = all[7].iter().collect();
     let outcome = again.append(&ctx, "changelog", &refs).await.unwrap();
-    assert_eq!((outcome.rows_written, outcome.rows_already_present), (0, 20));
+    assert_eq!(
+        (outcome.rows_written, outcome.rows_already_present),
+        (0, 20)
+    );
 }

@@ -151,8 +151,10 @@ impl ChangelogTable {
                 carried: VecDeque::new(),
                 compacting: Arc::new(AtomicBool::new(false)),
                 checkpointing: Arc::new(AtomicBool::new(false)),
+                checkpoint_due: Arc::new(std::sync::atomic::AtomicU64::new(0)),
                 refreshed: Arc::new(Mutex::new(None)),
                 rewrite: Arc::new(Mutex::new(None)),
+                rewrite_ready: Arc::new(tokio::sync::Notify::new()),
                 last_group_len: 1,
                 exact: Default::default(),
             };
@@ -191,11 +193,15 @@ struct Committer {
     compacting: Arc<AtomicBool>,
     /// A checkpoint is being written in the background.
     checkpointing: Arc<AtomicBool>,
+    /// The newest version a checkpoint is due at.
+    checkpoint_due: Arc<std::sync::atomic::AtomicU64>,
     /// The table at the last checkpoint, handed back by the background task: the committer's
     /// snapshot catches up with its own direct commits from there (no log read of its own).
     refreshed: Arc<Mutex<Option<DeltaTable>>>,
     /// A background compaction's rewrite, written and waiting for its commit.
     rewrite: Arc<Mutex<Option<compaction::Rewrite>>>,
+    /// Signalled when `rewrite` is filled.
+    rewrite_ready: Arc<tokio::sync::Notify>,
     /// How many batches the previous group held: the concurrency to expect.
     last_group_len: usize,
     /// The table's change identities, loaded the first time a replay needs them.
@@ -264,6 +270,10 @@ impl Committer {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
         use futures::FutureExt;
         while let Some(group) = self.collect(&mut rx).await {
+            if group.is_empty() {
+                self.commit_ready_rewrite().await;
+                continue;
+            }
             // A panic in one commit (a log another writer wrote in a shape we did not expect,
             // say) must not stop the table for good: the group's invocations get a transient
             // error (their reply senders drop), the table state is reloaded, and the next
@@ -286,7 +296,12 @@ impl Committer {
     async fn collect(&mut self, rx: &mut mpsc::UnboundedReceiver<Request>) -> Option<Vec<Request>> {
         let first = match self.carried.pop_front() {
             Some(r) => r,
-            None => rx.recv().await?,
+            // Waiting for work: a background rewrite that is ready is committed now rather
+            // than at the next append (an empty group). `recv` is cancel-safe.
+            None => tokio::select! {
+                r = rx.recv() => r?,
+                _ = self.rewrite_ready.notified() => return Some(Vec::new()),
+            },
         };
         let deadline = Instant::now() + self.group.window();
         let mut rows = first.append.batch.num_rows();
@@ -471,6 +486,20 @@ impl Committer {
         )))
     }
 
+    /// Between groups: the ready rewrite's commit.
+    async fn commit_ready_rewrite(&mut self) {
+        let Some(mut live) = self.live.take() else {
+            // Reloaded before the next group, which commits it.
+            return;
+        };
+        match self.commit_rewrite(&mut live).await {
+            Ok(()) => self.live = Some(live),
+            Err(e) => {
+                tracing::warn!(table = %self.settings.url, error = %e, "committing the compaction failed; the table state is reloaded")
+            }
+        }
+    }
+
     /// Commits the background compaction's rewrite, if one is ready: its own commit (operation
     /// OPTIMIZE, `dataChange = false`) at the next version. Valid only while every file it
     /// removes is still in the table: certain when no other writer committed since it was
@@ -504,6 +533,7 @@ impl Committer {
             commit::Outcome::Committed => {
                 live.version = Some(next);
                 live.index.record_own_commit(next, &[]);
+                self.maybe_checkpoint(live, next);
                 let mut report = rewrite.report;
                 report.version = Some(next);
                 tracing::info!(table = %url, %report, "background compaction");
@@ -521,31 +551,51 @@ impl Committer {
     }
 
     /// Every `delta.checkpointInterval` versions, a checkpoint (and expired-log cleanup) in
-    /// the background, as delta-rs's post-commit hook would do before answering.
+    /// the background, as delta-rs's post-commit hook would do before answering. One task at a
+    /// time; a checkpoint that falls due while one is written is written next.
     fn maybe_checkpoint(&self, live: &Live, version: u64) {
         let interval = self.settings.checkpoint_interval.max(1);
-        if version == 0
-            || version % interval != 0
-            || self.checkpointing.swap(true, Ordering::AcqRel)
-        {
+        // delta-rs's rule: after every `interval` commits counting version 0 (4, 9, ... for 5).
+        if !(version + 1).is_multiple_of(interval) {
             return;
         }
-        let (table, flag, slot) = (
+        self.checkpoint_due.fetch_max(version, Ordering::AcqRel);
+        if self.checkpointing.swap(true, Ordering::AcqRel) {
+            return; // the running task takes it
+        }
+        let (table, flag, slot, due) = (
             live.table.clone(),
             self.checkpointing.clone(),
             self.refreshed.clone(),
+            self.checkpoint_due.clone(),
         );
         tokio::spawn(async move {
             let url = table.table_url().to_string();
-            match commit::checkpoint(table, version).await {
-                Ok(table) => {
-                    tracing::debug!(table = %url, version, "checkpoint");
-                    *slot.lock().expect("not poisoned") = Some(table);
+            let mut table = table;
+            let mut written = None;
+            loop {
+                let version = due.load(Ordering::Acquire);
+                if written == Some(version) {
+                    flag.store(false, Ordering::Release);
+                    // Due again between the check and the store: keep going if nobody else took it.
+                    if due.load(Ordering::Acquire) == version || flag.swap(true, Ordering::AcqRel) {
+                        break;
+                    }
+                    continue;
                 }
-                // The next interval tries again; readers replay a few more commits meanwhile.
-                Err(e) => tracing::warn!(table = %url, version, error = %e, "checkpoint failed"),
+                match commit::checkpoint(table.clone(), version).await {
+                    Ok(at) => {
+                        tracing::debug!(table = %url, version, "checkpoint");
+                        table = at.clone();
+                        *slot.lock().expect("not poisoned") = Some(at);
+                    }
+                    // The next interval tries again; readers replay a few more commits meanwhile.
+                    Err(e) => {
+                        tracing::warn!(table = %url, version, error = %e, "checkpoint failed")
+                    }
+                }
+                written = Some(version);
             }
-            flag.store(false, Ordering::Release);
         });
     }
 
@@ -591,7 +641,7 @@ impl Committer {
         if live.direct {
             // The rewrite (the reading and writing) in the background; its commit by the
             // committer ([`Committer::commit_rewrite`]), which clears `compacting`.
-            let rewrite = self.rewrite.clone();
+            let (rewrite, ready) = (self.rewrite.clone(), self.rewrite_ready.clone());
             tokio::spawn(async move {
                 let done = ClearOnDrop(Some(flag));
                 let mut table = table;
@@ -608,8 +658,9 @@ impl Committer {
                     Err(e) => Err(e.into()),
                 };
                 match result {
-                    Ok(Some(ready)) => {
-                        *rewrite.lock().expect("not poisoned") = Some(ready);
+                    Ok(Some(written)) => {
+                        *rewrite.lock().expect("not poisoned") = Some(written);
+                        ready.notify_one();
                         // Cleared once the committer has committed or dropped it.
                         done.keep();
                     }
