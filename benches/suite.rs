@@ -554,28 +554,14 @@ async fn shapes(services: &Services, binary: &Path) -> (String, Vec<(String, f64
     let mut ratios = String::new();
     for (route, sinks) in ROUTES {
         for shape in SHAPES {
-            let app = route_app(services, sinks);
-            let table = app.path().join("tables/orders");
             let has_delta = sinks.contains(&"delta");
-            let rust = end_to_end(
-                services,
-                binary,
-                app.path(),
-                &[("FANOUT_LOG", "warn")],
-                None,
-                has_delta.then_some(table.as_path()),
-                changes,
-                shape,
-            )
-            .await;
-            out.push_str(&shape_row(route, shape, "fanout", &rust, changes));
-            // An earlier build, side by side in the same run (before/after a change).
-            if let Some(before) = std::env::var_os("BENCH_BASELINE_BINARY") {
+            // One run of a build of the handler on a fresh app.
+            let run = |binary: PathBuf| async move {
                 let app = route_app(services, sinks);
                 let table = app.path().join("tables/orders");
-                let r = end_to_end(
+                end_to_end(
                     services,
-                    Path::new(&before),
+                    &binary,
                     app.path(),
                     &[("FANOUT_LOG", "warn")],
                     None,
@@ -583,7 +569,13 @@ async fn shapes(services: &Services, binary: &Path) -> (String, Vec<(String, f64
                     changes,
                     shape,
                 )
-                .await;
+                .await
+            };
+            let rust = run(binary.to_path_buf()).await;
+            out.push_str(&shape_row(route, shape, "fanout", &rust, changes));
+            // An earlier build, side by side in the same run (before/after a change).
+            if let Some(before) = std::env::var_os("BENCH_BASELINE_BINARY") {
+                let r = run(PathBuf::from(before)).await;
                 out.push_str(&shape_row(
                     route,
                     shape,
@@ -670,26 +662,7 @@ async fn delta_sink(
 ) -> SinkRun {
     use fanout::sinks::delta::{ChangelogTable, DeltaConfig};
     let Shape { batch, senders } = shape;
-    let normalizer = Normalizer::new(
-        PartitionKeyPaths::parse(&["/customerId"]).unwrap(),
-        Some(SoftDelete {
-            path: vec!["deleted".into()],
-            equals: Value::Bool(true),
-        }),
-    );
-    let batches: Vec<Vec<Change>> = samples::order_batches(3_000_000, changes / batch, batch, 1000)
-        .iter()
-        .map(|docs| {
-            let body = cosmos_trigger_body("documents", "orders", docs, None);
-            HostRequest::decode(body.as_bytes(), "documents")
-                .unwrap()
-                .items
-                .into_iter()
-                .enumerate()
-                .map(|(i, item)| normalizer.normalize(i, item).unwrap())
-                .collect()
-        })
-        .collect();
+    let batches = common::order_changes(3_000_000, changes / batch, batch, 1000);
     let input_bytes: usize = batches
         .iter()
         .flatten()
@@ -1047,29 +1020,8 @@ topic = "orders-rust"
     );
     let mut e2e = e2e_rows("fanout (Rust)", &rust, changes);
 
-    let python = repo().join("tests/.tools/bench-venv/bin/python");
-    let python_run = if std::env::var("BENCH_SKIP_PYTHON").is_ok() || !python.exists() {
-        eprintln!(
-            "Python baseline skipped (run benches/python/setup.sh, or unset BENCH_SKIP_PYTHON)"
-        );
-        None
-    } else {
-        let py_app = tempfile::tempdir().unwrap();
-        let launcher = py_app.path().join("python-handler");
-        std::fs::write(
-            &launcher,
-            format!(
-                "#!/bin/sh\nexec {} {}\n",
-                python.display(),
-                repo().join("benches/python/handler.py").display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(
-            &launcher,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
+    let py_app = tempfile::tempdir().unwrap();
+    let python_run = if let Some(launcher) = python_launcher(py_app.path()) {
         let table = py_app.path().join("tables/orders");
         let redis_url = services.redis.url();
         let brokers = services.broker.brokers();
@@ -1108,6 +1060,11 @@ topic = "orders-rust"
             ),
         });
         Some(r)
+    } else {
+        eprintln!(
+            "Python baseline skipped (run benches/python/setup.sh, or unset BENCH_SKIP_PYTHON)"
+        );
+        None
     };
     report.push_str(&rows_to_markdown(&title, &e2e));
     report.push('\n');

@@ -2,34 +2,9 @@
 //! counting the requests it serves): a commit is its data file PUT and one PUT of the commit
 //! file — no listing of `_delta_log/`, nothing read back — and the table reads back whole.
 
-use fanout::change::{Change, Normalizer, PartitionKeyPaths, SoftDelete};
-use fanout::host::HostRequest;
-use fanout::hostsim::{cosmos_trigger_body, samples};
+use fanout::change::Change;
 use fanout::sinks::delta::{ChangelogTable, DeltaConfig, open, read_changelog};
 use fanout_test_kit as common;
-
-fn batches(n: usize, size: usize) -> Vec<Vec<Change>> {
-    let normalizer = Normalizer::new(
-        PartitionKeyPaths::parse(&["/customerId"]).unwrap(),
-        Some(SoftDelete {
-            path: vec!["deleted".into()],
-            equals: serde_json::Value::Bool(true),
-        }),
-    );
-    samples::order_batches(1_000, n, size, 200)
-        .iter()
-        .map(|docs| {
-            let body = cosmos_trigger_body("documents", "orders", docs, None);
-            HostRequest::decode(body.as_bytes(), "documents")
-                .unwrap()
-                .items
-                .into_iter()
-                .enumerate()
-                .map(|(i, item)| normalizer.normalize(i, item).unwrap())
-                .collect()
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn a_steady_commit_is_two_puts_and_lists_nothing() {
@@ -54,7 +29,7 @@ async fn a_steady_commit_is_two_puts_and_lists_nothing() {
     let url = url::Url::parse("az://lake/orders").unwrap();
     let table = ChangelogTable::new(url.clone(), &config);
     let ctx = fanout::testing::batch_context("orders");
-    let all = batches(21, 20);
+    let all = common::order_changes(1_000, 21, 20, 200);
     let first: Vec<&Change> = all[0].iter().collect();
     table.append(&ctx, "changelog", &first).await.unwrap();
 

@@ -706,3 +706,35 @@ impl Drop for RedisCluster {
         }
     }
 }
+
+/// Sample order batches (`samples::order_batches`) as the handler sees them: decoded from the
+/// host's double-encoded body and normalized (partition key `/customerId`, soft delete
+/// `/deleted = true`).
+pub fn order_changes(
+    lsn_base: i64,
+    batches: usize,
+    size: usize,
+    keys: usize,
+) -> Vec<Vec<fanout::change::Change>> {
+    use fanout::change::{Normalizer, PartitionKeyPaths, SoftDelete};
+    let normalizer = Normalizer::new(
+        PartitionKeyPaths::parse(&["/customerId"]).unwrap(),
+        Some(SoftDelete {
+            path: vec!["deleted".into()],
+            equals: serde_json::Value::Bool(true),
+        }),
+    );
+    fanout::hostsim::samples::order_batches(lsn_base, batches, size, keys)
+        .iter()
+        .map(|docs| {
+            let body = fanout::hostsim::cosmos_trigger_body("documents", "orders", docs, None);
+            fanout::host::HostRequest::decode(body.as_bytes(), "documents")
+                .unwrap()
+                .items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| normalizer.normalize(i, item).unwrap())
+                .collect()
+        })
+        .collect()
+}
