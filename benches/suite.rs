@@ -292,16 +292,26 @@ struct Shape {
     senders: usize,
 }
 
+/// Where a run's output is read back from before a figure counts.
+#[derive(Clone, Copy)]
+struct ReadBack<'a> {
+    topic: Option<&'a str>,
+    table: Option<&'a Path>,
+}
+
+/// Counts a storage endpoint's requests: (all, listings).
+type RequestCounter<'a> = &'a dyn Fn() -> (u64, u64);
+
 async fn end_to_end(
     services: &Services,
     handler: &Path,
     app: &Path,
     env: &[(&str, &str)],
-    topic: Option<&str>,
-    table: Option<&Path>,
+    read_back: ReadBack<'_>,
     changes: usize,
     shape: Shape,
 ) -> EndToEnd {
+    let ReadBack { topic, table } = read_back;
     let Shape { batch, senders } = shape;
     if let Some(topic) = topic {
         services.broker.create_topic(topic, 8).await;
@@ -564,8 +574,10 @@ async fn shapes(services: &Services, binary: &Path) -> (String, Vec<(String, f64
                     &binary,
                     app.path(),
                     &[("FANOUT_LOG", "warn")],
-                    None,
-                    has_delta.then_some(table.as_path()),
+                    ReadBack {
+                        topic: None,
+                        table: has_delta.then_some(table.as_path()),
+                    },
                     changes,
                     shape,
                 )
@@ -605,8 +617,10 @@ async fn shapes(services: &Services, binary: &Path) -> (String, Vec<(String, f64
                 &launcher,
                 py_dir.path(),
                 &env,
-                None,
-                has_delta.then_some(py_table.as_path()),
+                ReadBack {
+                    topic: None,
+                    table: has_delta.then_some(py_table.as_path()),
+                },
                 changes,
                 shape,
             )
@@ -658,7 +672,7 @@ async fn delta_sink(
     storage: &[(&str, String)],
     changes: usize,
     shape: Shape,
-    requests: Option<&dyn Fn() -> (u64, u64)>,
+    requests: Option<RequestCounter<'_>>,
 ) -> SinkRun {
     use fanout::sinks::delta::{ChangelogTable, DeltaConfig};
     let Shape { batch, senders } = shape;
@@ -818,28 +832,25 @@ async fn delta_sink_table() -> String {
     for shape in SHAPES {
         for &on_azure in storages {
             let dir = tempfile::tempdir().unwrap();
-            let (url, storage, count): (
-                url::Url,
-                Vec<(&str, String)>,
-                Option<&dyn Fn() -> (u64, u64)>,
-            ) = if on_azure {
-                (
-                    url::Url::parse(&format!("az://bench/t-{}-{}", shape.batch, shape.senders))
-                        .unwrap(),
-                    vec![
-                        ("azure_storage_use_emulator", "true".into()),
-                        ("azure_storage_account_name", common::AZURITE_ACCOUNT.into()),
-                        ("azure_storage_account_key", common::AZURITE_KEY.into()),
-                    ],
-                    Some(&|| (azurite.requests(), azurite.list_requests())),
-                )
-            } else {
-                (
-                    url::Url::from_directory_path(dir.path().join("t")).unwrap(),
-                    vec![],
-                    None,
-                )
-            };
+            let (url, storage, count): (url::Url, Vec<(&str, String)>, Option<RequestCounter<'_>>) =
+                if on_azure {
+                    (
+                        url::Url::parse(&format!("az://bench/t-{}-{}", shape.batch, shape.senders))
+                            .unwrap(),
+                        vec![
+                            ("azure_storage_use_emulator", "true".into()),
+                            ("azure_storage_account_name", common::AZURITE_ACCOUNT.into()),
+                            ("azure_storage_account_key", common::AZURITE_KEY.into()),
+                        ],
+                        Some(&|| (azurite.requests(), azurite.list_requests())),
+                    )
+                } else {
+                    (
+                        url::Url::from_directory_path(dir.path().join("t")).unwrap(),
+                        vec![],
+                        None,
+                    )
+                };
             if !on_azure {
                 std::fs::create_dir_all(dir.path().join("t")).unwrap();
             }
@@ -1006,8 +1017,10 @@ topic = "orders-rust"
         binary,
         rust_app.path(),
         &[("FANOUT_LOG", "warn")],
-        Some("orders-rust"),
-        Some(&rust_app.path().join("tables/orders")),
+        ReadBack {
+            topic: Some("orders-rust"),
+            table: Some(&rust_app.path().join("tables/orders")),
+        },
         changes,
         Shape {
             batch: BATCH,
@@ -1039,8 +1052,10 @@ topic = "orders-rust"
             &launcher,
             py_app.path(),
             &env,
-            Some("orders-python"),
-            Some(&table),
+            ReadBack {
+                topic: Some("orders-python"),
+                table: Some(&table),
+            },
             changes,
             Shape {
                 batch: BATCH,
