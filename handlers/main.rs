@@ -47,6 +47,12 @@ enum Command {
         /// List what would be replayed; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Retry budget per record and sink (default: the route's `budget_ms`). A replay is
+        /// not bound by the host's function timeout: a sink that was down may need longer
+        /// than an invocation's budget for its first write (a Delta table created, a
+        /// connection pool warmed).
+        #[arg(long, value_name = "MS")]
+        budget_ms: Option<u64>,
     },
     Backfill(commands::backfill::Args),
     Verify(commands::verify::Args),
@@ -122,7 +128,11 @@ fn main() -> ExitCode {
                 sink,
                 batches,
                 dry_run,
-            } => commands::replay::run(&ctx, function, sink, batches, dry_run).await,
+                budget_ms,
+            } => {
+                let budget = budget_ms.map(std::time::Duration::from_millis);
+                commands::replay::run(&ctx, function, sink, batches, dry_run, budget).await
+            }
             Command::Backfill(args) => commands::backfill::run(&ctx, args).await,
             Command::Verify(args) => commands::verify::run(&ctx, args).await,
             Command::History(args) => commands::history::run(&ctx, args).await,

@@ -273,6 +273,65 @@ async fn a_failing_sink_is_retried_then_dead_lettered_then_replayed() {
     assert_eq!(read_table(&app.table("tables/bad")).await.rows.len(), 20);
 }
 
+/// A replay is not bound by the host's timeout: `--budget-ms` gives each record longer than
+/// the route's budget (CI once saw a first commit to a new table on Azurite take longer than
+/// the 500 ms of a test's config, and the record stayed pending).
+#[tokio::test]
+async fn replay_takes_the_budget_it_is_given() {
+    let app = TestApp::new();
+    app.function("orders", "documents", Some(0))
+        .config(&toml(300, &["bad"]));
+    std::fs::create_dir_all(app.table("tables")).unwrap();
+    std::fs::write(app.table("tables/bad"), "blocked").unwrap();
+    let host = app.start().await;
+    let docs = samples::order_batches(1, 1, 20, 4).remove(0);
+    let call = host
+        .invoke(
+            "orders",
+            &cosmos_trigger_body("documents", "orders", &docs, None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(call.status, 200, "{:?}", call.logs());
+    assert_eq!(app.dead_letters().len(), 1);
+    std::fs::remove_file(app.table("tables/bad")).unwrap();
+
+    // A dry run lists the record and why it is there, also when stdout is not a terminal.
+    let dry = common::stdout(&app.run(&["replay", "--dry-run"], &[]));
+    assert!(
+        dry.contains("-sink_failure.json: 20 x SinkFailure") && dry.contains("1 records pending"),
+        "{dry}"
+    );
+    // The route's budget is now too short for the table's first commit: the record stays,
+    // and the output says why.
+    app.config(&toml(1, &["bad"]));
+    let out = app.run(&["replay"], &[]);
+    assert!(!out.status.success(), "{}", common::stdout(&out));
+    assert!(
+        common::stdout(&out).contains("no answer within the retry budget (1 ms)"),
+        "{}",
+        common::stdout(&out)
+    );
+    assert_eq!(app.dead_letters().len(), 1);
+    // Zero is refused with the reason; nothing is touched.
+    let out = app.run(&["replay", "--budget-ms", "0"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
+    assert!(common::stderr(&out).contains("--budget-ms must be at least 1"));
+    // Given the time, it is delivered, exactly once.
+    let out = app.run(&["replay", "--budget-ms", "30000"], &[]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    assert!(common::stdout(&out).contains("replayed 1 records (20 changes)"));
+    assert!(app.dead_letters().is_empty());
+    let table = read_table(&app.table("tables/bad")).await;
+    assert_eq!(table.rows.len(), 20);
+    assert_eq!(table.summary().duplicate_rows, 0);
+}
+
 #[tokio::test]
 async fn without_a_retry_policy_the_first_failure_dead_letters() {
     let app = TestApp::new();

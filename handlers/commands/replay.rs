@@ -2,6 +2,7 @@ use super::{CommandError, Context};
 use fanout::pipeline::Origin;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
+use std::time::Duration;
 
 fn bar(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
@@ -15,6 +16,16 @@ fn bar(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
+/// One line of the run's report: above the bar on a terminal, on stdout otherwise (a hidden
+/// bar's `println` prints nothing, and a script must still see why a record stayed pending).
+fn say(bar: &ProgressBar, line: impl AsRef<str>) {
+    if bar.is_hidden() {
+        println!("{}", line.as_ref());
+    } else {
+        bar.println(line);
+    }
+}
+
 /// Replays dead-letter records (or files of host-format batches) through the same pipeline.
 pub async fn run(
     ctx: &Context,
@@ -22,8 +33,20 @@ pub async fn run(
     sink: Option<String>,
     batches: Vec<PathBuf>,
     dry_run: bool,
+    budget: Option<Duration>,
 ) -> Result<(), CommandError> {
-    let (_, pipeline) = ctx.pipeline()?;
+    let mut config = ctx.load()?;
+    if let Some(budget) = budget {
+        if budget.is_zero() {
+            return Err(CommandError::Usage(
+                "--budget-ms must be at least 1 (the time each sink may spend on a record)".into(),
+            ));
+        }
+        for route in config.routes.values_mut() {
+            route.retry.budget = budget;
+        }
+    }
+    let pipeline = fanout::pipeline::Pipeline::build(&config)?;
     if !batches.is_empty() {
         let function = function.ok_or_else(|| {
             CommandError::Usage(
@@ -52,7 +75,7 @@ pub async fn run(
             dead_lettered += answer.dead_lettered;
             if answer.status >= 300 {
                 failed += 1;
-                progress.println(answer.response.logs.join("\n  "));
+                say(&progress, answer.response.logs.join("\n  "));
             }
             progress.inc(1);
         }
@@ -130,19 +153,22 @@ pub async fn run(
         let record = match store.get(key).await {
             Ok(r) => r,
             Err(e) => {
-                progress.println(format!("skip {key}: {e}"));
+                say(&progress, format!("skip {key}: {e}"));
                 failed += 1;
                 progress.inc(1);
                 continue;
             }
         };
         if dry_run {
-            progress.println(format!(
-                "{key}: {} x {:?}: {}",
-                record.size(),
-                record.kind,
-                record.error
-            ));
+            say(
+                &progress,
+                format!(
+                    "{key}: {} x {:?}: {}",
+                    record.size(),
+                    record.kind,
+                    record.error
+                ),
+            );
         } else {
             match pipeline.replay_record(&record, &mut seen).await {
                 Ok(detail) => match store.mark_replayed(key, &record).await {
@@ -153,14 +179,15 @@ pub async fn run(
                     }
                     Err(e) => {
                         failed += 1;
-                        progress.println(format!(
-                            "{key}: delivered, but could not be moved to replayed/: {e}"
-                        ));
+                        say(
+                            &progress,
+                            format!("{key}: delivered, but could not be moved to replayed/: {e}"),
+                        );
                     }
                 },
                 Err(e) => {
                     failed += 1;
-                    progress.println(format!("{key}: still failing: {e}"));
+                    say(&progress, format!("{key}: still failing: {e}"));
                 }
             }
         }
