@@ -206,14 +206,7 @@ async fn binary_mode_fills_batches_to_the_limit_and_dead_letters_an_oversized_ev
 
     let mut docs = samples::order_batches(1, 1, 60, 3).remove(0);
     docs[30]["note"] = json!("y".repeat(40 * 1024));
-    let call = host
-        .invoke(
-            "orders",
-            &cosmos_trigger_body("documents", "orders", &docs, None),
-        )
-        .await
-        .unwrap();
-    assert_eq!(call.status, 200, "{:?}", call.logs());
+    common::deliver_ok(&host, "orders", &docs).await;
 
     let events = unique(hub.events());
     assert_eq!(events.len(), 59);
@@ -393,14 +386,7 @@ async fn a_large_invocation_goes_out_in_full_multi_frame_batches() {
     // ~1.1 MB of events: one full 1 MB batch (16 AMQP frames of 64 KB) and the rest.
     let docs = samples::order_batches(1, 1, 1000, 50).remove(0);
     for _ in 0..2 {
-        let call = host
-            .invoke(
-                "orders",
-                &cosmos_trigger_body("documents", "orders", &docs, None),
-            )
-            .await
-            .unwrap();
-        assert_eq!(call.status, 200, "{:?}", call.logs());
+        common::deliver_ok(&host, "orders", &docs).await;
     }
     let transfers = hub.transfers();
     assert_eq!(
@@ -426,14 +412,7 @@ async fn hash_partitioning_sends_many_keys_per_batch_to_stable_partitions() {
         .config(&config(&endpoint, "partitioning = \"hash\""));
     let host = start(&app, &identity).await;
     for docs in samples::order_batches(1, 3, 100, 40) {
-        let call = host
-            .invoke(
-                "orders",
-                &cosmos_trigger_body("documents", "orders", &docs, None),
-            )
-            .await
-            .unwrap();
-        assert_eq!(call.status, 200, "{:?}", call.logs());
+        common::deliver_ok(&host, "orders", &docs).await;
     }
     let events = unique(hub.events());
     assert_eq!(events.len(), 300);

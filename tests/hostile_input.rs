@@ -126,14 +126,7 @@ async fn wrong_types_and_missing_fields_are_accounted_for_item_by_item() {
         good(&"x".repeat(4096), 2),
         good("ok-2", 3),
     ];
-    let call = host
-        .invoke(
-            "orders",
-            &cosmos_trigger_body("documents", "orders", &docs, None),
-        )
-        .await
-        .unwrap();
-    assert_eq!(call.status, 200, "{:?}", call.logs());
+    let call = common::deliver_ok(&host, "orders", &docs).await;
     let first = &call.logs()[0];
     let parse = |marker: &str| -> usize {
         let before = first.split(marker).next().unwrap();

@@ -137,14 +137,7 @@ async fn binary_mode_puts_attributes_in_ce_headers_and_compresses() {
     ));
     let host = app.start().await;
     let docs = samples::order_batches(1, 1, 30, 3).remove(0);
-    let call = host
-        .invoke(
-            "orders",
-            &cosmos_trigger_body("documents", "orders", &docs, None),
-        )
-        .await
-        .unwrap();
-    assert_eq!(call.status, 200, "{:?}", call.logs());
+    common::deliver_ok(&host, "orders", &docs).await;
     let records = broker.consume(TOPIC, 1, 30);
     assert_eq!(records.len(), 30);
     for (r, doc) in records.iter().zip(&docs) {
@@ -263,14 +256,7 @@ async fn a_record_too_large_for_kafka_is_dead_lettered_at_once_and_its_key_goes_
         json!({"id": "big", "customerId": "c1", "pad": "x".repeat(1_500_000), "_lsn": 2, "_ts": 1_700_000_002}),
         json!({"id": "a2", "customerId": "c1", "_lsn": 3, "_ts": 1_700_000_003}),
     ];
-    let call = host
-        .invoke(
-            "orders",
-            &cosmos_trigger_body("documents", "orders", &docs, None),
-        )
-        .await
-        .unwrap();
-    assert_eq!(call.status, 200, "{:?}", call.logs());
+    let call = common::deliver_ok(&host, "orders", &docs).await;
     let pending = app.dead_letters();
     assert_eq!(pending.len(), 1, "{pending:?}");
     let record = app.dead_letter(&pending[0]);

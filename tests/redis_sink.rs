@@ -376,14 +376,7 @@ async fn cluster_mode_reaches_keys_in_every_slot() {
     for k in &keys {
         let _: () = con.set(k, "cached").unwrap();
     }
-    let call = host
-        .invoke(
-            "orders",
-            &cosmos_trigger_body("documents", "orders", &docs, None),
-        )
-        .await
-        .unwrap();
-    assert_eq!(call.status, 200, "{:?}", call.logs());
+    let call = common::deliver_ok(&host, "orders", &docs).await;
     assert!(
         call.logged("keys invalidated for 40 changes pipelined per node"),
         "{:?}",

@@ -236,6 +236,22 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     }
 }
 
+/// Sends `docs` to `function` as the host would (one latest-version batch, first attempt) and
+/// expects the handler to answer 2xx: the call, for its logs.
+pub async fn deliver_ok(
+    host: &EmulatedHost,
+    function: &str,
+    docs: &[serde_json::Value],
+) -> fanout::hostsim::HostCall {
+    let body = fanout::hostsim::cosmos_trigger_body("documents", function, docs, None);
+    let call = host
+        .invoke(function, &body)
+        .await
+        .expect("the handler answers");
+    assert_eq!(call.status, 200, "{:?}", call.logs());
+    call
+}
+
 pub async fn read_table(path: &Path) -> ChangelogSnapshot {
     let url = url::Url::from_directory_path(path).unwrap();
     read_changelog(url, Default::default())
