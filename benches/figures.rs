@@ -34,7 +34,7 @@ async fn main() {
     // Start-up and idle memory.
     let dir = tempfile::tempdir().unwrap();
     write_app(dir.path(), "");
-    let (startups, idle_rss) = support::measure_startup(binary, dir.path(), ROUNDS).await;
+    let (startups, idle_rss, _) = support::measure_startup(binary, dir.path(), ROUNDS).await;
     println!("| measure | value |");
     println!("|---|---|");
     println!(

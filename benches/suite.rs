@@ -200,7 +200,7 @@ fn search_sink() -> fanout::sinks::azure_search::SearchSink {
 async fn startup(binary: &Path) -> Vec<Row> {
     let dir = tempfile::tempdir().unwrap();
     support::write_app(dir.path(), "");
-    let (startups, idle) = support::measure_startup(binary, dir.path(), 20).await;
+    let (startups, idle, anon) = support::measure_startup(binary, dir.path(), 20).await;
     vec![
         Row {
             label: "start-up to the first answer on / (p50 / max of 20)".into(),
@@ -213,6 +213,10 @@ async fn startup(binary: &Path) -> Vec<Row> {
         Row {
             label: "idle RSS (median of 20)".into(),
             value: format!("{:.1} MB", idle[idle.len() / 2] as f64 / 1024.0),
+        },
+        Row {
+            label: "... of which anonymous (heap, stacks; the rest is pages of the binary and libraries)".into(),
+            value: format!("{:.1} MB", anon[anon.len() / 2] as f64 / 1024.0),
         },
     ]
 }

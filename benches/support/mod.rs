@@ -31,15 +31,16 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// Starts the handler in `app` `rounds` times like the host (polling `/` every 1 ms, to measure
-/// the start-up itself) and returns the start-up times and idle RSS (kB, 100 ms after ready),
-/// both sorted.
+/// the start-up itself) and returns the start-up times, idle RSS and its anonymous part (heap,
+/// stacks: what is not pages of the binary and libraries; kB, 100 ms after ready), all sorted.
 pub async fn measure_startup(
     binary: &Path,
     app: &Path,
     rounds: usize,
-) -> (Vec<Duration>, Vec<u64>) {
+) -> (Vec<Duration>, Vec<u64>, Vec<u64>) {
     let mut startups = Vec::new();
     let mut idle_rss = Vec::new();
+    let mut idle_anon = Vec::new();
     for _ in 0..rounds {
         let mut host = fanout::hostsim::EmulatedHost::start_polling(
             binary,
@@ -52,11 +53,13 @@ pub async fn measure_startup(
         startups.push(host.startup);
         tokio::time::sleep(Duration::from_millis(100)).await;
         idle_rss.push(proc_status_kb(host.pid().unwrap(), "VmRSS:"));
+        idle_anon.push(proc_status_kb(host.pid().unwrap(), "RssAnon:"));
         host.terminate();
     }
     startups.sort();
     idle_rss.sort();
-    (startups, idle_rss)
+    idle_anon.sort();
+    (startups, idle_rss, idle_anon)
 }
 
 /// A `kB` field of /proc/<pid>/status (VmRSS:, VmHWM:), 0 when unreadable.
