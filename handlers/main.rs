@@ -120,7 +120,7 @@ fn main() -> ExitCode {
     };
     let ctx = commands::Context::new(cli.app_root, cli.config);
     let result = runtime.block_on(async {
-        match cli.command.unwrap_or(Command::Serve { port: None }) {
+        let result = match cli.command.unwrap_or(Command::Serve { port: None }) {
             Command::Serve { port } => commands::serve::run(&ctx, port).await,
             Command::CheckConfig => commands::check::run(&ctx),
             Command::Replay {
@@ -150,7 +150,10 @@ fn main() -> ExitCode {
             } => commands::maintain::run_vacuum(&ctx, table, retain_hours, dry_run, force).await,
             Command::SearchIndex => commands::search_index::run(&ctx).await,
             Command::Demo { batches } => commands::demo::run(&ctx, batches).await,
-        }
+        };
+        // Checkpoints and compactions still running finish before the runtime is dropped.
+        fanout::sinks::delta::settle_background(std::time::Duration::from_secs(10)).await;
+        result
     });
     // Outside the runtime: flushing the OTLP exporters blocks.
     drop(runtime);

@@ -24,7 +24,7 @@ pub use reader::{ChangelogRow, ChangelogSnapshot, read_changelog};
 pub use scan::{RowFilter, ScanStats, scan};
 pub use schema::{ARROW_SCHEMA, ChangelogSchema, EncodeError, PARTITION_COLUMN, encode};
 pub use table::{AppendOutcome, batch_app_id, open, table_url};
-pub use writer::ChangelogTable;
+pub use writer::{ChangelogTable, settle_background};
 
 use super::{BatchContext, Delivery, Sink, SinkError};
 use crate::change::Change;

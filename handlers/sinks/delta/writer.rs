@@ -164,6 +164,32 @@ impl ChangelogTable {
     }
 }
 
+/// The background work of every Delta sink in the process (checkpoints, compactions, vacuums),
+/// so that the process can let it finish before the runtime goes away: delta-rs's log scans
+/// run on blocking threads and panic when their runtime is dropped under them.
+fn background() -> &'static tokio_util::task::TaskTracker {
+    static TRACKER: std::sync::OnceLock<tokio_util::task::TaskTracker> = std::sync::OnceLock::new();
+    TRACKER.get_or_init(tokio_util::task::TaskTracker::new)
+}
+
+/// Waits, at most `limit`, for the background checkpoints and compactions still running.
+/// Whatever does not finish is harmless to cut short (a checkpoint or a rewrite is redone
+/// later; an uncommitted rewrite's files are removed by vacuum), but says so.
+pub async fn settle_background(limit: std::time::Duration) {
+    let tracker = background();
+    if tracker.is_empty() {
+        return;
+    }
+    tracker.close();
+    if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            tasks = tracker.len(),
+            limit_s = limit.as_secs(),
+            "background Delta work (checkpoint or compaction) still running at exit; it is redone later"
+        );
+    }
+}
+
 /// Clears a flag when dropped (a background task that ends, however it ends), unless kept.
 struct ClearOnDrop(Option<Arc<AtomicBool>>);
 
@@ -539,7 +565,7 @@ impl Committer {
                 tracing::info!(table = %url, %report, "background compaction");
                 if self.compaction.vacuum {
                     let table = live.table.clone();
-                    tokio::spawn(async move { compaction::vacuum_logged(&table).await });
+                    background().spawn(async move { compaction::vacuum_logged(&table).await });
                 }
             }
             commit::Outcome::Conflict => {
@@ -569,7 +595,7 @@ impl Committer {
             self.refreshed.clone(),
             self.checkpoint_due.clone(),
         );
-        tokio::spawn(async move {
+        background().spawn(async move {
             let url = table.table_url().to_string();
             let mut table = table;
             let mut written = None;
@@ -642,7 +668,7 @@ impl Committer {
             // The rewrite (the reading and writing) in the background; its commit by the
             // committer ([`Committer::commit_rewrite`]), which clears `compacting`.
             let (rewrite, ready) = (self.rewrite.clone(), self.rewrite_ready.clone());
-            tokio::spawn(async move {
+            background().spawn(async move {
                 let done = ClearOnDrop(Some(flag));
                 let mut table = table;
                 let result = match table.update_state().await {
@@ -675,7 +701,7 @@ impl Committer {
             });
             return;
         }
-        tokio::spawn(async move {
+        background().spawn(async move {
             let mut table = table;
             let result = match table.update_state().await {
                 Ok(()) => {
