@@ -27,6 +27,34 @@ fn block_bad_table(app: &TestApp) {
     std::fs::write(app.table("tables/bad"), "blocked").unwrap();
 }
 
+/// `fanout replay --function orders --batches batches.ndjson` in the app.
+fn replay_batches_file(app: &TestApp, env: &[(&str, &str)]) -> std::process::Output {
+    app.run(
+        &[
+            "replay",
+            "--function",
+            "orders",
+            "--batches",
+            "batches.ndjson",
+        ],
+        env,
+    )
+}
+
+/// The handler with only the blocked `bad` table, the host's `max_retry_count` and a retry
+/// budget (ms).
+async fn with_bad_table(
+    max_retry_count: Option<i64>,
+    budget_ms: u64,
+) -> (TestApp, fanout::hostsim::EmulatedHost) {
+    let app = TestApp::new();
+    app.function("orders", "documents", max_retry_count)
+        .config(&toml(budget_ms, &["bad"]));
+    block_bad_table(&app);
+    let host = app.start().await;
+    (app, host)
+}
+
 #[tokio::test]
 async fn changelog_rows_and_idempotent_redelivery() {
     let app = TestApp::new();
@@ -284,11 +312,7 @@ async fn a_failing_sink_is_retried_then_dead_lettered_then_replayed() {
 /// the 500 ms of a test's config, and the record stayed pending).
 #[tokio::test]
 async fn replay_takes_the_budget_it_is_given() {
-    let app = TestApp::new();
-    app.function("orders", "documents", Some(0))
-        .config(&toml(300, &["bad"]));
-    block_bad_table(&app);
-    let host = app.start().await;
+    let (app, host) = with_bad_table(Some(0), 300).await;
     let docs = samples::order_batches(1, 1, 20, 4).remove(0);
     common::deliver_ok(&host, "orders", &docs).await;
     assert_eq!(app.dead_letters().len(), 1);
@@ -332,11 +356,7 @@ async fn replay_takes_the_budget_it_is_given() {
 
 #[tokio::test]
 async fn without_a_retry_policy_the_first_failure_dead_letters() {
-    let app = TestApp::new();
-    app.function("orders", "documents", None)
-        .config(&toml(200, &["bad"]));
-    block_bad_table(&app);
-    let host = app.start().await;
+    let (app, host) = with_bad_table(None, 200).await;
     let call = host
         .invoke("orders", &captured("cosmos-trigger-request-1.json"))
         .await
@@ -498,16 +518,7 @@ async fn replay_delivers_a_file_of_host_format_batches() {
         .chain([captured("cosmos-trigger-request-1.json")])
         .collect();
     std::fs::write(app.path().join("batches.ndjson"), lines.join("\n")).unwrap();
-    let out = app.run(
-        &[
-            "replay",
-            "--function",
-            "orders",
-            "--batches",
-            "batches.ndjson",
-        ],
-        &[],
-    );
+    let out = replay_batches_file(&app, &[]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     assert!(
         common::stdout(&out).contains("4 batches: 4 delivered, 0 failed"),
@@ -541,11 +552,7 @@ async fn replay_delivers_a_file_of_host_format_batches() {
 
 #[tokio::test]
 async fn an_unreadable_retry_context_is_treated_as_the_last_attempt() {
-    let app = TestApp::new();
-    app.function("orders", "documents", Some(5))
-        .config(&toml(200, &["bad"]));
-    block_bad_table(&app);
-    let host = app.start().await;
+    let (app, host) = with_bad_table(Some(5), 200).await;
     let body = captured("cosmos-trigger-request-1.json").replace(
         r#""Metadata":{"#,
         r#""Metadata":{"RetryContext":{"RetryCount":"unknown"},"#,
@@ -635,16 +642,7 @@ async fn a_command_ending_during_background_delta_work_exits_cleanly() {
         .collect();
     std::fs::write(app.path().join("batches.ndjson"), lines.join("\n")).unwrap();
     for _ in 0..3 {
-        let out = app.run(
-            &[
-                "replay",
-                "--function",
-                "orders",
-                "--batches",
-                "batches.ndjson",
-            ],
-            &[("RUST_BACKTRACE", "0")],
-        );
+        let out = replay_batches_file(&app, &[("RUST_BACKTRACE", "0")]);
         assert!(out.status.success(), "{}", common::stderr(&out));
         let stderr = common::stderr(&out);
         assert!(!stderr.contains("panicked"), "{stderr}");

@@ -51,6 +51,31 @@ fn body_json(e: &ReceivedEvent) -> Value {
     serde_json::from_slice(&e.body).expect("event body is JSON")
 }
 
+/// A fake hub (`partitions`, `limit`: its maximum message size), the fake identity endpoint,
+/// and the handler started against them with `sink_extra` in the sink's config (max retry 2).
+struct Rig {
+    _identity: FakeIdentity,
+    hub: std::sync::Arc<FakeEventHubs>,
+    app: TestApp,
+    host: fanout::hostsim::EmulatedHost,
+}
+
+async fn rig(partitions: usize, limit: u64, sink_extra: &str) -> Rig {
+    let identity = FakeIdentity::start().await;
+    let hub = FakeEventHubs::new("orders", partitions, limit);
+    let endpoint = hub.start(0).await.unwrap();
+    let app = TestApp::new();
+    app.function("orders", "documents", Some(2))
+        .config(&config(&endpoint, sink_extra));
+    let host = start(&app, &identity).await;
+    Rig {
+        _identity: identity,
+        hub,
+        app,
+        host,
+    }
+}
+
 async fn start(app: &TestApp, identity: &FakeIdentity) -> fanout::hostsim::EmulatedHost {
     let env = identity.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -59,15 +84,14 @@ async fn start(app: &TestApp, identity: &FakeIdentity) -> fanout::hostsim::Emula
 
 #[tokio::test]
 async fn every_change_reaches_the_hub_keyed_in_order_as_a_cloudevent() {
-    let identity = FakeIdentity::start().await;
-    let hub = FakeEventHubs::new("orders", 4, 1024 * 1024);
-    let endpoint = hub.start(0).await.unwrap();
-    let app = TestApp::new();
-    app.function("orders", "documents", Some(2)).config(&config(
-        &endpoint,
+    let rig = rig(
+        4,
+        1024 * 1024,
         r#"format = { type_prefix = "com.example.order" }"#,
-    ));
-    let host = start(&app, &identity).await;
+    )
+    .await;
+    let (hub, _app) = (rig.hub, rig.app);
+    let host = rig.host;
 
     let batches = samples::order_batches(1, 5, 100, 7);
     for docs in &batches {
@@ -192,17 +216,11 @@ async fn every_change_reaches_the_hub_keyed_in_order_as_a_cloudevent() {
 
 #[tokio::test]
 async fn binary_mode_fills_batches_to_the_limit_and_dead_letters_an_oversized_event() {
-    let identity = FakeIdentity::start().await;
     // A small hub limit, so one invocation needs several batches.
     let limit = 16 * 1024;
-    let hub = FakeEventHubs::new("orders", 2, limit);
-    let endpoint = hub.start(0).await.unwrap();
-    let app = TestApp::new();
-    app.function("orders", "documents", Some(2)).config(&config(
-        &endpoint,
-        "partitioning = \"none\"\nformat = { mode = \"binary\", fields = [\"/id\", \"/customerId\", \"/note\"] }",
-    ));
-    let host = start(&app, &identity).await;
+    let rig = rig(2, limit, "partitioning = \"none\"\nformat = { mode = \"binary\", fields = [\"/id\", \"/customerId\", \"/note\"] }").await;
+    let (hub, app) = (rig.hub, rig.app);
+    let host = rig.host;
 
     let mut docs = samples::order_batches(1, 1, 60, 3).remove(0);
     docs[30]["note"] = json!("y".repeat(40 * 1024));
@@ -345,13 +363,9 @@ async fn a_stopped_hub_is_retried_then_dead_lettered_then_replayed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_invocations_share_one_producer() {
-    let identity = FakeIdentity::start().await;
-    let hub = FakeEventHubs::new("orders", 4, 1024 * 1024);
-    let endpoint = hub.start(0).await.unwrap();
-    let app = TestApp::new();
-    app.function("orders", "documents", Some(2))
-        .config(&config(&endpoint, "connections = 4"));
-    let host = std::sync::Arc::new(start(&app, &identity).await);
+    let rig = rig(4, 1024 * 1024, "connections = 4").await;
+    let (hub, _app) = (rig.hub, rig.app);
+    let host = std::sync::Arc::new(rig.host);
     let batches = samples::order_batches(1, 16, 100, 10);
     let calls = futures::future::join_all(batches.iter().map(|docs| {
         let host = host.clone();
@@ -377,13 +391,9 @@ async fn concurrent_invocations_share_one_producer() {
 
 #[tokio::test]
 async fn a_large_invocation_goes_out_in_full_multi_frame_batches() {
-    let identity = FakeIdentity::start().await;
-    let hub = FakeEventHubs::new("orders", 2, 1024 * 1024);
-    let endpoint = hub.start(0).await.unwrap();
-    let app = TestApp::new();
-    app.function("orders", "documents", Some(2))
-        .config(&config(&endpoint, "partitioning = \"none\""));
-    let host = start(&app, &identity).await;
+    let rig = rig(2, 1024 * 1024, "partitioning = \"none\"").await;
+    let (hub, _app) = (rig.hub, rig.app);
+    let host = rig.host;
     // ~1.1 MB of events: one full 1 MB batch (16 AMQP frames of 64 KB) and the rest.
     let docs = samples::order_batches(1, 1, 1000, 50).remove(0);
     for _ in 0..2 {
@@ -405,13 +415,9 @@ async fn a_large_invocation_goes_out_in_full_multi_frame_batches() {
 
 #[tokio::test]
 async fn hash_partitioning_sends_many_keys_per_batch_to_stable_partitions() {
-    let identity = FakeIdentity::start().await;
-    let hub = FakeEventHubs::new("orders", 4, 1024 * 1024);
-    let endpoint = hub.start(0).await.unwrap();
-    let app = TestApp::new();
-    app.function("orders", "documents", Some(2))
-        .config(&config(&endpoint, "partitioning = \"hash\""));
-    let host = start(&app, &identity).await;
+    let rig = rig(4, 1024 * 1024, "partitioning = \"hash\"").await;
+    let (hub, _app) = (rig.hub, rig.app);
+    let host = rig.host;
     for docs in samples::order_batches(1, 3, 100, 40) {
         common::deliver_ok(&host, "orders", &docs).await;
     }
@@ -465,13 +471,9 @@ async fn hash_partitioning_sends_many_keys_per_batch_to_stable_partitions() {
 /// runs out) and every change arrives exactly once.
 #[tokio::test]
 async fn concurrent_invocations_of_many_keys_all_go_through() {
-    let identity = FakeIdentity::start().await;
-    let hub = FakeEventHubs::new("orders", 8, 1024 * 1024);
-    let endpoint = hub.start(0).await.unwrap();
-    let app = TestApp::new();
-    app.function("orders", "documents", Some(2))
-        .config(&config(&endpoint, ""));
-    let host = std::sync::Arc::new(start(&app, &identity).await);
+    let rig = rig(8, 1024 * 1024, "").await;
+    let (hub, _app) = (rig.hub, rig.app);
+    let host = std::sync::Arc::new(rig.host);
     let batches = samples::order_batches(1, 32, 100, 1000);
     let sends = (0..8).map(|s| {
         let host = host.clone();
