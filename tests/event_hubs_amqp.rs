@@ -84,14 +84,17 @@ async fn start(app: &TestApp, identity: &FakeIdentity) -> fanout::hostsim::Emula
 
 #[tokio::test]
 async fn every_change_reaches_the_hub_keyed_in_order_as_a_cloudevent() {
-    let rig = rig(
+    let Rig {
+        _identity,
+        hub,
+        app: _app,
+        host,
+    } = rig(
         4,
         1024 * 1024,
         r#"format = { type_prefix = "com.example.order" }"#,
     )
     .await;
-    let (hub, _app) = (rig.hub, rig.app);
-    let host = rig.host;
 
     let batches = samples::order_batches(1, 5, 100, 7);
     for docs in &batches {
@@ -218,9 +221,12 @@ async fn every_change_reaches_the_hub_keyed_in_order_as_a_cloudevent() {
 async fn binary_mode_fills_batches_to_the_limit_and_dead_letters_an_oversized_event() {
     // A small hub limit, so one invocation needs several batches.
     let limit = 16 * 1024;
-    let rig = rig(2, limit, "partitioning = \"none\"\nformat = { mode = \"binary\", fields = [\"/id\", \"/customerId\", \"/note\"] }").await;
-    let (hub, app) = (rig.hub, rig.app);
-    let host = rig.host;
+    let Rig {
+        _identity,
+        hub,
+        app,
+        host,
+    } = rig(2, limit, "partitioning = \"none\"\nformat = { mode = \"binary\", fields = [\"/id\", \"/customerId\", \"/note\"] }").await;
 
     let mut docs = samples::order_batches(1, 1, 60, 3).remove(0);
     docs[30]["note"] = json!("y".repeat(40 * 1024));
@@ -363,9 +369,13 @@ async fn a_stopped_hub_is_retried_then_dead_lettered_then_replayed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_invocations_share_one_producer() {
-    let rig = rig(4, 1024 * 1024, "connections = 4").await;
-    let (hub, _app) = (rig.hub, rig.app);
-    let host = std::sync::Arc::new(rig.host);
+    let Rig {
+        _identity,
+        hub,
+        app: _app,
+        host,
+    } = rig(4, 1024 * 1024, "connections = 4").await;
+    let host = std::sync::Arc::new(host);
     let batches = samples::order_batches(1, 16, 100, 10);
     let calls = futures::future::join_all(batches.iter().map(|docs| {
         let host = host.clone();
@@ -391,9 +401,12 @@ async fn concurrent_invocations_share_one_producer() {
 
 #[tokio::test]
 async fn a_large_invocation_goes_out_in_full_multi_frame_batches() {
-    let rig = rig(2, 1024 * 1024, "partitioning = \"none\"").await;
-    let (hub, _app) = (rig.hub, rig.app);
-    let host = rig.host;
+    let Rig {
+        _identity,
+        hub,
+        app: _app,
+        host,
+    } = rig(2, 1024 * 1024, "partitioning = \"none\"").await;
     // ~1.1 MB of events: one full 1 MB batch (16 AMQP frames of 64 KB) and the rest.
     let docs = samples::order_batches(1, 1, 1000, 50).remove(0);
     for _ in 0..2 {
@@ -415,9 +428,12 @@ async fn a_large_invocation_goes_out_in_full_multi_frame_batches() {
 
 #[tokio::test]
 async fn hash_partitioning_sends_many_keys_per_batch_to_stable_partitions() {
-    let rig = rig(4, 1024 * 1024, "partitioning = \"hash\"").await;
-    let (hub, _app) = (rig.hub, rig.app);
-    let host = rig.host;
+    let Rig {
+        _identity,
+        hub,
+        app: _app,
+        host,
+    } = rig(4, 1024 * 1024, "partitioning = \"hash\"").await;
     for docs in samples::order_batches(1, 3, 100, 40) {
         common::deliver_ok(&host, "orders", &docs).await;
     }
@@ -471,9 +487,13 @@ async fn hash_partitioning_sends_many_keys_per_batch_to_stable_partitions() {
 /// runs out) and every change arrives exactly once.
 #[tokio::test]
 async fn concurrent_invocations_of_many_keys_all_go_through() {
-    let rig = rig(8, 1024 * 1024, "").await;
-    let (hub, _app) = (rig.hub, rig.app);
-    let host = std::sync::Arc::new(rig.host);
+    let Rig {
+        _identity,
+        hub,
+        app: _app,
+        host,
+    } = rig(8, 1024 * 1024, "").await;
+    let host = std::sync::Arc::new(host);
     let batches = samples::order_batches(1, 32, 100, 1000);
     let sends = (0..8).map(|s| {
         let host = host.clone();

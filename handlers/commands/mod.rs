@@ -101,7 +101,16 @@ impl Context {
     }
 
     pub fn pipeline(&self) -> Result<(AppConfig, Pipeline), CommandError> {
-        let config = self.load()?;
+        self.pipeline_with(|_| {})
+    }
+
+    /// The pipeline of the loaded config after `adjust` (a command's overrides of it).
+    pub fn pipeline_with(
+        &self,
+        adjust: impl FnOnce(&mut AppConfig),
+    ) -> Result<(AppConfig, Pipeline), CommandError> {
+        let mut config = self.load()?;
+        adjust(&mut config);
         let pipeline = Pipeline::build(&config)?;
         Ok((config, pipeline))
     }

@@ -35,18 +35,16 @@ pub async fn run(
     dry_run: bool,
     budget: Option<Duration>,
 ) -> Result<(), CommandError> {
-    let mut config = ctx.load()?;
-    if let Some(budget) = budget {
-        if budget.is_zero() {
-            return Err(CommandError::Usage(
-                "--budget-ms must be at least 1 (the time each sink may spend on a record)".into(),
-            ));
-        }
-        for route in config.routes.values_mut() {
-            route.retry.budget = budget;
-        }
+    if budget.is_some_and(|b| b.is_zero()) {
+        return Err(CommandError::Usage(
+            "--budget-ms must be at least 1 (the time each sink may spend on a record)".into(),
+        ));
     }
-    let pipeline = fanout::pipeline::Pipeline::build(&config)?;
+    let (_, pipeline) = ctx.pipeline_with(|config| {
+        for route in config.routes.values_mut() {
+            route.retry.budget = budget.unwrap_or(route.retry.budget);
+        }
+    })?;
     if !batches.is_empty() {
         let function = function.ok_or_else(|| {
             CommandError::Usage(
