@@ -4,6 +4,7 @@
 
 mod request;
 mod response;
+mod unescape;
 
 pub use request::{
     DecodeError, DocumentsError, HostRequest, RetryContext, RetryState, SysMetadata,

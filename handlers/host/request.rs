@@ -159,7 +159,7 @@ impl HostRequest {
                         .join(", ")
                 },
             })?;
-        let items = decode_documents(value.get()).map_err(|source| DecodeError::NotAnArray {
+        let items = binding_documents(value.get()).map_err(|source| DecodeError::NotAnArray {
             binding: binding.to_string(),
             source,
         })?;
@@ -167,11 +167,25 @@ impl HostRequest {
     }
 }
 
+/// The documents of a binding's value as it stands in the body: the host's double encoding
+/// peeled in one pass when it is the ordinary kind, else layer by layer.
+fn binding_documents(json: &str) -> Result<Vec<Value>, DocumentsError> {
+    match super::unescape::peel_twice(json) {
+        Some(text) => decode_layers(&text, MAX_ENCODING_LAYERS - 2),
+        None => decode_documents(json),
+    }
+}
+
 /// Peels JSON-string layers until it holds an array. The host double-encodes Cosmos documents
 /// (`"\"[{...}]\""`); a plain array is accepted too.
 pub fn decode_documents(json: &str) -> Result<Vec<Value>, DocumentsError> {
+    decode_layers(json, MAX_ENCODING_LAYERS)
+}
+
+/// [`decode_documents`] with `layers` string layers left to peel.
+fn decode_layers(json: &str, layers: usize) -> Result<Vec<Value>, DocumentsError> {
     let mut layer = std::borrow::Cow::Borrowed(json);
-    for _ in 0..=MAX_ENCODING_LAYERS {
+    for _ in 0..=layers {
         let current = layer.trim_start();
         match current.as_bytes().first() {
             Some(b'[') => {
@@ -292,6 +306,42 @@ mod tests {
                 .to_string()
                 .contains("layers")
         );
+    }
+
+    #[test]
+    fn a_body_peels_up_to_four_string_layers_of_its_binding() {
+        let docs = json!([{"id": "a"}]);
+        for layers in 0..=5 {
+            let value = (0..layers).fold(docs.clone(), |v, _| Value::String(v.to_string()));
+            let body = json!({"Data": {"documents": value, "other": {"x": [1]}}}).to_string();
+            let decoded = HostRequest::decode(body.as_bytes(), "documents");
+            match layers {
+                0..=4 => assert_eq!(decoded.unwrap().items, docs.as_array().unwrap().clone()),
+                _ => assert_eq!(
+                    decoded.unwrap_err(),
+                    DecodeError::NotAnArray {
+                        binding: "documents".into(),
+                        source: DocumentsError::TooDeep
+                    }
+                ),
+            }
+        }
+        for (value, found) in [
+            (json!(null), "null"),
+            (json!(true), "`true`"),
+            (json!(7), "`7`"),
+            (json!(""), ""),
+        ] {
+            let body = json!({"Data": {"documents": value}}).to_string();
+            let e = HostRequest::decode(body.as_bytes(), "documents").unwrap_err();
+            let DecodeError::NotAnArray { source, .. } = e else {
+                panic!("{e}")
+            };
+            match found {
+                "" => assert_eq!(source, DocumentsError::Empty),
+                _ => assert_eq!(source, DocumentsError::Found(found.into())),
+            }
+        }
     }
 
     #[test]
