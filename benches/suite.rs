@@ -24,10 +24,11 @@
 //!
 //! `BENCH_CHANGES` (default 50000) sets the end-to-end size; `BENCH_SKIP_PYTHON=1` skips 4 and
 //! the Python rows of 5. `BENCH_ONLY=shapes` runs only 5 (`BENCH_SHAPE_CHANGES`, default
-//! 40000, per run), `BENCH_ONLY=sink` only 6 (`BENCH_SINK_CHANGES`, default 100000),
-//! `BENCH_ONLY=stages` only 1 (`BENCH_SINK_STORAGE=local|azurite` picks one storage,
-//! `BENCH_SINK_PAUSE=1` waits 2 s before each timed part, for `perf record -p`); `BENCH_BASELINE_BINARY=path` adds an earlier build of `fanout` to 5, so a
-//! change is measured before and after in one run.
+//! 40000, per run), `BENCH_ONLY=sink` only 6 (`BENCH_SINK_CHANGES`, default 100000;
+//! `BENCH_SINK_STORAGE=local|azurite` picks one storage, `BENCH_SINK_PAUSE=1` waits 2 s before
+//! each timed part, for `perf record -p`), `BENCH_ONLY=stages` only 1 and 2.
+//! `BENCH_BINARY=path` measures another build of `fanout` in 2-5; `BENCH_BASELINE_BINARY=path`
+//! adds an earlier build to 5, so a change is measured before and after in one run.
 
 mod support;
 
@@ -954,6 +955,11 @@ async fn main() {
     if std::env::var("BENCH_ONLY").as_deref() == Ok("stages") {
         let (rows, _) = stages();
         report.push_str(&rows_to_markdown("Per stage, in process", &rows));
+        report.push('\n');
+        report.push_str(&rows_to_markdown(
+            "Start-up and idle memory",
+            &startup(binary).await,
+        ));
         println!("{report}");
         return;
     }

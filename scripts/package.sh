@@ -11,6 +11,8 @@
 #   FANOUT_GLIBC=2.28     glibc baseline (default 2.28)
 #   FANOUT_NATIVE=1       plain `cargo build` instead (the binary then needs this machine's glibc)
 #   FANOUT_PROFILE=dist   cargo profile (dist = release + thin LTO)
+#   FANOUT_PIE=1          link a position-independent executable (default: position-dependent,
+#                         see build.rs and docs/performance.md "Idle memory")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${FANOUT_PROFILE:-dist}
