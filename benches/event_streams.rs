@@ -217,6 +217,12 @@ async fn main() {
             "one key per batch",
         ),
         (
+            "key = partition key, 1000 keys, 1 connection",
+            1000,
+            "connections = 1",
+            "one key per batch",
+        ),
+        (
             "hash of the key -> partition id, 1000 keys",
             1000,
             "partitioning = \"hash\"",
